@@ -1,0 +1,37 @@
+# The README's two commands: `make reproduce` (the smoke chain) and `make test` (the suite).
+# Both create and fill .venv when it is missing or when pyproject.toml changed.
+PROFILE ?= smoke
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.recrepro-installed
+
+.PHONY: setup reproduce test test-fast lab bench clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# RecBole's metadata pins ray<=2.6.3 (broken on numpy 2); install it alone, without deps.
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['recrepro']['no_deps']))")
+	touch $(STAMP)
+
+reproduce: setup
+	$(PY) -m recrepro run --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) benchmarks/bench_amazon_parse.py
+
+clean-runs:
+	rm -rf runs/$(PROFILE)

@@ -1,0 +1,255 @@
+"""Typed configuration: profile YAML files loaded into frozen dataclasses.
+
+A profile (``recrepro/profiles/<name>.yaml``) is the single place where every run setting lives.
+Loading is strict: an unknown or misspelled key, a missing key or a value of the wrong type raises
+:class:`ConfigError` naming the file and the dotted key, with the closest valid key suggested.
+Values taken from the paper carry their PAPER.md mark ([P], [N], [S], [G]) in YAML comments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+KNOWN_SOURCES = ("movielens", "amazon2023")
+
+
+class ConfigError(ValueError):
+    """A profile file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    seed: int
+    runs_dir: str
+    results_dir: str
+    figures_dir: str
+    device: str  # "cpu", "cuda" or "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str  # one of KNOWN_SOURCES
+    datasets: list[str]  # ml-100k, or Amazon 2023 category names
+    raw_dir: str  # where downloaded raw files live (Amazon only)
+    base_url: str  # Amazon 2023 download root (Amazon only)
+    window_start: str | None  # ISO date, inclusive; None = no lower bound
+    window_end: str | None  # ISO date, exclusive; None = no upper bound
+    clean_titles: bool  # unescape HTML, collapse whitespace
+    min_title_chars: int  # items whose cleaned title is shorter are dropped (counted)
+    dedup: str  # "exact" (same user, item, time) or "user_item" (keep first per user-item)
+    kcore: int  # 0 = off; otherwise iterative user and item k-core
+    max_users: int | None  # deterministic user subsample; None = all users
+    history_max: int  # longest history shown per sample
+    min_history: int  # samples with a shorter history are not built (counted)
+    n_candidates: int  # candidates per sample, target included
+    split_ratios: list[float]  # train / valid / test shares of the time-sorted samples
+
+
+@dataclass(frozen=True)
+class RecBoleConfig:
+    models: list[str]
+    epochs: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    dropout: float
+    learning_rate: float
+    train_batch_size: int
+    eval_batch_size: int
+    stopping_step: int
+    loss_type: str
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: list[int]
+    bootstrap_reps: int
+    bootstrap_seed: int
+    tie_policy: str  # "expected" (mean over random tie orders) or "pessimistic"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    model_name_or_path: str
+    top_k: int  # length of the answer list
+    max_tool_calls: int
+    temperature: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    invalid: float
+    miss: float
+    first_with_tool_bonus: float
+
+
+@dataclass(frozen=True)
+class RTAConfig:
+    group_size: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    drop_all_negative_groups: bool
+
+
+@dataclass(frozen=True)
+class PPRConfig:
+    rounds: int
+    epochs: int
+    correct_reward: float
+    wrong_reward: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    run: RunConfig
+    data: DataConfig
+    recbole: RecBoleConfig
+    eval: EvalConfig
+    agent: AgentConfig
+    reward: RewardConfig
+    rta: RTAConfig
+    ppr: PPRConfig
+    source_path: str = field(default="", compare=False)
+
+    def run_dir(self, root: Path | str = ".") -> Path:
+        return Path(root) / self.run.runs_dir / self.run.name
+
+    def results_dir(self, root: Path | str = ".") -> Path:
+        return Path(root) / self.run.results_dir / self.run.name
+
+    def figures_dir(self, root: Path | str = ".") -> Path:
+        return Path(root) / self.run.figures_dir / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source_path")
+        return out
+
+    def section_hash(self, *sections: str) -> str:
+        """SHA-256 of the named sections; stages use it to decide whether a rerun is needed."""
+        full = self.to_dict()
+        chosen = {name: full[name] for name in sections}
+        blob = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        inner = [opt for opt in options if opt is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name != "source_path"]
+    names = [f.name for f in fields]
+    prefix = f"{where}." if where else ""
+    for key in mapping:
+        if key not in names:
+            guess = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{guess[0]}'?)" if guess else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}; valid keys: {', '.join(names)}")
+    missing = [name for name in names if name not in mapping]
+    if missing:
+        raise ConfigError(f"missing key(s): {', '.join(prefix + m for m in missing)}")
+    values = {name: _coerce(mapping[name], hints[name], prefix + name) for name in names}
+    return cls(**values)
+
+
+def _validate(profile: Profile) -> None:
+    data = profile.data
+    if data.source not in KNOWN_SOURCES:
+        raise ConfigError(f"data.source: unknown source {data.source!r}; known: {KNOWN_SOURCES}")
+    if not data.datasets:
+        raise ConfigError("data.datasets: at least one dataset is required")
+    if data.source == "movielens" and any(d != "ml-100k" for d in data.datasets):
+        raise ConfigError(f"data.datasets: the movielens source only provides 'ml-100k', got {data.datasets}")
+    if data.dedup not in ("exact", "user_item"):
+        raise ConfigError(f"data.dedup: expected 'exact' or 'user_item', got {data.dedup!r}")
+    if len(data.split_ratios) != 3 or abs(sum(data.split_ratios) - 1.0) > 1e-9:
+        raise ConfigError(f"data.split_ratios: expected three shares summing to 1, got {data.split_ratios}")
+    if data.n_candidates < 2 or data.history_max < 1 or data.min_history < 1:
+        raise ConfigError("data: n_candidates must be >= 2, history_max and min_history >= 1")
+    if profile.eval.tie_policy not in ("expected", "pessimistic"):
+        raise ConfigError(f"eval.tie_policy: expected 'expected' or 'pessimistic', got {profile.eval.tie_policy!r}")
+    if profile.run.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
+
+
+def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
+    """Load a profile by name (``smoke``, ``paper``) or by path, with optional dotted overrides.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"data.max_users": 50}``; each key must exist.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile {name_or_path!r} not found at {path}; known profiles: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        _apply_override(raw, dotted, value, path)
+    try:
+        profile = _build(Profile, raw, "")
+        _validate(profile)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(profile, source_path=str(path))
+
+
+def _apply_override(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"{path}: override '{dotted}': no section '{part}'")
+        node = node[part]
+    if leaf not in node:
+        raise ConfigError(f"{path}: override '{dotted}': unknown key '{leaf}'")
+    node[leaf] = value

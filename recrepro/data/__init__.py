@@ -1,0 +1,1 @@
+"""Raw data loaders and the benchmark builder (samples, temporal split, frozen candidates)."""

@@ -1,0 +1,76 @@
+"""Score predictions on frozen test lists and turn them into table rows with bootstrap intervals.
+
+Per-instance metrics are kept (``runs/<profile>/eval/<dataset>/<model>.parquet``) so that paired
+significance tests between any two rows can be run later on exactly the same instances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from recrepro.config import Profile
+from recrepro.io import read_parquet, write_parquet
+from recrepro.metrics import bootstrap_ci, chance_metrics, list_metrics, metric_names, score_metrics, summarize
+
+
+def metrics_row(dataset: str, model: str, per_instance: dict[str, np.ndarray], profile: Profile,
+                source: str = "measured") -> dict:
+    """One table row: means, n, profile, source, then the 95% bootstrap bounds of each metric."""
+    names = metric_names(profile.eval.ks)
+    means = summarize(per_instance)
+    bounds = bootstrap_ci(per_instance, profile.eval.bootstrap_reps, profile.eval.bootstrap_seed)
+    row: dict = {"dataset": dataset, "model": model}
+    row.update({name: means[name] for name in names})
+    row.update({"n": len(next(iter(per_instance.values()))), "profile": profile.run.name, "source": source})
+    for name in names:
+        row[f"{name}_lo"], row[f"{name}_hi"] = bounds[name]
+    return row
+
+
+def chance_row(dataset: str, n_candidates: int, n: int, profile: Profile) -> dict:
+    """The analytic chance level (PAPER.md 1.1): exact, so its interval has zero width."""
+    values = chance_metrics(n_candidates, profile.eval.ks)
+    row: dict = {"dataset": dataset, "model": "Chance"}
+    row.update({name: values[name] for name in metric_names(profile.eval.ks)})
+    row.update({"n": n, "profile": profile.run.name, "source": "analytic"})
+    for name in metric_names(profile.eval.ks):
+        row[f"{name}_lo"] = row[f"{name}_hi"] = values[name]
+    return row
+
+
+def per_instance_path(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> Path:
+    safe = model.replace("/", "_").replace(" ", "_")
+    return profile.run_dir(root) / "eval" / dataset / f"{safe}.parquet"
+
+
+def save_per_instance(profile: Profile, dataset: str, model: str, sample_ids: Sequence[int],
+                      per_instance: dict[str, np.ndarray], root: Path | str = ".") -> Path:
+    frame = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=np.int64), **per_instance})
+    path = per_instance_path(profile, dataset, model, root)
+    write_parquet(frame, path)
+    return path
+
+
+def load_per_instance(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> pd.DataFrame:
+    return read_parquet(per_instance_path(profile, dataset, model, root))
+
+
+def evaluate_scores(profile: Profile, dataset: str, model: str, samples: pd.DataFrame, scores: np.ndarray,
+                    root: Path | str = ".") -> dict:
+    """Rank candidates by ``scores`` [n, n_candidates]; save per-instance values; return the row."""
+    per_instance = score_metrics(scores, samples["target_index"].to_numpy(), profile.eval.ks,
+                                 profile.eval.tie_policy)
+    save_per_instance(profile, dataset, model, samples["sample_id"], per_instance, root)
+    return metrics_row(dataset, model, per_instance, profile)
+
+
+def evaluate_lists(profile: Profile, dataset: str, model: str, samples: pd.DataFrame,
+                   predictions: Sequence[Sequence[int] | None], root: Path | str = ".") -> dict:
+    """Score ranked lists of 1-based candidate positions (None = invalid answer, a miss)."""
+    per_instance = list_metrics(predictions, samples["target_index"].tolist(), profile.eval.ks)
+    save_per_instance(profile, dataset, model, samples["sample_id"], per_instance, root)
+    return metrics_row(dataset, model, per_instance, profile)

@@ -1,0 +1,136 @@
+"""The one metrics module: HitRate@K and NDCG@K with one target, tie handling, bootstrap intervals.
+
+Two kinds of prediction are scored:
+
+* a ranked list of candidate positions (an LLM's answer): the target's rank is its place in the
+  list; a target not in the list, an invalid answer or an empty list is a miss (every metric 0);
+* a score per candidate (classic recommenders): the target's rank follows from the scores, with ties
+  resolved by ``tie_policy``:
+  - ``"expected"`` (default): the metric's exact expectation over a uniformly random order of the tied
+    candidates (McSherry and Najork, 2008). A constant scorer gets H@1 = 1/20 and H@10 = 1/2 on 20
+    candidates, exactly chance; it can never earn credit from ties.
+  - ``"pessimistic"``: the target is placed after every candidate it ties with.
+
+With one relevant item the ideal DCG is 1, so NDCG@K = 1/log2(rank + 1) when rank <= K, else 0;
+N@1 equals H@1 (PAPER.md 1.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    """Column order used in every table: H@K for each K, then N@K for each K > 1."""
+    return [f"H@{k}" for k in ks] + [f"N@{k}" for k in ks if k > 1]
+
+
+def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Per-instance H@K and N@K from 1-based ranks (0 or negative = miss)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit_any = ranks >= 1
+    out: dict[str, np.ndarray] = {}
+    gains = np.where(hit_any, 1.0 / np.log2(np.maximum(ranks, 1.0) + 1.0), 0.0)
+    for k in ks:
+        inside = hit_any & (ranks <= k)
+        out[f"H@{k}"] = inside.astype(np.float64)
+        if k > 1:
+            out[f"N@{k}"] = np.where(inside, gains, 0.0)
+    return out
+
+
+def list_ranks(predictions: Sequence[Sequence[int] | None], targets: Sequence[int]) -> np.ndarray:
+    """1-based rank of each target in its predicted list; 0 where the list is None or misses it."""
+    ranks = np.zeros(len(targets), dtype=np.int64)
+    for row, (predicted, target) in enumerate(zip(predictions, targets)):
+        if predicted:
+            for position, index in enumerate(predicted, start=1):
+                if index == target:
+                    ranks[row] = position
+                    break
+    return ranks
+
+
+def list_metrics(predictions: Sequence[Sequence[int] | None], targets: Sequence[int],
+                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Per-instance metrics for ranked lists of candidate indices (None = invalid answer)."""
+    return rank_metrics(list_ranks(predictions, targets), ks)
+
+
+def _discount_prefix(n: int) -> np.ndarray:
+    """prefix[r] = sum of 1/log2(i+1) for i = 1..r (prefix[0] = 0)."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(1, n + 1) + 1.0))])
+
+
+def score_metrics(scores: np.ndarray, target_positions: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
+                  tie_policy: str = "expected") -> dict[str, np.ndarray]:
+    """Per-instance metrics for a score matrix [n, n_candidates]; ``target_positions`` are 1-based.
+
+    NaN scores are treated as -inf (the lowest possible score, tied with other unknowns).
+    """
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    n, width = scores.shape
+    rows = np.arange(n)
+    target_scores = scores[rows, np.asarray(target_positions) - 1]
+    better = (scores > target_scores[:, None]).sum(axis=1)
+    tied = (scores == target_scores[:, None]).sum(axis=1)  # includes the target itself
+    if tie_policy == "pessimistic":
+        return rank_metrics(better + tied, ks)
+    if tie_policy != "expected":
+        raise ValueError(f"tie_policy must be 'expected' or 'pessimistic', got {tie_policy!r}")
+    prefix = _discount_prefix(width)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        # Ranks are uniform on better+1 .. better+tied; count/sum those at or below k.
+        upper = np.minimum(better + tied, k)
+        inside = np.clip(upper - better, 0, None)
+        out[f"H@{k}"] = inside / tied
+        if k > 1:
+            out[f"N@{k}"] = (prefix[np.maximum(upper, better)] - prefix[better]) / tied
+    return out
+
+
+def chance_metrics(n_candidates: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Analytic expectation for a uniformly random ranking of n candidates with one positive."""
+    constant = np.zeros((1, n_candidates))
+    return {name: float(values[0]) for name, values in score_metrics(constant, np.array([1]), ks).items()}
+
+
+def summarize(per_instance: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(np.mean(values)) if len(values) else float("nan") for name, values in per_instance.items()}
+
+
+def bootstrap_ci(per_instance: dict[str, np.ndarray], reps: int, seed: int,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric's mean, resampling instances with replacement.
+
+    The same resampled index sets are used for every metric so the intervals are jointly drawn.
+    """
+    names = list(per_instance)
+    n = len(per_instance[names[0]]) if names else 0
+    if n == 0:
+        return {name: (float("nan"), float("nan")) for name in names}
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(reps, n))
+    alpha = (1.0 - level) / 2.0
+    out = {}
+    for name in names:
+        means = np.asarray(per_instance[name], dtype=np.float64)[draws].mean(axis=1)
+        out[name] = (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
+    return out
+
+
+def paired_bootstrap_pvalue(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> float:
+    """Two-sided paired bootstrap p-value for mean(a) - mean(b) = 0 over the same instances."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(diff) == 0:
+        return float("nan")
+    observed = diff.mean()
+    rng = np.random.default_rng(seed)
+    centred = diff - observed
+    means = centred[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
+    return float((np.sum(np.abs(means) >= abs(observed)) + 1) / (reps + 1))

@@ -1,0 +1,111 @@
+"""Headless chain runner: executes ``notebooks/NN_*.ipynb`` in order through papermill.
+
+Each executed notebook lands in ``runs/<profile>/notebooks/``. A notebook is skipped when its
+*stamp* is unchanged: the SHA-256 of the notebook file, the profile sections it declares in its
+metadata (``metadata.recrepro.sections``), the library's source code and the stamp of the notebook
+before it. So a rerun with nothing changed skips every stage, and a change anywhere upstream
+re-runs everything downstream of it. ``force`` re-runs regardless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recrepro.config import Profile, load_profile
+from recrepro.io import atomic_path, write_json_atomic
+
+PACKAGE_DIR = Path(__file__).parent
+KERNEL_NAME = "python3"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    notebook: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+    output: Path
+
+
+def find_notebooks(root: Path) -> list[Path]:
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"{root / 'notebooks'}: no NN_*.ipynb notebooks found")
+    return notebooks
+
+
+def _number(notebook: Path) -> int:
+    return int(notebook.name[:2])
+
+
+def _source_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in (".py", ".yaml", ".csv", ".txt") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _declared_sections(notebook: Path) -> list[str]:
+    meta = json.loads(notebook.read_text()).get("metadata", {}).get("recrepro", {})
+    return list(meta.get("sections", []))
+
+
+def stage_stamp(notebook: Path, profile: Profile, previous: str, code_hash: str) -> str:
+    sections = _declared_sections(notebook)
+    unknown = [s for s in sections if s not in profile.to_dict()]
+    if unknown:
+        raise ValueError(f"{notebook}: metadata.recrepro.sections names unknown profile section(s) {unknown}")
+    payload = {
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "config": profile.section_hash("run", *sections),
+        "code": code_hash,
+        "previous": previous,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def run_chain(profile_name: str, root: Path | str = ".", start: int | None = None, stop: int | None = None,
+              force: bool = False, overrides: dict[str, Any] | None = None, log=print) -> list[StageResult]:
+    """Run notebooks ``start``..``stop`` (inclusive, by number) of the chain for one profile."""
+    import papermill
+
+    root = Path(root).resolve()
+    profile = load_profile(profile_name, overrides)
+    run_dir = profile.run_dir(root)
+    out_dir, stamp_dir = run_dir / "notebooks", run_dir / "stamps"
+    code_hash = _source_hash()
+    results: list[StageResult] = []
+    previous = ""
+    for notebook in find_notebooks(root):
+        number = _number(notebook)
+        stamp = stage_stamp(notebook, profile, previous, code_hash)
+        previous = stamp
+        if (start is not None and number < start) or (stop is not None and number > stop):
+            continue
+        output = out_dir / notebook.name
+        stamp_file = stamp_dir / f"{notebook.stem}.json"
+        if not force and output.is_file() and stamp_file.is_file() and \
+                json.loads(stamp_file.read_text()).get("stamp") == stamp:
+            log(f"[skip] {notebook.name}: inputs and config unchanged")
+            results.append(StageResult(notebook.name, "skipped", 0.0, output))
+            continue
+        log(f"[run ] {notebook.name}")
+        began = time.perf_counter()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output) as tmp:
+            papermill.execute_notebook(
+                str(notebook), str(tmp), parameters={"profile": profile_name, "root": str(root),
+                                                     "overrides": overrides or {}},
+                kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, language="python",
+            )
+        seconds = time.perf_counter() - began
+        write_json_atomic(stamp_file, {"stamp": stamp, "seconds": round(seconds, 2)})
+        log(f"[done] {notebook.name} in {seconds:.1f} s")
+        results.append(StageResult(notebook.name, "ran", seconds, output))
+    return results

@@ -1,0 +1,99 @@
+"""Stage functions the notebooks call: each reads earlier artifacts, writes its own, returns tables.
+
+Notebooks stay thin: a parameters cell, one call here, and plots. The CLI runner executes the
+notebooks; these functions are equally usable from a script or a test.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from recrepro.config import Profile
+from recrepro.io import write_json_atomic, write_text_atomic
+from recrepro.tables import write_table
+
+TABLE1_TITLE = "Table 1: top-K accuracy on the frozen test lists (20 candidates)"
+KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "recbole", "numpy", "pandas", "papermill")
+
+
+def environment_report(profile: Profile) -> dict:
+    """Versions, hardware and the profile in use, for the record of every run."""
+    import torch
+
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "profile": profile.run.name,
+        "profile_file": profile.source_path,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": __import__("os").cpu_count(),
+        "cuda_available": bool(torch.cuda.is_available()),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "packages": versions,
+        "seed": profile.run.seed,
+    }
+
+
+def run_setup(profile: Profile, root: Path | str = ".") -> dict:
+    report = environment_report(profile)
+    write_json_atomic(profile.run_dir(root) / "environment.json", report)
+    return report
+
+
+def run_data(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
+    """Build every dataset of the profile and write ``results/<profile>/dataset_stats.csv``."""
+    from recrepro.data.pipeline import prepare_dataset, stats_table
+
+    rows = [prepare_dataset(profile, dataset, root) for dataset in profile.data.datasets]
+    table = stats_table(rows, profile.run.name)
+    out = profile.results_dir(root) / "dataset_stats.csv"
+    write_text_atomic(out, table.to_csv(index=False, float_format="%.6g"))
+    return table
+
+
+def run_classic_baselines(profile: Profile, root: Path | str = ".", models: list[str] | None = None) -> pd.DataFrame:
+    """Chance, Random, MostPop and the RecBole models on every dataset's test split -> table1."""
+    from recrepro.baselines.simple import popularity_scores, random_scores
+    from recrepro.baselines.sequential import load_sequential, train_sequential
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.evaluation import chance_row, evaluate_scores
+
+    root = Path(root)
+    rows: list[dict] = []
+    for dataset in profile.data.datasets:
+        bench = load_benchmark(profile, dataset, root)
+        test = bench.samples["test"]
+        n_cand = profile.data.n_candidates
+        rows.append(chance_row(dataset, n_cand, len(test), profile))
+        rows.append(evaluate_scores(profile, dataset, "Random", test,
+                                    random_scores(len(test), n_cand, profile.run.seed), root))
+        pop = popularity_scores(test, bench.interactions, bench.valid_start_time)
+        rows.append(evaluate_scores(profile, dataset, "MostPop", test, pop, root))
+        model_dir = profile.run_dir(root) / "models" / dataset
+        for model_name in models or profile.recbole.models:
+            train_sequential(model_name, bench.training_interactions(), profile.recbole, profile.data.history_max,
+                             profile.run.seed, profile.run_dir(root) / "recbole_work" / dataset, model_dir,
+                             device=_device(profile))
+            scorer = load_sequential(model_dir / model_name, device=_device(profile))
+            scores = scorer.score_candidates(test["history_items"].tolist(), test["candidates"].tolist(),
+                                             test["user_id"].tolist())
+            rows.append(evaluate_scores(profile, dataset, model_name, test, scores, root))
+    return write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+
+
+def _device(profile: Profile) -> str:
+    if profile.run.device != "auto":
+        return profile.run.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,135 @@
+"""Results tables: measured rows, the analytic chance row and the paper's values, in one place.
+
+``results/<profile>/table1.csv`` is long-format: one row per (dataset, model, source). Columns:
+dataset, model, H@1, H@5, H@10, N@5, N@10, n, profile, source, then the 95% bootstrap bounds
+(``<metric>_lo``, ``<metric>_hi``) and ``paper_marks`` (the PAPER.md mark of each paper value).
+``source`` is ``measured`` (our run), ``analytic`` (the exact chance level) or ``paper`` (reported
+by the paper; dataset uses the paper's short names). Stages add their rows with :func:`upsert_rows`,
+so re-running one stage replaces only its own rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recrepro.io import write_text_atomic
+from recrepro.metrics import metric_names
+from recrepro.paper import reported_values
+
+KEY = ["dataset", "model", "source"]
+MODEL_ORDER = [
+    "Chance", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
+    "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO", "ReRe", "AgenticRec",
+]
+SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2}
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    model_rank = {name: i for i, name in enumerate(MODEL_ORDER)}
+    order = pd.DataFrame({
+        "source": table["source"].map(SOURCE_ORDER).fillna(9),
+        "dataset": table["dataset"],
+        "model": table["model"].map(lambda m: model_rank.get(m, len(MODEL_ORDER))),
+        "name": table["model"],
+    })
+    return table.loc[order.sort_values(["source", "dataset", "model", "name"], kind="stable").index].reset_index(drop=True)
+
+
+def paper_rows(table: str, profile_name: str, ks: list[int]) -> pd.DataFrame:
+    """The paper's reported values for one table, one row per (dataset, model)."""
+    reported = reported_values()
+    reported = reported[reported["table"] == table]
+    wide = reported.pivot_table(index=["dataset", "model"], columns="metric", values="value", aggfunc="first")
+    marks = reported.groupby(["dataset", "model"]).apply(
+        lambda g: ";".join(f"{m}:{k}" for m, k in zip(g["metric"], g["mark"])), include_groups=False)
+    wide = wide.reindex(columns=metric_names(ks))
+    wide["paper_marks"] = marks
+    wide = wide.reset_index()
+    wide["n"] = np.nan
+    wide["profile"] = profile_name
+    wide["source"] = "paper"
+    return wide
+
+
+def upsert_rows(path: Path | str, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """Replace rows with the same (dataset, model, source) key in the CSV at ``path``; write atomically."""
+    path = Path(path)
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        keys = set(map(tuple, new[KEY].astype(str).to_numpy()))
+        keep = [tuple(k) not in keys for k in old[KEY].astype(str).to_numpy()]
+        merged = pd.concat([old[keep], new], ignore_index=True)
+    else:
+        merged = new
+    merged = _sorted(merged)
+    write_text_atomic(path, merged.to_csv(index=False, float_format="%.6g"))
+    return merged
+
+
+def _cell(value: float, lo: float | None = None, hi: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    text = f"{value:.4f}"
+    if lo is not None and hi is not None and not np.isnan(lo) and hi > lo:
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def render_markdown(table: pd.DataFrame, title: str, ks: list[int]) -> str:
+    """Markdown: measured and chance rows per dataset, then the paper's values in their own section."""
+    names = metric_names(ks)
+    profile = table["profile"].iloc[0] if len(table) else "?"
+    lines = [f"# {title}", "",
+             f"Profile: **{profile}**. Cells: mean [95% bootstrap interval]. "
+             "Chance is the exact expectation for 20 candidates and one positive (PAPER.md 1.1).", ""]
+    ours = table[table["source"] != "paper"]
+    header = "| dataset | model | " + " | ".join(names) + " | n | source |"
+    rule = "|" + "---|" * (len(names) + 4)
+    if len(ours):
+        lines += ["## Measured by this kit", "", header, rule]
+        for _, row in ours.iterrows():
+            cells = [_cell(row[m], row.get(f"{m}_lo"), row.get(f"{m}_hi")) for m in names]
+            lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells)
+                         + f" | {int(row['n'])} | {row['source']} |")
+    paper = table[table["source"] == "paper"]
+    if len(paper):
+        note = ("These are the paper's numbers on its Amazon 2023 datasets. "
+                + ("They are not comparable with the ml-100k smoke numbers above." if profile == "smoke" else
+                   "Compare each with the measured row of the same dataset and model."))
+        lines += ["", "## Reported by the paper", "", note,
+                  "Marks (PAPER.md): N = two agreeing reading notes, S = secondary source only.", "",
+                  "| dataset | model | " + " | ".join(names) + " | marks |", "|" + "---|" * (len(names) + 3)]
+        for _, row in paper.iterrows():
+            cells = [_cell(row[m]) for m in names]
+            lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells) + f" | {row['paper_marks']} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_latex(table: pd.DataFrame, ks: list[int]) -> str:
+    names = metric_names(ks)
+    profile = table["profile"].iloc[0] if len(table) else "?"
+    body = [r"\begin{tabular}{ll" + "r" * len(names) + "l}", r"\toprule",
+            "Dataset & Model & " + " & ".join(n.replace("@", r"@") for n in names) + r" & Source \\", r"\midrule"]
+    for _, row in table.iterrows():
+        cells = [("--" if pd.isna(row[m]) else f"{row[m]:.4f}") for m in names]
+        body.append(f"{row['dataset'].replace('_', r'\_')} & {row['model']} & " + " & ".join(cells)
+                    + f" & {row['source']} \\\\")
+    body += [r"\bottomrule", r"\end{tabular}"]
+    return f"% profile: {profile}; generated by recrepro.tables\n" + "\n".join(body) + "\n"
+
+
+def write_table(results_dir: Path | str, stem: str, rows: list[dict], title: str, ks: list[int],
+                paper_table: str | None = None) -> pd.DataFrame:
+    """Upsert ``rows`` (and the paper's rows) into ``<stem>.csv`` and re-render ``.md`` and ``.tex``."""
+    results_dir = Path(results_dir)
+    frame = pd.DataFrame(rows)
+    if paper_table is not None and len(frame):
+        frame = pd.concat([frame, paper_rows(paper_table, str(frame["profile"].iloc[0]), ks)], ignore_index=True)
+    table = upsert_rows(results_dir / f"{stem}.csv", frame)
+    write_text_atomic(results_dir / f"{stem}.md", render_markdown(table, title, ks))
+    write_text_atomic(results_dir / f"{stem}.tex", render_latex(table, ks))
+    return table
