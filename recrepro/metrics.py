@@ -72,7 +72,8 @@ def score_metrics(scores: np.ndarray, target_positions: np.ndarray, ks: Sequence
 
     NaN scores are treated as -inf (the lowest possible score, tied with other unknowns).
     """
-    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
     n, width = scores.shape
     rows = np.arange(n)
     target_scores = scores[rows, np.asarray(target_positions) - 1]

@@ -1,0 +1,90 @@
+"""Profiles load into typed objects; unknown, missing or mistyped keys are clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recrepro.config import PROFILE_DIR, ConfigError, load_profile
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_both_profiles_load():
+    smoke, paper = load_profile("smoke"), load_profile("paper")
+    assert smoke.data.datasets == ["ml-100k"] and smoke.data.source == "movielens"
+    assert paper.data.datasets == ["CDs_and_Vinyl", "Musical_Instruments", "Office_Products", "Video_Games"]
+    # PAPER.md 1.1 / 1.4 values in the paper profile
+    assert paper.data.history_max == 10 and paper.data.n_candidates == 20
+    assert paper.data.split_ratios == [0.8, 0.1, 0.1]
+    assert (paper.rta.group_size, paper.rta.epochs, paper.rta.batch_size) == (8, 3, 64)
+    assert paper.rta.learning_rate == 1e-6 and paper.agent.temperature == 0.6
+    assert paper.agent.max_new_tokens == 6144 and paper.agent.max_tool_calls == 10
+    assert (paper.reward.invalid, paper.reward.miss, paper.reward.first_with_tool_bonus) == (-1.0, -0.5, 0.1)
+    assert paper.agent.model_name_or_path == "Qwen/Qwen3-4B-Instruct-2507"
+
+
+def test_every_paper_value_carries_a_mark():
+    text = (PROFILE_DIR / "paper.yaml").read_text().splitlines()
+    for key in ("history_max", "n_candidates", "split_ratios", "group_size", "learning_rate:", "temperature",
+                "max_new_tokens", "invalid:", "miss:", "first_with_tool_bonus", "window_start"):
+        line = next(l for l in text if key in l)
+        assert any(mark in line for mark in ("[P]", "[N]", "[S]", "[G]")), line
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["data"].__setitem__("histroy_max", 5))
+    with pytest.raises(ConfigError, match=r"unknown key 'data.histroy_max'.*did you mean 'data.history_max'"):
+        load_profile(path)
+
+
+def test_unknown_section(tmp_path):
+    path = _write(tmp_path, lambda raw: raw.__setitem__("dta", {}))
+    with pytest.raises(ConfigError, match="unknown key 'dta'"):
+        load_profile(path)
+
+
+def test_missing_key(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["data"].pop("seed", None) or raw["run"].pop("seed"))
+    with pytest.raises(ConfigError, match="missing key.*run.seed"):
+        load_profile(path)
+
+
+def test_wrong_type(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["data"].__setitem__("history_max", "ten"))
+    with pytest.raises(ConfigError, match="data.history_max: expected an integer"):
+        load_profile(path)
+
+
+def test_unknown_dataset_source_and_name(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["data"].__setitem__("datasets", ["ml-1m"]))
+    with pytest.raises(ConfigError, match="movielens source only provides 'ml-100k'"):
+        load_profile(path)
+    path = _write(tmp_path, lambda raw: raw["data"].__setitem__("source", "netflix"))
+    with pytest.raises(ConfigError, match="unknown source 'netflix'"):
+        load_profile(path)
+
+
+def test_bad_split_ratios(tmp_path):
+    path = _write(tmp_path, lambda raw: raw["data"].__setitem__("split_ratios", [0.8, 0.1]))
+    with pytest.raises(ConfigError, match="split_ratios"):
+        load_profile(path)
+
+
+def test_overrides_and_unknown_override():
+    assert load_profile("smoke", {"data.max_users": 7}).data.max_users == 7
+    with pytest.raises(ConfigError, match="unknown key 'max_user'"):
+        load_profile("smoke", {"data.max_user": 7})
+
+
+def test_unknown_profile_name():
+    with pytest.raises(ConfigError, match="known profiles"):
+        load_profile("nonexistent")
