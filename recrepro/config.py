@@ -81,6 +81,34 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ToolsConfig:
+    """The seven tools of PAPER.md 1.3; output formats and sizes are ours [G]."""
+
+    max_lines: int  # longest tool answer, in lines
+    max_chars: int  # longest tool answer, in characters
+    session_gap_hours: float  # a gap longer than this starts a new session
+    rating_high: float  # ratings >= this are "high"
+    rating_low: float  # ratings <= this are "low"; in between is "neutral"
+    price_bands: list[float]  # upper bounds of the price bands used by candidates_analyze
+    n_similar_items: int
+    n_similar_users: int
+    neighbour_recent_items: int  # recent purchases listed per similar user
+    user_snapshots: int  # fixed time points at which all users' SASRec states are stored
+    sasrec_model: str  # which exported RecBole model powers the collaborative tools
+
+
+@dataclass(frozen=True)
+class UserProfileConfig:
+    """How the text behind get_user_profile is written (PAPER.md 1.3: offline, by the backbone)."""
+
+    generator: str  # "template" (deterministic) or "llm"
+    model_name_or_path: str  # used by the llm generator
+    prompt_version: str  # part of the cache key; bump it when the prompt changes
+    max_new_tokens: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     model_name_or_path: str
     top_k: int  # length of the answer list
@@ -119,6 +147,8 @@ class Profile:
     data: DataConfig
     recbole: RecBoleConfig
     eval: EvalConfig
+    tools: ToolsConfig
+    user_profile: UserProfileConfig
     agent: AgentConfig
     reward: RewardConfig
     rta: RTAConfig
@@ -212,6 +242,10 @@ def _validate(profile: Profile) -> None:
         raise ConfigError("data: n_candidates must be >= 2, history_max and min_history >= 1")
     if profile.eval.tie_policy not in ("expected", "pessimistic"):
         raise ConfigError(f"eval.tie_policy: expected 'expected' or 'pessimistic', got {profile.eval.tie_policy!r}")
+    if profile.user_profile.generator not in ("template", "llm"):
+        raise ConfigError(f"user_profile.generator: expected 'template' or 'llm', got {profile.user_profile.generator!r}")
+    if profile.tools.rating_low >= profile.tools.rating_high:
+        raise ConfigError("tools: rating_low must be below rating_high")
     if profile.run.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
 
