@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +99,20 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
         log(f"[run ] {notebook.name}")
         began = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
+        failed = out_dir / f"{notebook.stem}.failed.ipynb"
         with atomic_path(output) as tmp:
-            papermill.execute_notebook(
-                str(notebook), str(tmp), parameters={"profile": profile_name, "root": str(root),
-                                                     "overrides": overrides or {}},
-                kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, language="python",
-            )
+            try:
+                papermill.execute_notebook(
+                    str(notebook), str(tmp), parameters={"profile": profile_name, "root": str(root),
+                                                         "overrides": overrides or {}},
+                    kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, language="python",
+                )
+            except papermill.PapermillExecutionError:
+                # The previous good output stays; the failed run is kept beside it for inspection.
+                shutil.copyfile(tmp, failed)
+                log(f"[fail] {notebook.name}: executed copy at {failed}")
+                raise
+        failed.unlink(missing_ok=True)
         seconds = time.perf_counter() - began
         write_json_atomic(stamp_file, {"stamp": stamp, "seconds": round(seconds, 2)})
         log(f"[done] {notebook.name} in {seconds:.1f} s")

@@ -1,0 +1,67 @@
+"""The chain runner's stamps: unchanged stages are skipped, changes re-run what is downstream."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nbformat
+import pytest
+
+from recrepro.config import load_profile
+from recrepro.runner import find_notebooks, run_chain, stage_stamp
+from tests.conftest import REPO_ROOT
+
+
+def _mini_chain(root):
+    (root / "notebooks").mkdir()
+    for number, body in ((0, "x = 1"), (1, "import pathlib; pathlib.Path(root, 'ran1').touch()")):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                       "recrepro": {"sections": ["data"] if number else []}}
+        params = nbformat.v4.new_code_cell('profile = "smoke"\nroot = "."\noverrides = {}')
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, root / "notebooks" / f"0{number}_step.ipynb")
+
+
+@pytest.mark.slow
+def test_second_run_skips_and_change_reruns_downstream(tmp_path):
+    _mini_chain(tmp_path)
+    first = run_chain("smoke", tmp_path, log=lambda _: None)
+    assert [r.status for r in first] == ["ran", "ran"]
+    assert (tmp_path / "ran1").exists()
+    assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_step.ipynb").is_file()
+    second = run_chain("smoke", tmp_path, log=lambda _: None)
+    assert [r.status for r in second] == ["skipped", "skipped"]
+    changed = run_chain("smoke", tmp_path, overrides={"data.history_max": 5}, log=lambda _: None)
+    assert [r.status for r in changed] == ["skipped", "ran"]  # 00 does not read the data section
+    forced = run_chain("smoke", tmp_path, start=1, stop=1, force=True, log=lambda _: None)
+    assert [(r.notebook, r.status) for r in forced] == [("01_step.ipynb", "ran")]
+
+
+def test_failed_notebook_names_the_cell_and_keeps_old_output(tmp_path):
+    _mini_chain(tmp_path)
+    nb = nbformat.read(tmp_path / "notebooks" / "00_step.ipynb", as_version=4)
+    nb.cells[1].source = "raise ValueError('bad input in cell')"
+    nbformat.write(nb, tmp_path / "notebooks" / "00_step.ipynb")
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="bad input in cell"):
+        run_chain("smoke", tmp_path, stop=0, log=lambda _: None)
+    assert not (tmp_path / "runs" / "smoke" / "stamps" / "00_step.json").exists()
+    assert not (tmp_path / "runs" / "smoke" / "notebooks" / "00_step.ipynb").exists()
+    failed = tmp_path / "runs" / "smoke" / "notebooks" / "00_step.failed.ipynb"
+    assert "bad input in cell" in failed.read_text()
+
+
+def test_repo_notebooks_are_thin_and_parameterised():
+    for path in find_notebooks(REPO_ROOT):
+        nb = json.loads(path.read_text())
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", path
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, path
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(len("".join(c["source"]).splitlines()) <= 25 for c in code), path
+        assert not any(c.get("outputs") for c in code), f"{path}: commit notebooks without outputs"
+        stage_stamp(path, load_profile("smoke"), "", "")  # declared sections exist
