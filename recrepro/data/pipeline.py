@@ -60,8 +60,10 @@ def _load_raw(profile: Profile, dataset: str, root: Path) -> tuple[pd.DataFrame,
 
         interactions, items, users = load_ml100k()
         return interactions, items, users, Counter()
-    from recrepro.data.amazon import load_category
+    from recrepro.data.amazon import fetch_category, load_category
 
+    # Skips files whose SHA-256 matches downloads.json, so a rerun needs no network.
+    fetch_category(root / cfg.raw_dir, cfg.base_url, dataset)
     tables = load_category(root / cfg.raw_dir, dataset,
                            iso_to_ts(cfg.window_start, "data.window_start"),
                            iso_to_ts(cfg.window_end, "data.window_end"))

@@ -1,0 +1,819 @@
+"""Amazon Reviews 2023: download the official raw files and stream them into canonical tables.
+
+The official release (PAPER.md section 1.2) has, per category, a reviews file and a metadata file,
+both gzipped JSON lines. This module is the raw-data layer for them:
+
+* :func:`category_urls` / :func:`download` / :func:`fetch_category` fetch the two files with the
+  standard library only. A download goes into ``<dest>.part``, resumes an interrupted ``.part``
+  with an HTTP ``Range`` request, is checked for length, for being one complete gzip stream and
+  (when given) for its SHA-256, and only then is renamed onto ``dest``. ``fetch_category`` records
+  url, size and SHA-256 of both files in ``<raw_dir>/<category>/downloads.json``.
+* :func:`read_reviews` / :func:`read_meta` / :func:`load_category` parse the files as a stream:
+  one line at a time with ``orjson``, keeping only the few fields the kit needs, ids interned into
+  integer codes in ``array.array`` buffers (each distinct id string is stored once). A raw file is
+  never held in memory as a whole (the reviews of a large category are several GB uncompressed);
+  the parser holds a few MB of decompressed text at a time.
+
+Error policy. Bad *input data* raises :class:`~recrepro.data.schema.DataError` naming the file and
+line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream, a download
+whose bytes fail the gzip or hash check. Rows that are well-formed JSON but unusable (no user, no
+item, non-numeric timestamp or rating) are skipped and counted in ``skips`` so that the data stage
+can report them. Transient *network* failures raise :class:`DownloadError` naming the URL; the
+``.part`` file is kept so that the next call resumes it.
+
+Skip counters (keys of ``skips``). A review is counted under the first check it fails, in the
+order listed; ``timestamp_in_seconds`` is a note on a review that passed the four checks.
+
+``review_bad_timestamp``   timestamp missing or not a number (review skipped)
+``review_missing_user``    user_id missing, empty or not a string (review skipped)
+``review_missing_item``    parent_asin missing, empty or not a string (review skipped)
+``review_bad_rating``      rating missing or not a number (review skipped)
+``review_outside_window``  timestamp outside [window_start_ts, window_end_ts) (review filtered)
+``timestamp_in_seconds``   timestamp below 1e11, taken to be seconds already (review kept);
+                           counted whether or not the review falls inside the window
+``meta_missing_item``      metadata line without a usable parent_asin (line skipped)
+``meta_duplicate_item``    a second metadata line for the same parent_asin (first one kept)
+``meta_bad_price``         a price that is neither missing/"None" nor a non-negative number, e.g.
+                           a range "$5.99 - $9.99" (price NaN)
+``item_without_meta``      an item with reviews in the window but no metadata line (title "")
+
+Booleans are not numbers here (JSON ``true`` is not a rating). orjson never yields NaN or
+infinity, so every number that passes is finite.
+
+Speed. Decompression runs in a helper thread (zlib releases the GIL), so it overlaps with JSON
+parsing; the per-line loop has a fast path for official records and falls back to full checks
+only for unusual ones. ``benchmarks/bench_amazon_parse.py`` compares it with
+``pandas.read_json(lines=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import urllib.error
+import urllib.request
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+from tqdm.auto import tqdm
+
+from recrepro.data.schema import CATEGORY_SEPARATOR, INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
+from recrepro.io import sha256_file, write_json_atomic
+
+DOWNLOADS_NAME = "downloads.json"
+# Official timestamps are Unix milliseconds. 1e11 ms is March 1973 while 1e11 s is the year 5138,
+# so any real review time below this bound must already be in seconds.
+SECONDS_BOUND = 100_000_000_000
+# Compressed bytes read per step. The JSON lines compress about 4:1, so one step yields a few MB
+# of text: large enough that per-step overhead vanishes, small enough to keep memory flat.
+READ_CHUNK_BYTES = 1 << 20
+# Decompressed chunks the inflater thread may run ahead of the parser (bounds memory).
+_PREFETCH_CHUNKS = 4
+# wbits for zlib's gzip mode: zlib parses the header and checks the CRC-32 and length trailer.
+_GZIP_WBITS = zlib.MAX_WBITS | 16
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_GZIP_ERRORS = (EOFError, zlib.error)
+# Everything urllib / http.client / sockets raise for a failed or cut-off transfer.
+_NETWORK_ERRORS = (urllib.error.URLError, HTTPException, TimeoutError, ConnectionError, OSError)
+
+
+class DownloadError(OSError):
+    """A transfer failed for a network reason; the message names the URL. Safe to retry."""
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """One downloaded file: where it came from, where it is, its size and SHA-256 (hex)."""
+
+    url: str
+    path: Path
+    bytes: int
+    sha256: str
+
+
+def category_urls(base_url: str, category: str) -> dict[str, str]:
+    """The official reviews and metadata URLs of one category, keyed ``reviews`` / ``meta``."""
+    base = base_url.rstrip("/")
+    return {
+        "reviews": f"{base}/review_categories/{category}.jsonl.gz",
+        "meta": f"{base}/meta_categories/meta_{category}.jsonl.gz",
+    }
+
+
+def raw_paths(raw_dir: Path, category: str) -> dict[str, Path]:
+    """Where :func:`fetch_category` puts the two files (named as in the official URLs)."""
+    folder = Path(raw_dir) / category
+    return {
+        "reviews": folder / f"{category}.jsonl.gz",
+        "meta": folder / f"meta_{category}.jsonl.gz",
+    }
+
+
+def part_path(dest: Path) -> Path:
+    """The in-progress sibling of ``dest``; only a verified download is renamed onto ``dest``."""
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    expected_sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+    chunk_bytes: int = 1 << 20,
+) -> DownloadRecord:
+    """Download ``url`` to ``dest``, resuming an earlier partial download.
+
+    If ``dest`` exists and matches ``expected_sha256`` (or no hash is given) nothing is fetched.
+    Otherwise the bytes go into ``<dest>.part``; an existing ``.part`` is resumed with a ``Range``
+    request (a server that ignores ``Range`` and answers 200 restarts it from byte zero).
+
+    ``.part`` policy: after a network failure or a transfer that ended short of the announced
+    length, the ``.part`` is kept and :class:`DownloadError` is raised (call again to resume).
+    When the transfer is complete but the bytes are bad (not one complete gzip stream, or a
+    SHA-256 other than ``expected_sha256``) the ``.part`` is deleted, because resuming would only
+    reproduce the same bytes, and :class:`DataError` is raised. (A ``.part`` left from an older
+    version of the remote file fails these checks the same way; the next call starts afresh.)
+    ``dest`` is never touched unless the new file passed every check, so a failed call leaves any
+    earlier ``dest`` as it was.
+    """
+    dest = Path(dest)
+    want = expected_sha256.lower() if expected_sha256 else None
+    if dest.is_file():
+        digest = sha256_file(dest)
+        if want is None or digest == want:
+            return DownloadRecord(url, dest, dest.stat().st_size, digest)
+        # The local copy is stale or damaged: fetch again; it is replaced only once verified.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    _transfer(url, part, progress=progress, timeout=timeout, chunk_bytes=chunk_bytes)
+    try:
+        check_gzip(part, name=dest)
+        digest = sha256_file(part)
+        if want is not None and digest != want:
+            raise DataError(
+                f"{dest}: SHA-256 of the download from {url} is {digest}, expected {want}; "
+                "the file changed upstream or was corrupted in transit"
+            )
+    except DataError:
+        part.unlink(missing_ok=True)
+        raise
+    size = part.stat().st_size
+    os.replace(part, dest)
+    return DownloadRecord(url, dest, size, digest)
+
+
+def _transfer(url: str, part: Path, *, progress: bool, timeout: float, chunk_bytes: int) -> None:
+    """Bring ``part`` up to the full remote file, appending to what is already there."""
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        response = _request(url, offset, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or offset == 0:
+            raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+        # 416: nothing left after our offset. Either the .part is already whole, or it is longer
+        # than the remote file (the file changed): then start over.
+        total = _range_total(exc.headers.get("Content-Range"))
+        exc.close()
+        if total == offset:
+            return
+        part.unlink()
+        offset = 0
+        response = _request_or_raise(url, 0, timeout)
+    except _NETWORK_ERRORS as exc:
+        raise DownloadError(f"download of {url} failed: {exc}") from exc
+    with response:
+        try:
+            offset, total = _resume_point(response, url, offset)
+        except DownloadError:
+            part.unlink(missing_ok=True)  # the server's answer does not fit the .part: start over
+            raise
+        _copy_body(response, part, url, offset, total, progress=progress, chunk_bytes=chunk_bytes)
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise DownloadError(
+            f"download of {url} ended after {size} of {total} bytes; "
+            f"{part} kept, call again to resume"
+        )
+    if total is not None and size > total:
+        part.unlink()
+        raise DownloadError(f"download of {url} gave {size} bytes, more than the {total} announced")
+
+
+def _request(url: str, offset: int, timeout: float) -> Any:
+    """Open ``url``, asking for the bytes from ``offset`` on when resuming."""
+    headers = {"User-Agent": "recrepro-downloader"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _request_or_raise(url: str, offset: int, timeout: float) -> Any:
+    try:
+        return _request(url, offset, timeout)
+    except _NETWORK_ERRORS as exc:
+        raise DownloadError(f"download of {url} failed: {exc}") from exc
+
+
+def _resume_point(response: Any, url: str, offset: int) -> tuple[int, int | None]:
+    """From the response status, where writing starts and the expected final size (if known)."""
+    length = response.headers.get("Content-Length")
+    body = int(length) if length is not None and length.isdigit() else None
+    if response.status == 206:
+        start, end, total = _content_range(response.headers.get("Content-Range"), url)
+        if start != offset:
+            raise DownloadError(f"download of {url}: asked for byte {offset} on, got {start} on")
+        if body is not None and end is not None and body != end - start + 1:
+            raise DownloadError(f"download of {url}: Content-Length disagrees with Content-Range")
+        return offset, total
+    if response.status == 200:
+        # A full answer: either a fresh download, or a server that ignored our Range header.
+        return 0, body
+    raise DownloadError(f"download of {url}: unexpected HTTP status {response.status}")
+
+
+def _range_total(header: str | None) -> int | None:
+    """The TOTAL of a ``Content-Range: bytes .../TOTAL`` header; None if absent or unknown."""
+    total = (header or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+def _content_range(header: str | None, url: str) -> tuple[int | None, int | None, int | None]:
+    """Parse ``bytes START-END/TOTAL`` or ``bytes */TOTAL``; unknown parts are None."""
+    if not header or not header.startswith("bytes "):
+        raise DownloadError(f"download of {url}: missing or bad Content-Range {header!r}")
+    span, _, total_text = header[len("bytes "):].partition("/")
+    total = int(total_text) if total_text.isdigit() else None
+    if span == "*":
+        return None, None, total
+    start_text, _, end_text = span.partition("-")
+    if not (start_text.isdigit() and end_text.isdigit()):
+        raise DownloadError(f"download of {url}: bad Content-Range {header!r}")
+    return int(start_text), int(end_text), total
+
+
+def _copy_body(
+    response: Any, part: Path, url: str, offset: int, total: int | None, *,
+    progress: bool, chunk_bytes: int,
+) -> None:
+    """Stream the response body into ``part`` (appending at ``offset``, truncating at 0)."""
+    mode = "ab" if offset else "wb"
+    bar = tqdm(
+        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=part.name.removesuffix(".part"), disable=not progress, leave=False,
+    )
+    with bar, open(part, mode) as sink:
+        while True:
+            try:
+                chunk = response.read(chunk_bytes)
+            except _NETWORK_ERRORS as exc:
+                raise DownloadError(
+                    f"download of {url} broke off after {sink.tell()} bytes ({exc}); "
+                    f"{part} kept, call again to resume"
+                ) from exc
+            if not chunk:
+                return
+            sink.write(chunk)
+            bar.update(len(chunk))
+
+
+def check_gzip(path: Path, name: Path | None = None) -> None:
+    """Read ``path`` through gzip once; a truncated or corrupt stream raises :class:`DataError`.
+
+    zlib verifies the CRC-32 and length stored at the end of each gzip member, so a clean read to
+    the end proves the file is complete. ``name`` is the file named in the error (the final
+    ``dest`` rather than its ``.part``).
+    """
+    try:
+        for _ in inflate(path):
+            pass
+    except _GZIP_ERRORS as exc:
+        shown = name if name is not None else path
+        raise DataError(f"{shown}: not a complete gzip file ({type(exc).__name__}: {exc})") from exc
+
+
+def fetch_category(
+    raw_dir: Path, base_url: str, category: str, progress: bool = True,
+) -> dict[str, DownloadRecord]:
+    """Download the reviews and metadata files of ``category`` into ``raw_dir/<category>/``.
+
+    ``downloads.json`` in that folder records url, file name, size and SHA-256 of each file and is
+    rewritten atomically after each file. The recorded hash pins the data: on a later call a file
+    whose bytes still match it is not fetched again, and a file that no longer matches is fetched
+    again and must match the record (delete ``downloads.json`` to accept a changed upstream file).
+    """
+    paths = raw_paths(raw_dir, category)
+    manifest_path = paths["reviews"].parent / DOWNLOADS_NAME
+    manifest = _read_downloads(manifest_path)
+    files: dict[str, Any] = manifest.setdefault("files", {})
+    records: dict[str, DownloadRecord] = {}
+    for kind, url in category_urls(base_url, category).items():
+        previous = files.get(kind)
+        same_url = isinstance(previous, dict) and previous.get("url") == url
+        pinned = previous.get("sha256") if same_url else None
+        record = download(url, paths[kind], expected_sha256=pinned, progress=progress)
+        records[kind] = record
+        files[kind] = {
+            "url": record.url, "file": record.path.name, "bytes": record.bytes,
+            "sha256": record.sha256,
+        }
+        manifest["category"] = category
+        write_json_atomic(manifest_path, manifest)
+    return records
+
+
+def _read_downloads(path: Path) -> dict[str, Any]:
+    """The existing ``downloads.json`` as a dict, or an empty one when there is none yet."""
+    if not path.is_file():
+        return {}
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); delete it to download afresh") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise DataError(f"{path}: expected an object with a 'files' mapping; delete it to redo")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming parser
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedFile:
+    """The compact result of parsing one raw file: a canonical frame and what was dropped."""
+
+    frame: pd.DataFrame
+    skips: dict[str, int]
+    lines: int
+
+
+@dataclass
+class AmazonTables:
+    """One category in canonical layout (see :mod:`recrepro.data.schema`).
+
+    ``skips`` counts dropped or repaired rows by reason (see the module docstring); ``lines`` is
+    the number of lines read from each raw file, keyed by file name.
+    """
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    skips: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+def inflate(path: Path, read_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    """Yield the decompressed bytes of every gzip member in ``path``, chunk by chunk.
+
+    Raises EOFError for an empty file or a stream cut off before its end marker, and zlib.error
+    for corrupt data (bad header, bad CRC-32 or length in a member trailer, trailing garbage).
+    zlib is used directly rather than through :mod:`gzip` because it checks the trailer itself
+    and releases the GIL while inflating, which :func:`_prefetch` exploits.
+    """
+    with open(path, "rb") as raw:
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        in_member = False  # bytes of the current member were seen but not its end
+        empty = True
+        while data := raw.read(read_bytes):
+            empty = False
+            while data:
+                in_member = True
+                out = inflater.decompress(data)
+                if out:
+                    yield out
+                if not inflater.eof:
+                    break  # without max_length zlib consumed all of data
+                # A member ended; bytes after it must start another member (concatenated gzip).
+                data = inflater.unused_data
+                inflater = zlib.decompressobj(_GZIP_WBITS)
+                in_member = False
+        if empty:
+            raise EOFError("empty file")
+        if in_member:
+            raise EOFError("compressed data ends before the end-of-stream marker")
+
+
+def _prefetch(chunks: Iterator[bytes], depth: int = _PREFETCH_CHUNKS) -> Iterator[bytes]:
+    """Run the iterator ``chunks`` in a helper thread, at most ``depth`` items ahead.
+
+    zlib releases the GIL while inflating, so decompression overlaps with JSON parsing on a
+    second core; the bounded queue keeps memory flat. An exception in the helper is re-raised
+    here, in order, after the chunks produced before it.
+    """
+    pipe: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        # Poll so that the helper notices when the consumer has stopped reading (stop is set).
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed over to the consumer thread, which raises it
+            put(("error", exc))
+        finally:
+            chunks.close()  # type: ignore[attr-defined]  # closes the file if stopped early
+
+    helper = threading.Thread(target=work, name="recrepro-inflate", daemon=True)
+    helper.start()
+    try:
+        while True:
+            kind, payload = pipe.get()
+            if kind == "chunk":
+                yield payload
+            elif kind == "error":
+                raise payload
+            else:
+                return
+    finally:
+        stop.set()
+        helper.join()
+
+
+def iter_line_batches(
+    path: Path, read_bytes: int = READ_CHUNK_BYTES,
+) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield ``(first_line_no, lines)`` from a gzipped text file, one decompressed chunk at a time.
+
+    Lines come without their newline; line numbers are 1-based and count blank lines. Batches
+    instead of single lines keep the per-line cost of the reader to a list step. A truncated or
+    corrupt gzip stream raises :class:`DataError` naming the file and the last complete line.
+    """
+    path = Path(path)
+    line_no = 0
+    tail = b""
+    try:
+        for chunk in _prefetch(inflate(path, read_bytes)):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()  # a line cut by the chunk border is finished by the next chunk
+            if lines:
+                yield line_no + 1, lines
+                line_no += len(lines)
+    except _GZIP_ERRORS as exc:
+        raise DataError(
+            f"{path}: truncated or corrupt gzip after line {line_no} ({type(exc).__name__}: {exc})"
+        ) from exc
+    if tail:
+        yield line_no + 1, [tail]
+
+
+# The hot loops carry no line counter; on the rare bad line its number is recovered with
+# ``batch.index(raw)``. An identical earlier line would have failed the same way and raised
+# first, so the first match is this line.
+
+
+def _json_error(
+    raw: bytes, batch: list[bytes], first: int, path: Path, exc: Exception,
+) -> DataError:
+    return DataError(f"{path}:{first + batch.index(raw)}: not valid JSON ({exc})")
+
+
+def _object_error(value: Any, raw: bytes, batch: list[bytes], first: int, path: Path) -> DataError:
+    line_no = first + batch.index(raw)
+    return DataError(f"{path}:{line_no}: expected a JSON object, got {type(value).__name__}")
+
+
+_REVIEW_SKIPS = ("review_bad_timestamp", "review_missing_user", "review_missing_item",
+                 "review_bad_rating", "review_outside_window", "timestamp_in_seconds")
+
+
+def _review_fields(
+    rec: dict[str, Any], skips: dict[str, int],
+) -> tuple[str, str, float, int] | None:
+    """Full checks for a review the fast path declined: (user, item, rating, seconds) or None.
+
+    orjson never produces NaN or infinity (JSON has no such literals and it rejects overflow), so
+    a float here is always finite. bool is excluded explicitly because it is a subclass of int.
+    """
+    ts = rec.get("timestamp")
+    if type(ts) not in (int, float):
+        skips["review_bad_timestamp"] += 1
+        return None
+    user = rec.get("user_id")
+    if type(user) is not str or not user:
+        skips["review_missing_user"] += 1
+        return None
+    item = rec.get("parent_asin")
+    if type(item) is not str or not item:
+        skips["review_missing_item"] += 1
+        return None
+    rating = rec.get("rating")
+    if type(rating) not in (int, float):
+        skips["review_bad_rating"] += 1
+        return None
+    if ts >= SECONDS_BOUND:
+        seconds = math.floor(ts // 1000)  # floor division keeps int ms exact
+    else:
+        seconds = math.floor(ts)
+        skips["timestamp_in_seconds"] += 1
+    return user, item, float(rating), seconds
+
+
+def read_reviews(
+    path: Path, window_start_ts: int | None = None, window_end_ts: int | None = None,
+) -> ParsedFile:
+    """Stream a reviews file into an interactions frame (``INTERACTION_COLUMNS``).
+
+    Keeps user_id, parent_asin (as item_id), rating (float32) and timestamp (converted from the
+    official milliseconds to int64 seconds). The window is [window_start_ts, window_end_ts) in
+    seconds; either bound may be None. Rows are sorted by (timestamp, user_id, item_id), ties kept
+    in file order, so the same file always gives the same frame.
+    """
+    path = Path(path)
+    lo = _INT64_MIN if window_start_ts is None else max(int(window_start_ts), _INT64_MIN)
+    hi = _INT64_MAX if window_end_ts is None else min(int(window_end_ts), _INT64_MAX)
+    # Ids are interned: each distinct string is stored once in a dict mapping it to its code.
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    user_codes, item_codes = array("i"), array("i")
+    ratings, times = array("f"), array("q")
+    skips = dict.fromkeys(_REVIEW_SKIPS, 0)
+    # Hot loop: locals and bound methods avoid attribute lookups on a multi-million-line file.
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    add_user, add_item = user_codes.append, item_codes.append
+    add_rating, add_time = ratings.append, times.append
+    bound = SECONDS_BOUND
+    outside = 0
+    lines = 0
+    for first, batch in iter_line_batches(path):
+        lines = first + len(batch) - 1
+        for raw in batch:
+            try:
+                rec = loads(raw)
+            except decode_error as exc:
+                if raw.strip():
+                    raise _json_error(raw, batch, first, path, exc) from None
+                continue  # blank line
+            # Fast path: an official record (every field present, timestamp an int in ms, rating
+            # a float). Subscripting is cheaper than .get; a non-object raises TypeError.
+            try:
+                ts, user, item, rating = (
+                    rec["timestamp"], rec["user_id"], rec["parent_asin"], rec["rating"])
+                fast = (type(ts) is int and ts >= bound and type(user) is str and user != ""
+                        and type(item) is str and item != "" and type(rating) is float)
+            except KeyError:
+                fast = False
+            except TypeError:
+                raise _object_error(rec, raw, batch, first, path) from None
+            if fast:
+                ts //= 1000
+            else:
+                fields = _review_fields(rec, skips)
+                if fields is None:
+                    continue
+                user, item, rating, ts = fields
+            if not lo <= ts < hi:
+                outside += 1
+                continue
+            add_user(users.setdefault(user, len(users)))
+            add_item(items.setdefault(item, len(items)))
+            add_rating(rating)
+            add_time(ts)
+    skips["review_outside_window"] = outside
+    frame = _interactions_frame(users, items, user_codes, item_codes, ratings, times)
+    return ParsedFile(frame, skips, lines)
+
+
+def _interactions_frame(
+    users: dict[str, int], items: dict[str, int], user_codes: array, item_codes: array,
+    ratings: array, times: array,
+) -> pd.DataFrame:
+    """Build the sorted canonical frame from the code buffers without copying strings."""
+    # Dicts keep insertion order, so position i of each vocabulary holds the id with code i.
+    user_vocab = np.array(list(users), dtype=object)
+    item_vocab = np.array(list(items), dtype=object)
+    uc = np.frombuffer(user_codes, dtype=np.int32)
+    ic = np.frombuffer(item_codes, dtype=np.int32)
+    ts = np.frombuffer(times, dtype=np.int64)
+    order = _time_user_item_order(ts, uc, ic, user_vocab, item_vocab)
+    return pd.DataFrame({
+        "user_id": user_vocab[uc[order]],
+        "item_id": item_vocab[ic[order]],
+        "rating": np.frombuffer(ratings, dtype=np.float32)[order],
+        "timestamp": ts[order],
+    }, columns=list(INTERACTION_COLUMNS))
+
+
+def _time_user_item_order(
+    ts: np.ndarray, uc: np.ndarray, ic: np.ndarray, user_vocab: np.ndarray, item_vocab: np.ndarray,
+) -> np.ndarray:
+    """Row order by (timestamp, user_id string, item_id string, file position).
+
+    Sorting every id string (or a three-key lexsort of a million rows) costs seconds, yet only
+    rows that share a timestamp need the strings. So: an unstable argsort by timestamp, then the
+    runs of equal timestamps are re-sorted by a lexsort over just those rows, with string ranks
+    computed only for the ids they contain. File position is the last key, so the result is the
+    same as a stable sort: fully determined by the input.
+    """
+    order = np.argsort(ts)
+    sorted_ts = ts[order]
+    same_as_next = sorted_ts[1:] == sorted_ts[:-1]
+    if not same_as_next.any():
+        return order
+    tied = np.zeros(len(ts), dtype=bool)  # positions (in sorted order) inside a run of ties
+    tied[1:] |= same_as_next
+    tied[:-1] |= same_as_next
+    rows = order[tied]
+    resorted = np.lexsort((
+        rows, _string_rank(ic[rows], item_vocab), _string_rank(uc[rows], user_vocab), ts[rows],
+    ))
+    # The tied positions are already grouped by timestamp, so the re-sorted rows drop back in.
+    order[tied] = rows[resorted]
+    return order
+
+
+def _string_rank(codes: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """For each code, the rank of its string among the distinct strings in ``codes``."""
+    present, inverse = np.unique(codes, return_inverse=True)
+    names = vocab[present].tolist()
+    # Python's sort special-cases lists of str and beats numpy's argsort of objects.
+    by_name = sorted(range(len(names)), key=names.__getitem__)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[by_name] = np.arange(len(names), dtype=np.int64)
+    return rank[inverse]
+
+
+def read_meta(path: Path, keep_items: set[str] | None = None) -> ParsedFile:
+    """Stream a metadata file into an items frame (``ITEM_COLUMNS``), sorted by item_id.
+
+    Only items in ``keep_items`` are kept (all when None). The first line of a parent_asin wins.
+    A missing title becomes "" (the data stage drops and counts items without a usable title).
+    """
+    rows, skips, lines = _parse_meta(Path(path), keep_items)
+    return ParsedFile(_items_frame(sorted(rows), rows), skips, lines)
+
+
+def _parse_meta(
+    path: Path, keep_items: set[str] | None,
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, int], int]:
+    """item_id -> field tuple for the kept items, plus skip counts and the number of lines."""
+    rows: dict[str, tuple[Any, ...]] = {}
+    skips = dict.fromkeys(("meta_missing_item", "meta_duplicate_item", "meta_bad_price"), 0)
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    lines = 0
+    for first, batch in iter_line_batches(path):
+        lines = first + len(batch) - 1
+        for raw in batch:
+            try:
+                rec = loads(raw)
+            except decode_error as exc:
+                if raw.strip():
+                    raise _json_error(raw, batch, first, path, exc) from None
+                continue  # blank line
+            if type(rec) is not dict:
+                raise _object_error(rec, raw, batch, first, path)
+            item = rec.get("parent_asin")
+            if type(item) is not str or not item:
+                skips["meta_missing_item"] += 1
+                continue
+            # Filter before building the row: most metadata lines are for items not reviewed
+            # in the window.
+            if keep_items is not None and item not in keep_items:
+                continue
+            if item in rows:
+                skips["meta_duplicate_item"] += 1
+                continue
+            rows[item] = _meta_row(rec, skips)
+    return rows, skips, lines
+
+
+def _meta_row(rec: dict[str, Any], skips: dict[str, int]) -> tuple[Any, ...]:
+    """(title, categories, price, avg_rating, rating_count, store) of one metadata object."""
+    price = parse_price(rec.get("price"))
+    if price is None:
+        skips["meta_bad_price"] += 1
+        price = math.nan
+    return (
+        _text(rec.get("title")),
+        join_categories(rec.get("categories"), rec.get("main_category")),
+        price,
+        _number(rec.get("average_rating")),
+        _number(rec.get("rating_number")),
+        _text(rec.get("store")),
+    )
+
+
+def _items_frame(item_ids: list[str], rows: dict[str, tuple[Any, ...]]) -> pd.DataFrame:
+    """Items frame for ``item_ids`` in that order; ids without a row get "" / NaN fields."""
+    empty = ("", "", math.nan, math.nan, math.nan, "")
+    values = [rows.get(item, empty) for item in item_ids]
+    columns = list(zip(*values)) if values else [()] * len(empty)
+    return pd.DataFrame({
+        "item_id": np.array(item_ids, dtype=object),
+        "title": np.array(columns[0], dtype=object),
+        "categories": np.array(columns[1], dtype=object),
+        "price": np.array(columns[2], dtype=np.float64),
+        "avg_rating": np.array(columns[3], dtype=np.float64),
+        "rating_count": np.array(columns[4], dtype=np.float64),
+        "store": np.array(columns[5], dtype=object),
+    }, columns=list(ITEM_COLUMNS))
+
+
+def _text(value: Any) -> str:
+    """A string field, or "" when it is missing or not a string."""
+    return value if type(value) is str else ""
+
+
+def _number(value: Any) -> float:
+    """A numeric field (number or numeric string) as float; NaN when missing or not finite."""
+    if type(value) in (int, float):
+        number = float(value)
+    elif type(value) is str:
+        try:
+            number = float(value.replace(",", ""))
+        except ValueError:
+            return math.nan
+    else:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def parse_price(value: Any) -> float | None:
+    """Price as float: NaN when missing, None when present but unparseable (caller counts it).
+
+    The official field is a number, a string such as "$12.99" or "$1,299.00", the string "None",
+    or null. Ranges ("$5.99 - $9.99") and other text are unparseable. Negative or non-finite
+    values count as unparseable too.
+    """
+    if value is None:
+        return math.nan
+    if type(value) in (int, float):
+        number = float(value)
+    elif type(value) is str:
+        text = value.strip()
+        if text in ("", "None", "null", "-", "—"):
+            return math.nan
+        try:
+            number = float(text.removeprefix("$").replace(",", "").strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def join_categories(categories: Any, main_category: Any) -> str:
+    """The category path joined with ``CATEGORY_SEPARATOR``; ``main_category`` if it is empty.
+
+    A separator inside a label is replaced by "/" so that the joined string splits back into the
+    same labels.
+    """
+    labels = []
+    if type(categories) is list:
+        labels = [c.strip().replace(CATEGORY_SEPARATOR, "/") for c in categories if type(c) is str]
+        labels = [c for c in labels if c]
+    if not labels and type(main_category) is str and main_category.strip():
+        labels = [main_category.strip().replace(CATEGORY_SEPARATOR, "/")]
+    return CATEGORY_SEPARATOR.join(labels)
+
+
+def load_category(
+    raw_dir: Path, category: str, window_start_ts: int | None, window_end_ts: int | None,
+) -> AmazonTables:
+    """Parse both raw files of ``category`` (as laid out by :func:`fetch_category`).
+
+    ``items`` has one row per item with at least one review in the window, in item_id order;
+    an item without a metadata line keeps "" / NaN fields and is counted as ``item_without_meta``.
+    """
+    paths = raw_paths(raw_dir, category)
+    for path in paths.values():
+        if not path.is_file():
+            raise DataError(f"{path}: raw file missing; run fetch_category({category!r}) first")
+    reviews = read_reviews(paths["reviews"], window_start_ts, window_end_ts)
+    item_ids = sorted(set(reviews.frame["item_id"]))
+    rows, meta_skips, meta_lines = _parse_meta(paths["meta"], set(item_ids))
+    skips = {**reviews.skips, **meta_skips}
+    skips["item_without_meta"] = sum(1 for item in item_ids if item not in rows)
+    return AmazonTables(
+        interactions=reviews.frame,
+        items=_items_frame(item_ids, rows),
+        skips=skips,
+        lines={paths["reviews"].name: reviews.lines, paths["meta"].name: meta_lines},
+    )
