@@ -1,0 +1,604 @@
+"""Sequential baselines (SASRec, GRU4Rec, Caser) trained with RecBole and exported as plain files.
+
+Training (:func:`train_sequential`, or :func:`fit_sequential` to keep the model in memory) feeds
+RecBole the training-period interactions only, with ``MAX_ITEM_LIST_LENGTH`` set to the paper's
+history cap. RecBole holds out each user's last next-item sample (time order) for validation and
+early stopping; the best epoch's weights are kept in memory, so RecBole never writes or reads a
+pickled checkpoint. When no user has enough interactions for a validation sample, all epochs run
+and the last weights are kept. Interactions with equal timestamps keep the caller's order within
+a user and follow each other in RecBole's sequences. Everything RecBole writes (its atomic data
+file, ``log_tensorboard/``, the checkpoint folder) lands under ``work_dir``.
+
+Not thread-safe: training changes the process's working directory while RecBole runs.
+
+Export (``<out_dir>/<model_name>/``), with no pickles anywhere:
+
+- ``weights.safetensors``: the model's state dict;
+- ``item_embeddings.safetensors``: ``item_embedding`` [n_items, hidden], the matrix candidates are
+  scored against (row 0 is RecBole's padding row);
+- ``item_ids.json`` / ``user_ids.json``: external id of each embedding row, row 0 is ``[PAD]``;
+- ``model_config.json``: model name, the exact constructor parameters, field names, max length,
+  row counts, the :class:`~recrepro.config.RecBoleConfig` used and a training summary.
+
+:func:`load_sequential` rebuilds the RecBole model class from those files alone (a plain mapping
+stands in for RecBole's ``Config`` and a two-method stub for its dataset) and wraps it in a
+:class:`SequentialScorer`.
+
+Reproducibility: with a fixed seed, ``reproducibility: True`` and ``worker: 0``, a CPU run repeats
+bit for bit on the same machine, torch build and thread count (RecBole seeds Python, numpy, torch
+and its data loader's shuffling generator; CPU kernels for these models are deterministic). It is
+not guaranteed bit-identical across CPU types, torch/MKL versions, different
+``torch.get_num_threads()`` (reduction order in matmuls can change) or on GPU (cuDNN/cuBLAS
+kernels; RecBole only sets ``cudnn.deterministic``). Scoring an exported model is deterministic
+for a given batch size; different batch sizes can differ in the last float bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recrepro.baselines import recbole_compat  # noqa: F401  (patches RecBole before it is used)
+from recrepro.config import RecBoleConfig
+
+SUPPORTED_MODELS: tuple[str, ...] = ("SASRec", "GRU4Rec", "Caser")
+PAD_TOKEN = "[PAD]"  # RecBole's name for row 0 of every id remapping
+EXPORT_FORMAT = "recrepro-sequential/1"
+WEIGHTS_FILE = "weights.safetensors"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.safetensors"
+ITEM_IDS_FILE = "item_ids.json"
+USER_IDS_FILE = "user_ids.json"
+CONFIG_FILE = "model_config.json"
+
+# RecBole's leave-one-out mode. "valid_only" holds out each user's last sample for validation and
+# trains on all the others. "valid_and_test" would also hold out a RecBole test sample per user that
+# nothing here uses: with about two training interactions per user (Amazon, PAPER.md 1.2) that would
+# discard a large share of the training samples. Our real test is the benchmark's own split.
+LEAVE_ONE_MODE = "valid_only"
+VALID_METRIC = "NDCG@10"  # full ranking over all items, history items excluded (RecBole default)
+
+# Caser-only hyper-parameters [G]: RecBole's own Caser.yaml defaults (4 vertical and 8 horizontal
+# filters per height, L2 weight 1e-4); small enough for CPU at length 10.
+CASER_DEFAULTS: dict[str, Any] = {"nv": 4, "nh": 8, "reg_weight": 1e-4}
+
+# SASRec settings the profile does not carry [G]: RecBole's SASRec.yaml values, with the feed-forward
+# width kept at RecBole's ratio of 4x the hidden size.
+SASREC_FIXED: dict[str, Any] = {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02}
+
+# Config keys that SequentialRecommender.__init__ reads besides the model's own parameters.
+_STRUCTURE_KEYS: tuple[str, ...] = (
+    "USER_ID_FIELD", "ITEM_ID_FIELD", "LIST_SUFFIX", "ITEM_LIST_LENGTH_FIELD", "NEG_PREFIX",
+    "MAX_ITEM_LIST_LENGTH",
+)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def model_parameters(model_name: str, cfg: RecBoleConfig) -> dict[str, Any]:
+    """The constructor parameters of ``model_name`` derived from the profile's recbole section."""
+    _check_model_name(model_name)
+    common = {"loss_type": cfg.loss_type}
+    if model_name == "SASRec":
+        if cfg.hidden_size % cfg.n_heads:
+            raise ValueError(f"SASRec: hidden_size {cfg.hidden_size} is not divisible by n_heads {cfg.n_heads}")
+        return {
+            **common, **SASREC_FIXED,
+            "hidden_size": cfg.hidden_size, "inner_size": 4 * cfg.hidden_size,
+            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "hidden_dropout_prob": cfg.dropout, "attn_dropout_prob": cfg.dropout,
+        }
+    if model_name == "GRU4Rec":
+        # One size for item embeddings and GRU state, as RecBole's dot-product scoring needs the
+        # GRU output projected back to the embedding size anyway.
+        return {
+            **common, "embedding_size": cfg.hidden_size, "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.n_layers, "dropout_prob": cfg.dropout,
+        }
+    return {**common, **CASER_DEFAULTS, "embedding_size": cfg.hidden_size, "dropout_prob": cfg.dropout}
+
+
+def _check_model_name(model_name: str) -> None:
+    if model_name not in SUPPORTED_MODELS:
+        raise ValueError(f"unknown sequential model {model_name!r}; supported: {SUPPORTED_MODELS}")
+
+
+def _recbole_config_dict(
+    model_name: str, cfg: RecBoleConfig, history_max: int, seed: int, work_dir: Path, device: str
+) -> dict[str, Any]:
+    use_gpu = device.startswith("cuda")
+    config: dict[str, Any] = {
+        "data_path": str(work_dir / "recbole_data"),
+        "checkpoint_dir": str(work_dir / "checkpoints"),
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp",
+        # Ratings are not needed by sequential models; loading fewer columns keeps RecBole's pandas
+        # code on the paths known to work (DESIGN.md section 4).
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": history_max,
+        "eval_args": {"split": {"LS": LEAVE_ONE_MODE}, "order": "TO", "group_by": "user", "mode": "full"},
+        "metrics": ["Hit", "NDCG"],
+        "topk": [10],
+        "valid_metric": VALID_METRIC,
+        "epochs": cfg.epochs,
+        "eval_step": 1,
+        "stopping_step": cfg.stopping_step,
+        "learning_rate": cfg.learning_rate,
+        "train_batch_size": cfg.train_batch_size,
+        "eval_batch_size": cfg.eval_batch_size,
+        "seed": seed,
+        "reproducibility": True,
+        "use_gpu": use_gpu,
+        "gpu_id": device.split(":", 1)[1] if use_gpu and ":" in device else ("0" if use_gpu else ""),
+        "worker": 0,
+        "show_progress": False,
+        "log_wandb": False,
+        "save_dataset": False,
+        "save_dataloaders": False,
+    }
+    # CE scores every item, so RecBole requires negative sampling to be off; BPR needs one negative.
+    config["train_neg_sample_args"] = (
+        None if cfg.loss_type == "CE" else {"distribution": "uniform", "sample_num": 1}
+    )
+    config.update(model_parameters(model_name, cfg))
+    return config
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class FittedSequential:
+    """A trained model still in memory, with what is needed to export or score it."""
+
+    model: torch.nn.Module
+    model_config: dict[str, Any]
+    item_ids: list[str]
+    user_ids: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def scorer(self, device: str = "cpu") -> "SequentialScorer":
+        return SequentialScorer(self.model, self.model_config, self.item_ids, self.user_ids, device)
+
+    def export(self, export_dir: Path) -> Path:
+        return _export(self, Path(export_dir))
+
+
+def train_sequential(
+    model_name: str,
+    train_interactions: pd.DataFrame,
+    cfg: RecBoleConfig,
+    history_max: int,
+    seed: int,
+    work_dir: Path,
+    out_dir: Path,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train ``model_name`` on ``train_interactions`` and export it to ``out_dir/<model_name>/``.
+
+    ``train_interactions`` must already be restricted to the training period (columns user_id,
+    item_id, rating, timestamp). Returns the training summary plus ``export_dir``.
+    """
+    fitted = fit_sequential(model_name, train_interactions, cfg, history_max, seed, work_dir, device)
+    export_dir = fitted.export(Path(out_dir) / model_name)
+    return {**fitted.summary, "export_dir": str(export_dir)}
+
+
+def fit_sequential(
+    model_name: str,
+    train_interactions: pd.DataFrame,
+    cfg: RecBoleConfig,
+    history_max: int,
+    seed: int,
+    work_dir: Path,
+    device: str = "cpu",
+) -> FittedSequential:
+    """Train as :func:`train_sequential` does, but return the model in memory instead of exporting."""
+    _check_model_name(model_name)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    work_dir = Path(work_dir).resolve()
+    dataset_name = f"recrepro_{model_name.lower()}"
+    _write_atomic_file(train_interactions, work_dir / "recbole_data" / dataset_name)
+    config_dict = _recbole_config_dict(model_name, cfg, history_max, seed, work_dir, device)
+
+    with _preserved_rng_state(), _working_directory(work_dir), recbole_compat.known_warnings_silenced():
+        config = Config(model=model_name, dataset=dataset_name, config_dict=config_dict)
+        config["device"] = torch.device(device)
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        train_data, valid_data, _ = data_preparation(config, dataset)
+        # quick_start reseeds here too, so model init does not depend on how much data loading drew.
+        init_seed(config["seed"], config["reproducibility"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        tracker = _BestStateTracker(trainer)
+        start = time.perf_counter()
+        best_score, _ = trainer.fit(train_data, valid_data, verbose=False, saved=False, callback_fn=tracker)
+        seconds = time.perf_counter() - start
+        trainer.tensorboard.close()
+
+    if tracker.best_state is not None:
+        model.load_state_dict(tracker.best_state)
+    model.eval()
+    epochs_run = len(trainer.train_loss_dict)
+    summary = {
+        "model": model_name,
+        "epochs_run": epochs_run,
+        "best_epoch": tracker.best_epoch if tracker.best_state is not None else epochs_run - 1,
+        "valid_metric": VALID_METRIC,
+        "best_valid_score": float(best_score) if tracker.best_state is not None else None,
+        "train_seconds": round(seconds, 3),
+        "seconds_per_epoch": round(seconds / max(epochs_run, 1), 3),
+        "n_train_samples": len(train_data._dataset),
+        "n_valid_samples": len(valid_data._dataset),
+        "n_interactions": int(len(train_interactions)),
+        "seed": seed,
+        "device": device,
+    }
+    model_config = _model_config(model_name, config, dataset, cfg, summary)
+    item_ids = [str(t) for t in dataset.field2id_token["item_id"]]
+    user_ids = [str(t) for t in dataset.field2id_token["user_id"]]
+    return FittedSequential(model.cpu(), model_config, item_ids, user_ids, summary)
+
+
+class _BestStateTracker:
+    """``Trainer.fit`` callback keeping a copy of the weights of the best validation epoch.
+
+    RecBole's early stopping resets ``trainer.cur_step`` to 0 exactly when the validation score
+    improved (ties count as improvements, as in RecBole's own checkpointing), so copying the state
+    then reproduces what RecBole would have saved to its pickled checkpoint.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = -1
+
+    def __call__(self, epoch_idx: int, valid_score: float) -> None:
+        if self.trainer.cur_step == 0:
+            state = self.trainer.model.state_dict()
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+            self.best_epoch = epoch_idx
+
+
+def _write_atomic_file(interactions: pd.DataFrame, folder: Path) -> Path:
+    """Write RecBole's ``<name>.inter`` (tab separated, typed header) into ``folder``.
+
+    The folder always exists afterwards: a missing one makes RecBole try to download the dataset.
+    Rows are sorted by user, then time, keeping the caller's order for equal timestamps.
+    """
+    missing = {"user_id", "item_id", "timestamp"} - set(interactions.columns)
+    if missing:
+        raise ValueError(f"train_interactions lacks column(s) {sorted(missing)}")
+    if interactions.empty:
+        raise ValueError("train_interactions is empty")
+    if interactions[["user_id", "item_id", "timestamp"]].isna().any().any():
+        raise ValueError("train_interactions has missing user_id, item_id or timestamp values")
+    table = interactions[["user_id", "item_id", "timestamp"]].astype(
+        {"user_id": str, "item_id": str, "timestamp": "int64"}
+    )
+    for column in ("user_id", "item_id"):
+        bad = table[column].str.contains(r"[\t\n\r]", regex=True)
+        if bad.any():
+            raise ValueError(f"{column} {table[column][bad].iloc[0]!r} contains a tab or newline")
+    table = table.sort_values(["user_id", "timestamp"], kind="stable")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{folder.name}.inter"
+    header = "user_id:token\titem_id:token\ttimestamp:float\n"
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(header)
+        table.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n")
+    return path
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """RecBole writes ``log_tensorboard/`` into the current directory; point it at ``path``.
+
+    This changes the process-wide working directory for the duration of training (not thread-safe).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def _preserved_rng_state() -> Iterator[None]:
+    """RecBole's ``init_seed`` reseeds the global Python, numpy and torch generators and sets the
+    cuDNN flags; give the caller theirs back afterwards."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cudnn_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn_flags
+
+
+def _model_config(
+    model_name: str, config: Any, dataset: Any, cfg: RecBoleConfig, summary: dict[str, Any]
+) -> dict[str, Any]:
+    params = model_parameters(model_name, cfg)
+    # Record what RecBole actually used (its Config merges our dict with its yaml defaults).
+    resolved = {key: _plain(config[key]) for key in params}
+    return {
+        "format": EXPORT_FORMAT,
+        "model": model_name,
+        "recbole_version": _recbole_version(),
+        "max_seq_length": int(config["MAX_ITEM_LIST_LENGTH"]),
+        "n_items": int(dataset.num("item_id")),
+        "n_users": int(dataset.num("user_id")),
+        "hidden_size": cfg.hidden_size,
+        "params": resolved,
+        "fields": {key: _plain(config[key]) for key in _STRUCTURE_KEYS},
+        "recbole_config": dataclasses.asdict(cfg),
+        "training": summary,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of a config value (RecBole may hand back numpy scalars or tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _recbole_version() -> str:
+    import recbole
+
+    return str(getattr(recbole, "__version__", "unknown"))
+
+
+# ----------------------------------------------------------------------------- export / load
+
+
+def _export(fitted: FittedSequential, export_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in fitted.model.state_dict().items()}
+    save_file(state, str(export_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    embeddings = {"item_embedding": state["item_embedding.weight"].clone()}
+    save_file(embeddings, str(export_dir / ITEM_EMBEDDINGS_FILE), metadata={"format": "pt"})
+    _write_json(export_dir / ITEM_IDS_FILE, fitted.item_ids)
+    _write_json(export_dir / USER_IDS_FILE, fitted.user_ids)
+    _write_json(export_dir / CONFIG_FILE, fitted.model_config)
+    return export_dir
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=1, sort_keys=isinstance(payload, dict)) + "\n", encoding="utf-8")
+
+
+class _ConstructorConfig(dict):
+    """Stands in for RecBole's ``Config`` in a model constructor: a mapping of the keys it reads.
+
+    A real ``Config`` would need a dataset name, RecBole's yaml files and its device set-up; the
+    constructors only index it, so a dict with exactly the recorded keys is enough. A missing key
+    is an error here (a real Config returns None), so a changed RecBole fails loudly.
+    """
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"model constructor read config key {key!r}, which the export does not record")
+
+
+class _DatasetStub:
+    """Stands in for RecBole's dataset in a model constructor.
+
+    ``SequentialRecommender.__init__`` reads ``dataset.num(ITEM_ID_FIELD)``; Caser also reads
+    ``dataset.user_num``. Nothing else of the dataset is touched by SASRec, GRU4Rec or Caser.
+    """
+
+    def __init__(self, n_items: int, n_users: int, item_field: str, user_field: str) -> None:
+        self.item_num = n_items
+        self.user_num = n_users
+        self._counts = {item_field: n_items, user_field: n_users}
+
+    def num(self, field_name: str) -> int:
+        if field_name not in self._counts:
+            raise KeyError(f"dataset stub has no field {field_name!r}")
+        return self._counts[field_name]
+
+
+def build_model(model_config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
+    """An untrained instance of the recorded model class, built without RecBole data or pickles."""
+    from recbole.utils import get_model
+
+    if model_config.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"unsupported export format {model_config.get('format')!r}; expected {EXPORT_FORMAT}")
+    fields = model_config["fields"]
+    config = _ConstructorConfig({**fields, **model_config["params"], "device": torch.device(device)})
+    stub = _DatasetStub(
+        model_config["n_items"], model_config["n_users"], fields["ITEM_ID_FIELD"], fields["USER_ID_FIELD"]
+    )
+    # Construction draws random initial weights; do not move the caller's torch generator.
+    with torch.random.fork_rng(devices=[]):
+        model = get_model(model_config["model"])(config, stub)
+    return model
+
+
+def load_sequential(export_dir: Path, device: str = "cpu") -> "SequentialScorer":
+    """Rebuild an exported model from ``model_config.json`` + ``weights.safetensors``."""
+    from safetensors.torch import load_file
+
+    export_dir = Path(export_dir)
+    model_config = json.loads((export_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    item_ids = json.loads((export_dir / ITEM_IDS_FILE).read_text(encoding="utf-8"))
+    user_ids = json.loads((export_dir / USER_IDS_FILE).read_text(encoding="utf-8"))
+    if len(item_ids) != model_config["n_items"] or len(user_ids) != model_config["n_users"]:
+        raise ValueError(f"{export_dir}: id lists do not match n_items / n_users in {CONFIG_FILE}")
+    model = build_model(model_config, "cpu")
+    model.load_state_dict(load_file(str(export_dir / WEIGHTS_FILE), device="cpu"), strict=True)
+    return SequentialScorer(model, model_config, item_ids, user_ids, device)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class SequentialScorer:
+    """Scores candidate items given item histories with a trained SASRec / GRU4Rec / Caser.
+
+    Histories are lists of external item ids, oldest first. Items the model never saw are dropped,
+    then the last ``max_seq_length`` remaining items are used. A history with nothing left scores
+    every known candidate 0.0 (all equal) and has a zero sequence representation.
+
+    Caser also embeds the user. Users seen in training use their own embedding; unknown users (and
+    every row when ``user_ids`` is None) use the mean of all trained user embeddings, an "average
+    user". It is stored in row 0, RecBole's padding row, which no real user maps to and which
+    training never updates, so known users' scores are unaffected.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_config: dict[str, Any],
+        item_ids: Sequence[str],
+        user_ids: Sequence[str],
+        device: str = "cpu",
+    ) -> None:
+        self.model_name: str = model_config["model"]
+        self.model_config = model_config
+        self.max_seq_length = int(model_config["max_seq_length"])
+        self.device = torch.device(device)
+        self._item_ids = list(item_ids)
+        self._item_row = {tok: row for row, tok in enumerate(self._item_ids) if row > 0}
+        self._user_row = {tok: row for row, tok in enumerate(user_ids) if row > 0}
+        # A private copy: the padding-row edit below must not leak into the caller's model.
+        self._model = copy.deepcopy(model).to(self.device).eval()
+        if self.model_name == "Caser":
+            self._set_mean_user_row()
+
+    @property
+    def uses_user_embedding(self) -> bool:
+        return self.model_name == "Caser"
+
+    def _set_mean_user_row(self) -> None:
+        weight = self._model.user_embedding.weight
+        with torch.no_grad():
+            if weight.shape[0] > 1:
+                weight[0] = weight[1:].mean(dim=0)
+            else:
+                weight[0] = 0.0
+
+    # -- encoding
+
+    def _encode(
+        self, histories: Sequence[Sequence[str]], user_ids: Sequence[str] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """RecBole's layout: items left-aligned, oldest first, zero padding on the right."""
+        n = len(histories)
+        seq = torch.zeros((n, self.max_seq_length), dtype=torch.long)
+        lengths = torch.ones(n, dtype=torch.long)  # 1 for empty rows keeps gather_indexes valid
+        empty = np.zeros(n, dtype=bool)
+        for i, history in enumerate(histories):
+            rows = [self._item_row[item] for item in history if item in self._item_row]
+            rows = rows[-self.max_seq_length:]
+            if not rows:
+                empty[i] = True
+                continue
+            seq[i, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+            lengths[i] = len(rows)
+        users = torch.zeros(n, dtype=torch.long)
+        if user_ids is not None:
+            users = torch.tensor([self._user_row.get(str(u), 0) for u in user_ids], dtype=torch.long)
+        return seq, lengths, users, empty
+
+    def _sequence_output(self, seq: torch.Tensor, lengths: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        seq, lengths, users = seq.to(self.device), lengths.to(self.device), users.to(self.device)
+        if self.model_name == "Caser":
+            return self._model(users, seq)
+        return self._model(seq, lengths)
+
+    @staticmethod
+    def _check_lengths(histories: Sequence[Any], other: Sequence[Any] | None, name: str) -> None:
+        if other is not None and len(other) != len(histories):
+            raise ValueError(f"{name} has {len(other)} rows but histories has {len(histories)}")
+
+    # -- public API
+
+    def score_candidates(
+        self,
+        histories: list[list[str]],
+        candidates: list[list[str]],
+        user_ids: list[str] | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Scores [n, n_candidates] (float32); candidates unknown to the model get ``-inf``."""
+        self._check_lengths(histories, candidates, "candidates")
+        self._check_lengths(histories, user_ids, "user_ids")
+        widths = {len(row) for row in candidates}
+        if len(widths) > 1:
+            raise ValueError(f"every candidate list must have the same length, got lengths {sorted(widths)}")
+        width = widths.pop() if widths else 0
+        out = np.zeros((len(histories), width), dtype=np.float32)
+        if width == 0:
+            return out
+        cand_rows = np.array([[self._item_row.get(item, 0) for item in row] for row in candidates], dtype=np.int64)
+        for start in range(0, len(histories), batch_size):
+            stop = start + batch_size
+            users = None if user_ids is None else user_ids[start:stop]
+            seq, lengths, user_rows, empty = self._encode(histories[start:stop], users)
+            with torch.inference_mode():
+                seq_output = self._sequence_output(seq, lengths, user_rows)  # [B, H]
+                cand_emb = self._model.item_embedding(torch.from_numpy(cand_rows[start:stop]).to(self.device))
+                # Same arithmetic as RecBole's predict(): elementwise product summed over hidden.
+                scores = torch.mul(seq_output.unsqueeze(1), cand_emb).sum(dim=-1)
+            block = scores.float().cpu().numpy()
+            block[empty] = 0.0
+            out[start:stop] = block
+        out[cand_rows == 0] = -np.inf
+        return out
+
+    def sequence_representations(
+        self, histories: list[list[str]], batch_size: int = 1024, user_ids: list[str] | None = None
+    ) -> np.ndarray:
+        """The model's sequence output [n, hidden] (float32): the vector dotted with item embeddings."""
+        self._check_lengths(histories, user_ids, "user_ids")
+        blocks = []
+        for start in range(0, len(histories), batch_size):
+            users = None if user_ids is None else user_ids[start:start + batch_size]
+            seq, lengths, user_rows, empty = self._encode(histories[start:start + batch_size], users)
+            with torch.inference_mode():
+                block = self._sequence_output(seq, lengths, user_rows).float().cpu().numpy()
+            block[empty] = 0.0
+            blocks.append(block)
+        if not blocks:
+            return np.zeros((0, self._model.item_embedding.embedding_dim), dtype=np.float32)
+        return np.concatenate(blocks).astype(np.float32, copy=False)
+
+    def item_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """External item ids and their embedding rows [n_items - 1, hidden]; the padding row is left out."""
+        weight = self._model.item_embedding.weight.detach().float().cpu().numpy()
+        return self._item_ids[1:], weight[1:].copy()
+
+    def known_items(self) -> set[str]:
+        return set(self._item_row)
