@@ -114,7 +114,24 @@ class AgentConfig:
     top_k: int  # length of the answer list
     max_tool_calls: int
     temperature: float
-    max_new_tokens: int
+    max_new_tokens: int  # generation budget over the whole trajectory
+    max_new_tokens_per_turn: int
+    top_p: float
+    prompt_style: str  # "react" (PAPER.md 1.3) or "apa" (RecThinker's Analyze-Plan-Act, PAPER.md 2)
+    eval_instances: int | None  # test instances per agent evaluation; None = the whole test split
+    eval_greedy: bool  # greedy decoding for evaluation
+    rollout_batch_size: int | None  # trajectories per generate call; None = all live ones
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised warm start on scripted tool-using trajectories (RecThinker's recipe, PAPER.md 2) [G]."""
+
+    enabled: bool
+    instances: int
+    steps: int
+    batch_size: int
+    learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,21 @@ class RTAConfig:
     batch_size: int
     learning_rate: float
     drop_all_negative_groups: bool
+    loss_type: str  # TRL GRPOConfig.loss_type: token aggregation of the loss [G]
+    beta: float  # KL coefficient to the reference policy [G]
+    epsilon: float  # PPO-style clipping range [G]
+    max_steps: int  # optimiser steps; -1 = run the configured epochs
+    train_instances: int | None  # training instances used; None = the whole training split
+    max_completion_length: int  # tokens over the whole multi-turn completion
+    gradient_accumulation_steps: int
+    use_lora: bool  # LoRA through peft instead of full fine-tuning [G]
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    logging_steps: int
+    eval_every: int  # steps between H@10 / N@10 on the fixed validation slice
+    eval_instances: int  # size of that validation slice
+    save_steps: int
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,7 @@ class Profile:
     tools: ToolsConfig
     user_profile: UserProfileConfig
     agent: AgentConfig
+    warmstart: WarmStartConfig
     reward: RewardConfig
     rta: RTAConfig
     ppr: PPRConfig
@@ -246,6 +279,8 @@ def _validate(profile: Profile) -> None:
         raise ConfigError(f"user_profile.generator: expected 'template' or 'llm', got {profile.user_profile.generator!r}")
     if profile.tools.rating_low >= profile.tools.rating_high:
         raise ConfigError("tools: rating_low must be below rating_high")
+    if profile.agent.prompt_style not in ("react", "apa"):
+        raise ConfigError(f"agent.prompt_style: expected 'react' or 'apa', got {profile.agent.prompt_style!r}")
     if profile.run.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
 
