@@ -1,0 +1,168 @@
+"""Evaluation cards: what an agent evaluation did, beyond its accuracy.
+
+Every agent evaluation writes one card per (dataset, model) into ``results/<profile>/eval_card.json``
+(a mapping ``"<dataset>/<model>" -> card``, upserted so each evaluation replaces only its own
+card) and re-renders ``eval_card.md``. A card records:
+
+* validity: share of valid answers, share of every invalid reason (PAPER.md 1.3-1.4 rules, see
+  :class:`recrepro.agent.parser.InvalidReason`), duplicate and out-of-range rates (answers that
+  contained such an index, whatever reason was reported), truncation rate;
+* tool use: calls per trajectory (mean and histogram), calls per tool, tool error rate (by kind);
+* position bias: where the target sat in the candidate list versus how often it was hit, and
+  which candidate number the answers put first;
+* cost: prompt and generated tokens and wall time per request, tool latency (PAPER.md 1.3 reports
+  0.01-0.02 s per tool call, 16-21 s and 2.6-3.7k tokens per request on an A800 with vLLM, [N]).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from recrepro.agent.parser import InvalidReason
+from recrepro.agent.rollout import TrajectoryRecord
+from recrepro.io import write_json_atomic, write_text_atomic
+
+POSITION_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20))
+
+
+def _share(count: int, total: int) -> float:
+    return float(count) / total if total else float("nan")
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    if not len(values):
+        return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "max": float("nan")}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "p50": float(np.quantile(arr, 0.5)), "p90": float(np.quantile(arr, 0.9)),
+            "max": float(arr.max())}
+
+
+def _position_table(records: Sequence[TrajectoryRecord], n_candidates: int) -> list[dict[str, Any]]:
+    buckets = [b for b in POSITION_BUCKETS if b[0] <= n_candidates] or [(1, n_candidates)]
+    rows = []
+    for lo, hi in buckets:
+        chosen = [r for r in records if r.target_index is not None and lo <= r.target_index <= hi]
+        hit10 = sum(1 for r in chosen if r.answer and r.target_index in r.answer)
+        hit1 = sum(1 for r in chosen if r.answer and r.answer[0] == r.target_index)
+        rows.append({"positions": f"{lo}-{hi}", "n": len(chosen), "H@1": _share(hit1, len(chosen)),
+                     "H@10": _share(hit10, len(chosen))})
+    return rows
+
+
+def build_card(records: Sequence[TrajectoryRecord], *, dataset: str, model: str, variant: str, profile: str,
+               n_candidates: int, top_k: int, max_tool_calls: int, settings: dict[str, Any],
+               model_path: str, wall_s_total: float, prompt_version: str, prompt_fingerprint: str) -> dict[str, Any]:
+    """The card of one evaluation (one trajectory per instance, or several)."""
+    n = len(records)
+    reasons = Counter(r.invalid_reason for r in records if r.invalid_reason)
+    calls = [r.n_tool_calls for r in records]
+    per_tool = Counter()
+    errors = Counter()
+    n_calls_made = 0
+    latencies = []
+    for r in records:
+        per_tool.update({k: v for k, v in r.calls_per_tool.items() if v})
+        for call in r.tool_calls:
+            n_calls_made += 1
+            latencies.append(call.latency_s)
+            if not call.ok:
+                errors[call.error_kind or "error"] += 1
+    histogram = Counter(min(c, max_tool_calls + 1) for c in calls)
+    first = Counter(r.answer[0] for r in records if r.answer)
+    return {
+        "dataset": dataset, "model": model, "variant": variant, "profile": profile, "model_path": model_path,
+        "prompt_version": prompt_version, "prompt_fingerprint": prompt_fingerprint,
+        "n_trajectories": n, "n_instances": len({r.sample_id for r in records}),
+        "settings": settings,
+        "valid_share": _share(sum(1 for r in records if r.valid), n),
+        "invalid_reasons": {reason.value: _share(reasons.get(reason.value, 0), n) for reason in InvalidReason},
+        "duplicate_rate": _share(sum(1 for r in records if r.n_duplicates), n),
+        "out_of_range_rate": _share(sum(1 for r in records if r.n_out_of_range), n),
+        "truncation_rate": _share(sum(1 for r in records if r.truncated), n),
+        "tool_calls_per_trajectory": {
+            "mean": float(np.mean(calls)) if n else float("nan"),
+            "histogram": {(f">{max_tool_calls}" if k > max_tool_calls else str(k)): int(v)
+                          for k, v in sorted(histogram.items())},
+            "share_with_any_call": _share(sum(1 for c in calls if c), n),
+        },
+        "calls_per_tool": {name: _share(count, n) for name, count in sorted(per_tool.items())},
+        "tool_calls_executed": n_calls_made,
+        "tool_error_rate": _share(sum(errors.values()), n_calls_made),
+        "tool_errors_by_kind": dict(sorted(errors.items())),
+        "tool_latency_s": _summary(latencies),
+        "target_position_vs_hit": _position_table(records, n_candidates),
+        "first_choice_histogram": {str(k): int(v) for k, v in sorted(first.items())},
+        "prompt_tokens": _summary([r.prompt_tokens for r in records]),
+        "generated_tokens": _summary([r.tokens_generated for r in records]),
+        "wall_s_per_request": _summary([r.wall_s for r in records]),
+        "wall_s_total": wall_s_total,
+        "notes": ("wall_s_per_request is the time from a trajectory's first generate call to its end while it "
+                  "shared batches with the others; wall_s_total / n_trajectories is the throughput cost."),
+    }
+
+
+def card_key(card: dict[str, Any]) -> str:
+    return f"{card['dataset']}/{card['model']}"
+
+
+def write_eval_card(results_dir: Path | str, card: dict[str, Any]) -> tuple[Path, Path]:
+    """Upsert ``card`` into ``eval_card.json`` and re-render ``eval_card.md``; returns both paths."""
+    results_dir = Path(results_dir)
+    path = results_dir / "eval_card.json"
+    cards = json.loads(path.read_text()) if path.is_file() else {}
+    cards[card_key(card)] = card
+    write_json_atomic(path, cards)
+    md = results_dir / "eval_card.md"
+    write_text_atomic(md, render_cards(cards))
+    return path, md
+
+
+def load_eval_cards(results_dir: Path | str) -> dict[str, dict[str, Any]]:
+    path = Path(results_dir) / "eval_card.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pct(value: float) -> str:
+    return "–" if value != value else f"{100 * value:.1f}%"
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"
+
+
+def render_cards(cards: dict[str, dict[str, Any]]) -> str:
+    """A readable summary of every card, one section per (dataset, model)."""
+    lines = ["# Agent evaluation cards", "",
+             "One section per evaluated (dataset, model). Rates are shares of trajectories unless noted.", ""]
+    for key in sorted(cards):
+        c = cards[key]
+        reasons = ", ".join(f"{k} {_pct(v)}" for k, v in c["invalid_reasons"].items() if v)
+        tools = ", ".join(f"{k} {_num(v)}" for k, v in c["calls_per_tool"].items()) or "none"
+        hist = ", ".join(f"{k}: {v}" for k, v in c["tool_calls_per_trajectory"]["histogram"].items())
+        lines += [
+            f"## {key} ({c['variant']}, profile {c['profile']})", "",
+            f"- model: `{c['model_path']}`; prompt {c['prompt_version']} ({c['prompt_fingerprint']}); "
+            f"{c['n_trajectories']} trajectories on {c['n_instances']} instances",
+            f"- valid answers: **{_pct(c['valid_share'])}**; invalid: {reasons or 'none'}",
+            f"- answers with a duplicate: {_pct(c['duplicate_rate'])}; with an out-of-range index: "
+            f"{_pct(c['out_of_range_rate'])}; truncated: {_pct(c['truncation_rate'])}",
+            f"- tool calls per trajectory: mean {_num(c['tool_calls_per_trajectory']['mean'])}, "
+            f"histogram {{{hist}}}; per tool (mean per trajectory): {tools}",
+            f"- tool error rate: {_pct(c['tool_error_rate'])} of {c['tool_calls_executed']} executed calls"
+            + (f" ({', '.join(f'{k} {v}' for k, v in c['tool_errors_by_kind'].items())})"
+               if c["tool_errors_by_kind"] else "")
+            + f"; tool latency mean {_num(c['tool_latency_s']['mean'], 4)} s",
+            f"- tokens per request: prompt {_num(c['prompt_tokens']['mean'], 0)}, generated mean "
+            f"{_num(c['generated_tokens']['mean'], 0)} (p90 {_num(c['generated_tokens']['p90'], 0)}); wall time "
+            f"per request mean {_num(c['wall_s_per_request']['mean'])} s, total {_num(c['wall_s_total'], 1)} s",
+            "", "| target position | n | H@1 | H@10 |", "|---|---|---|---|",
+        ]
+        lines += [f"| {r['positions']} | {r['n']} | {_num(r['H@1'], 3)} | {_num(r['H@10'], 3)} |"
+                  for r in c["target_position_vs_hit"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,205 @@
+"""Zero-shot evaluation of the agent on the frozen test lists (notebook 06, first part).
+
+Two rows per dataset, one model, two prompts (PAPER.md 1.6, Table 2's frozen rows, and the
+training-free rows of Table 1):
+
+* ``frozen-R`` / "LLMRank-like (frozen R)": reasoning only, no tools (an LLMRank-style ranker run
+  on our backbone; the paper's LLMRank row used GPT-4, so this is a like-for-like stand-in, not that
+  baseline);
+* ``frozen-TIRR`` / "InteRecAgent-like (frozen TIRR)": the same backbone with the seven tools in the
+  ReAct loop (InteRecAgent's setting, again on our backbone, not GPT-4).
+
+Both use greedy decoding by default [G] (one trajectory per instance; sampling is for training),
+the same environment, parser and metrics as training (DESIGN.md 2), and score invalid answers as
+misses. Rows go to ``results/<profile>/table1.csv`` and ``table2.csv`` through
+:func:`recrepro.evaluation.evaluate_lists` and :func:`recrepro.tables.write_table`; each evaluation
+also writes its evaluation card (:mod:`recrepro.agent.card`) and its trajectories
+(``runs/<profile>/agent_eval/<dataset>/<model>.jsonl``).
+
+In the smoke profile the backbone is a tiny Qwen3-architecture model built offline and warm-started
+on scripted trajectories (:mod:`recrepro.agent.warmstart`): its numbers test the machinery and are
+not a reproduction of anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from recrepro.agent.card import build_card, write_eval_card
+from recrepro.agent.env import RecAgentEnv, make_env_factory
+from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views, \
+    prompt_fingerprint
+from recrepro.agent.rollout import (AgentTask, HFGenerator, RolloutEngine, RolloutSettings, TrajectoryRecord,
+                                    VLLMGenerator, vllm_available)
+from recrepro.config import Profile
+from recrepro.io import write_text_atomic
+
+TABLE2_TITLE = "Table 2: ablation of tools and training (R = reasoning only, TIRR = tool-integrated)"
+FROZEN_LABELS = {  # variant -> (table 2 model name, table 1 model name)
+    "r": ("frozen-R", "LLMRank-like (frozen R)"),
+    "tirr": ("frozen-TIRR", "InteRecAgent-like (frozen TIRR)"),
+}
+
+
+def rollout_settings(profile: Profile, greedy: bool | None = None, progress: bool = True) -> RolloutSettings:
+    """Generation settings from the profile; every value explicit (never the model's own config)."""
+    agent = profile.agent
+    greedy = agent.eval_greedy if greedy is None else greedy
+    return RolloutSettings(
+        do_sample=not greedy, temperature=agent.temperature, top_p=agent.top_p,
+        max_new_tokens_per_turn=agent.max_new_tokens_per_turn, max_new_tokens_total=agent.max_new_tokens,
+        seed=profile.run.seed, batch_size=agent.rollout_batch_size, progress=progress,
+    )
+
+
+def eval_subset(profile: Profile, samples: pd.DataFrame) -> pd.DataFrame:
+    """The test instances evaluated: all, or ``agent.eval_instances`` drawn with the run seed."""
+    limit = profile.agent.eval_instances
+    if limit is None or limit >= len(samples):
+        return samples.reset_index(drop=True)
+    chosen = samples.sample(n=int(limit), random_state=profile.run.seed)
+    return chosen.sort_values("sample_id").reset_index(drop=True)
+
+
+def make_tasks(samples: pd.DataFrame, views: dict, spec: PromptSpec) -> list[AgentTask]:
+    """One task per sample row: the row (for the environment) and its rendered-to-be messages."""
+    tasks = []
+    for row in samples.to_dict("records"):
+        instance = instance_from_sample(row, views)
+        tasks.append(AgentTask(row=row, messages=build_messages(instance, spec), uses_tools=spec.uses_tools,
+                               sample_id=instance.sample_id, n_candidates=instance.n_candidates,
+                               target_index=instance.target_index))
+    return tasks
+
+
+@dataclass
+class AgentBackend:
+    """A loaded backbone: the generator the engine calls, its tokenizer and where it came from."""
+
+    generator: Any
+    tokenizer: Any
+    model_path: str
+    max_context_tokens: int | None
+
+
+def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Path | None = None) -> AgentBackend:
+    """The profile's agent backbone; vLLM when installed with a GPU, else transformers."""
+    from recrepro.models import is_tiny_name, load_causal_lm
+
+    if model_path is None:
+        name = profile.agent.model_name_or_path
+        if is_tiny_name(name):
+            from recrepro.agent.warmstart import ensure_warm_tiny_model
+
+            model_path = ensure_warm_tiny_model(profile, root)
+        else:
+            model_path = name
+    if vllm_available() and profile.run.device != "cpu":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        return AgentBackend(VLLMGenerator.from_pretrained(str(model_path), tokenizer), tokenizer, str(model_path), None)
+    loaded = load_causal_lm(model_path, device=profile.run.device)
+    context = getattr(loaded.model.config, "max_position_embeddings", None)
+    return AgentBackend(HFGenerator(loaded.model, loaded.tokenizer), loaded.tokenizer, str(model_path), context)
+
+
+def toolkit_env_factory(profile: Profile, bench: Any, root: Path | str, samples: pd.DataFrame | None = None
+                        ) -> Callable[[], RecAgentEnv]:
+    """Environments bound through a ToolKit on ``bench`` (SASRec space and profiles when written)."""
+    from recrepro.tools import ToolKit
+
+    kit = ToolKit.from_benchmark(bench, profile, root)
+    if samples is not None:
+        kit.prepare(kit.instances(samples))  # batch the slow neighbour search once
+    return make_env_factory(kit.bind, profile.agent.max_tool_calls)
+
+
+@dataclass
+class AgentEvaluation:
+    dataset: str
+    model: str
+    variant: str
+    records: list[TrajectoryRecord]
+    row: dict
+    card: dict
+
+
+def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd.DataFrame, views: dict,
+                   backend: AgentBackend, env_factory: Callable[[], RecAgentEnv], variant: str, model: str,
+                   extra_names: Sequence[str] = (), settings: RolloutSettings | None = None) -> AgentEvaluation:
+    """Roll the agent out once per instance, score the answers, write the card; returns the rows.
+
+    ``model`` names the row (e.g. ``frozen-TIRR``); ``extra_names`` are further names under which
+    the same per-instance scores are saved (the Table 1 name of the same run).
+    """
+    from recrepro.evaluation import evaluate_lists
+
+    spec = PromptSpec(variant=variant, style=profile.agent.prompt_style, top_k=profile.agent.top_k,
+                      max_tool_calls=profile.agent.max_tool_calls)
+    settings = settings or rollout_settings(profile)
+    engine = RolloutEngine(backend.generator, backend.tokenizer, env_factory, settings, top_k=profile.agent.top_k,
+                           max_tool_calls=profile.agent.max_tool_calls, max_context_tokens=backend.max_context_tokens)
+    began = time.perf_counter()
+    records = engine.run(make_tasks(samples, views, spec), n_samples=1, desc=f"{dataset} {model}")
+    wall = time.perf_counter() - began
+    predictions = [list(r.answer) if r.answer else None for r in records]
+    row = evaluate_lists(profile, dataset, model, samples, predictions, root)
+    for name in extra_names:
+        evaluate_lists(profile, dataset, name, samples, predictions, root)
+    card = build_card(records, dataset=dataset, model=model, variant=variant, profile=profile.run.name,
+                      n_candidates=profile.data.n_candidates, top_k=profile.agent.top_k,
+                      max_tool_calls=profile.agent.max_tool_calls, settings=asdict(settings),
+                      model_path=backend.model_path, wall_s_total=wall, prompt_version=PROMPT_VERSION,
+                      prompt_fingerprint=prompt_fingerprint())
+    write_eval_card(profile.results_dir(root), card)
+    save_trajectories(profile.run_dir(root) / "agent_eval" / dataset / f"{model}.jsonl", records)
+    return AgentEvaluation(dataset, model, variant, records, row, card)
+
+
+def save_trajectories(path: Path, records: Sequence[TrajectoryRecord]) -> Path:
+    """One JSON line per trajectory (messages, answer, verdict, tool calls, costs; no token ids)."""
+    skip = {"prompt_ids", "completion_ids", "completion_mask"}
+    lines = []
+    for record in records:
+        data = {k: v for k, v in asdict(record).items() if k not in skip}
+        lines.append(json.dumps(data, ensure_ascii=False, default=str))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
+                  variants: Sequence[str] = ("r", "tirr")) -> dict[str, Any]:
+    """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards."""
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.evaluation import chance_row
+    from recrepro.stages import TABLE1_TITLE
+    from recrepro.tables import write_table
+
+    root = Path(root)
+    backend = backend or load_backend(profile, root)
+    rows1, rows2, evaluations = [], [], []
+    for dataset in profile.data.datasets:
+        bench = load_benchmark(profile, dataset, root)
+        samples = eval_subset(profile, bench.samples["test"])
+        views = item_views(bench.items)
+        factory = toolkit_env_factory(profile, bench, root, samples)
+        rows2.append(chance_row(dataset, profile.data.n_candidates, len(samples), profile))
+        for variant in variants:
+            name2, name1 = FROZEN_LABELS[variant]
+            result = evaluate_agent(profile, root, dataset, samples, views, backend, factory, variant, name2,
+                                    extra_names=(name1,))
+            rows2.append(result.row)
+            rows1.append({**result.row, "model": name1})
+            evaluations.append(result)
+    results = profile.results_dir(root)
+    table1 = write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    table2 = write_table(results, "table2", rows2, TABLE2_TITLE, profile.eval.ks, paper_table="table2")
+    return {"table1": table1, "table2": table2, "evaluations": evaluations,
+            "cards": {f"{e.dataset}/{e.model}": e.card for e in evaluations}}

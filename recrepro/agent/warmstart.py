@@ -1,0 +1,313 @@
+"""Scripted teacher and SFT warm start: teach a tiny model the output format before anything else.
+
+A randomly initialised model never emits a tool call (DESIGN.md 4), so neither rollouts nor GRPO
+would ever see a multi-turn trajectory. RecThinker (PAPER.md 2) starts its agent with supervised
+fine-tuning on tool-using trajectories; we do the same with trajectories written by a rule-based
+teacher, rendered in the exact chat format the rollout engine uses, then fine-tune for a few dozen
+steps with a plain torch loop. This is the smoke profile's stand-in for an instruction-tuned
+backbone; the paper's frozen Qwen3-4B-Instruct needs no warm start.
+
+The teacher [G] (deterministic for an instance):
+
+* tool-using variant: ``get_user_profile``, then ``candidates_analyze``, then -- for a short
+  history (fewer than :data:`SHORT_HISTORY` items, which the prompt shows) -- ``get_similar_items``
+  on the latest history title; one call per turn, each after a short thought in ``<think>``. The
+  plan depends only on what the prompt shows, so a model can learn it exactly;
+* both variants: a final thought naming the history's two most frequent categories, then the answer
+  ``<answer>\\boxed{[...]}</answer>``: first the candidates that share one of those categories, then
+  the others, each group in candidate order, top K. Two increasing runs are the easiest shape of
+  distinct numbers for a small model to learn.
+
+It never sees the target, so it teaches the format, not the answer. The warm start trains only on
+tokens the model would generate (assistant turns and their end-of-turn token); prompt and tool
+tokens carry no loss, as in GRPO (PAPER.md 1.4).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from recrepro.agent.env import RecAgentEnv, env_tools
+from recrepro.agent.parser import format_answer, format_tool_call
+from recrepro.agent.prompt import AgentInstance, PromptSpec, build_messages, render_prompt
+from recrepro.agent.rollout import tool_suffix_text
+
+TEACHER_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A teacher trajectory: prompt messages, the raw assistant turns and the tool messages after each."""
+
+    messages: list[dict[str, Any]]  # system, user, then alternating assistant / tool messages
+    turns: list[str]
+    tool_messages: list[list[dict[str, Any]]]  # after turn i (empty after the final turn)
+    uses_tools: bool
+
+
+def _history_categories(instance: AgentInstance) -> Counter:
+    return Counter(c for item in instance.history for c in item.categories)
+
+
+SHORT_HISTORY = 5  # [G] below this many history items the teacher also asks for similar items
+
+
+def _top_categories(instance: AgentInstance) -> list[str]:
+    ranked = sorted(_history_categories(instance).items(), key=lambda kv: (-kv[1], kv[0]))
+    return [c for c, _ in ranked[:2]]
+
+
+def teacher_ranking(instance: AgentInstance, top_k: int) -> list[int]:
+    """Candidates sharing one of the history's two top categories first, then the rest; each in order."""
+    top = set(_top_categories(instance))
+    first = [i for i, item in enumerate(instance.candidates, start=1) if top & set(item.categories)]
+    rest = [i for i in range(1, instance.n_candidates + 1) if i not in set(first)]
+    return (first + rest)[:top_k]
+
+
+def _favourites(instance: AgentInstance) -> str:
+    top = _top_categories(instance)
+    return " and ".join(top) if top else "no clear category"
+
+
+def teacher_plan(instance: AgentInstance) -> list[tuple[str, dict[str, Any]]]:
+    """The tool calls the teacher makes for this instance, one per turn (two or three)."""
+    plan: list[tuple[str, dict[str, Any]]] = [("get_user_profile", {}), ("candidates_analyze", {})]
+    if instance.history and len(instance.history) < SHORT_HISTORY:
+        plan.append(("get_similar_items", {"item_title": instance.history[-1].title}))
+    return plan
+
+
+_THOUGHTS = {
+    ("react", "get_user_profile"): "The history leans to {fav}. I will read the user's profile first.",
+    ("react", "candidates_analyze"): "Next I check how the candidates split by category.",
+    ("react", "get_similar_items"): "I look for items similar to the latest one.",
+    ("apa", "get_user_profile"): "Analyze: the history leans to {fav}, but I know little else. "
+                                 "Plan: read the user's profile. Act: call get_user_profile.",
+    ("apa", "candidates_analyze"): "Analyze: I still need the candidates' categories. "
+                                   "Plan: summarise the candidates. Act: call candidates_analyze.",
+    ("apa", "get_similar_items"): "Analyze: collaborative evidence is missing. "
+                                  "Plan: find items similar to the latest one. Act: call get_similar_items.",
+}
+_FINAL = "Candidates in {fav} fit this user best, so they go first."
+
+
+def _thought(text: str) -> str:
+    return f"<think>\n{text}\n</think>\n\n"
+
+
+def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentEnv | None = None) -> Transcript:
+    """The teacher's trajectory for ``instance``; ``env`` (reset to the instance) answers the calls."""
+    fav = _favourites(instance)
+    messages = build_messages(instance, spec)
+    turns: list[str] = []
+    tool_messages: list[list[dict[str, Any]]] = []
+    if spec.uses_tools:
+        if env is None:
+            raise ValueError("the tool-using teacher needs an environment reset to the instance")
+        for name, args in teacher_plan(instance):
+            text = _thought(_THOUGHTS[(spec.style, name)].format(fav=fav)) + format_tool_call(name, args)
+            result = getattr(env, name)(**args)
+            tool = [{"role": "tool", "name": name, "content": str(result)}]
+            turns.append(text)
+            tool_messages.append(tool)
+            messages += [{"role": "assistant", "content": text}] + tool
+    final = _thought(_FINAL.format(fav=fav)) + format_answer(teacher_ranking(instance, spec.top_k))
+    turns.append(final)
+    tool_messages.append([])
+    messages.append({"role": "assistant", "content": final})
+    return Transcript(messages, turns, tool_messages, spec.uses_tools)
+
+
+def encode_transcript(tokenizer: Any, transcript: Transcript, tools: Sequence[Callable] | None
+                      ) -> tuple[list[int], list[int]]:
+    """(token ids, loss mask) exactly as the rollout engine lays a trajectory out.
+
+    prompt (chat template) | turn + end-of-turn (mask 1) | tool suffix (mask 0) | ... | final turn.
+    """
+    prompt = render_prompt(tokenizer, transcript.messages[:2], tools if transcript.uses_tools else None)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    mask = [0] * len(ids)
+    for turn, tool in zip(transcript.turns, transcript.tool_messages):
+        turn_ids = tokenizer.encode(turn, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += turn_ids
+        mask += [1] * len(turn_ids)
+        if tool:
+            suffix = tokenizer.encode(tool_suffix_text(tokenizer, tool), add_special_tokens=False)
+            ids += suffix
+            mask += [0] * len(suffix)
+    return ids, mask
+
+
+@dataclass(frozen=True)
+class WarmStartSettings:
+    steps: int = 60  # [G] enough for a tiny model to learn the format
+    batch_size: int = 8
+    learning_rate: float = 3e-3  # [G] tiny randomly initialised models tolerate a high rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    seed: int = 0
+    max_length: int = 8192  # examples longer than this keep their last max_length tokens
+
+
+def warm_start(model: Any, examples: Sequence[tuple[list[int], list[int]]], settings: WarmStartSettings,
+               progress: bool = True) -> list[float]:
+    """Fine-tune ``model`` in place on (ids, mask) examples; returns the mean loss per step.
+
+    A plain torch loop: AdamW, linear warm-up then linear decay, gradient clipping at 1. Each example
+    runs on its own, unpadded (no attention mask, so the fast causal attention kernel applies), and
+    logits are computed only where a loss is taken (``logits_to_keep`` with the positions), which
+    on a 4k vocabulary and 2k-token prompts cuts a step's cost several times.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError("warm start needs at least one example")
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # Linear warm-up, then linear decay to a tenth: the decay settles the last, noisy steps.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(
+        1, settings.warmup_steps)) * max(0.1, 1.0 - step / max(1, settings.steps)))
+    order: list[int] = []
+    losses = []
+    model.train()
+    for _ in tqdm(range(settings.steps), desc="warm start", disable=not progress, leave=False):
+        if len(order) < settings.batch_size:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [examples[order.pop()] for _ in range(min(settings.batch_size, len(examples)))]
+        step_loss = 0.0
+        for ids, mask in batch:
+            loss = _example_loss(model, ids[-settings.max_length:], mask[-settings.max_length:], device)
+            (loss / len(batch)).backward()
+            step_loss += float(loss.detach()) / len(batch)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+    model.eval()
+    return losses
+
+
+def _example_loss(model: Any, ids: list[int], mask: list[int], device: Any) -> Any:
+    """Mean next-token loss over the masked tokens of one unpadded example."""
+    import torch
+
+    # Position t predicts token t + 1: keep the logits of positions whose next token is trained.
+    positions = torch.tensor([t for t in range(len(ids) - 1) if mask[t + 1]], dtype=torch.long)
+    if len(positions) == 0:
+        return torch.zeros((), requires_grad=True)
+    targets = torch.tensor(ids, dtype=torch.long)[positions + 1]
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    logits = model(input_ids=input_ids, logits_to_keep=positions.to(device)).logits[0]
+    return torch.nn.functional.cross_entropy(logits.float(), targets.to(device))
+
+
+def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
+                     env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec]) -> list[tuple[list[int], list[int]]]:
+    """Encoded teacher transcripts: every instance under every spec (tool variants get a fresh env)."""
+    examples = []
+    probe_tools = env_tools(env_factory())
+    for instance, row in zip(instances, rows):
+        for spec in specs:
+            env = None
+            if spec.uses_tools:
+                env = env_factory()
+                env.reset(**row)
+            transcript = teacher_transcript(instance, spec, env)
+            examples.append(encode_transcript(tokenizer, transcript, probe_tools))
+    return examples
+
+
+def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
+                     rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
+                     settings: WarmStartSettings, progress: bool = True,
+                     extra_info: dict[str, Any] | None = None) -> tuple[Path, list[float]]:
+    """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
+
+    ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
+    """
+    import json
+
+    from recrepro.io import atomic_dir
+    from recrepro.models import load_causal_lm
+
+    loaded = load_causal_lm(base_dir, device="cpu")
+    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs)
+    losses = warm_start(loaded.model, examples, settings, progress)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "settings": settings.__dict__,
+                "examples": len(examples), "specs": [s.__dict__ for s in specs],
+                "loss_first": losses[0], "loss_last": losses[-1], "losses": losses, **(extra_info or {})}
+        (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return out_dir, losses
+
+
+def warmstart_settings(profile: Any) -> tuple[int, WarmStartSettings]:
+    """(training instances, settings) from the profile's ``warmstart`` section."""
+    cfg = profile.warmstart
+    return cfg.instances, WarmStartSettings(steps=cfg.steps, batch_size=cfg.batch_size,
+                                            learning_rate=cfg.learning_rate, seed=profile.run.seed)
+
+
+def warm_model_dir(base_dir: Path) -> Path:
+    return base_dir.with_name(base_dir.name + "-warm")
+
+
+def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | None = None,
+                           force: bool = False, progress: bool = True) -> Path:
+    """Build the profile's tiny backbone and warm-start it on training instances (both cached).
+
+    With ``warmstart.enabled: false`` the freshly built (random) model is returned as is.
+
+    Teacher transcripts come from the first dataset's training split only (a seeded subset), with
+    the same tools the agent will use (SASRec space and profiles when notebooks 02 and 03 wrote
+    them), in every prompt variant the evaluation uses. The result lives beside the base model
+    (``runs/<profile>/models/tiny-qwen3-<size>-warm/``) and is rebuilt only when its recipe changes.
+    """
+    import json
+
+    from recrepro.agent.prompt import PROMPT_VERSION, instance_from_sample, item_views
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.models import ensure_tiny_qwen3
+
+    root = Path(root)
+    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed)
+    if not profile.warmstart.enabled:
+        return base
+    out = warm_model_dir(base)
+    n_instances, settings = warmstart_settings(profile)
+    dataset = dataset or profile.data.datasets[0]
+    style = profile.agent.prompt_style
+    specs = [PromptSpec("tirr", style, profile.agent.top_k, profile.agent.max_tool_calls),
+             PromptSpec("r", style, profile.agent.top_k, profile.agent.max_tool_calls)]
+    recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
+              "instances": n_instances, "settings": settings.__dict__, "specs": [s.__dict__ for s in specs],
+              "base_build": json.loads((base / "build_info.json").read_text())}
+    info = out / "warmstart_info.json"
+    if not force and info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
+        return out
+    from recrepro.agent.evaluate import toolkit_env_factory
+
+    bench = load_benchmark(profile, dataset, root)
+    train = bench.samples["train"]
+    chosen = train.sample(n=min(n_instances, len(train)), random_state=profile.run.seed).sort_values("sample_id")
+    rows = chosen.to_dict("records")
+    views = item_views(bench.items)
+    factory = toolkit_env_factory(profile, bench, root, chosen)
+    instances = [instance_from_sample(row, views) for row in rows]
+    out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
+                              extra_info={"recipe": recipe})
+    return out
