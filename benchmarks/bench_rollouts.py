@@ -38,7 +38,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--root", default=str(REPO))
     parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    # One thread by default: on a small shared CPU, torch's OpenMP threads spin against other processes
+    # and a run can take ten times longer (measured here on 2 cores); 0 = torch's own default.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--model", default=None,
                         help="a model folder to use instead of the profile's (warm-started) backbone")
     parser.add_argument("--segment-tokens", type=int, default=0,

@@ -22,7 +22,8 @@ from recrepro.paper import reported_values
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
     "Chance", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
-    "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO", "ReRe", "AgenticRec",
+    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "LLaRA", "S-DPO", "ReRe", "AgenticRec",
+    "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
 SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2}
 

@@ -231,7 +231,11 @@ class HFGenerator:
         return len(ids) - 1, [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
 
     def _batch_cache(self, cached: list, n_cached: list[int], width: int) -> Any:
-        """A DynamicCache of ``width`` positions; row i holds its cached tokens right-aligned."""
+        """A DynamicCache of ``width`` positions; row i holds its cached tokens right-aligned.
+
+        (A StaticCache, written in place instead of grown by concatenation, measured no faster for a
+        batch on CPU here and twice as slow for a batch of one, so the default cache stays.)
+        """
         from transformers import DynamicCache
 
         torch = self._torch
