@@ -1,0 +1,56 @@
+"""The warm start trains on exactly the generated tokens of the rollout engine's token layout."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from recrepro.agent.env import env_tools
+from recrepro.agent.warmstart import WarmStartSettings, encode_transcript, warm_start
+from recrepro.models import load_causal_lm
+from tests.unit import agent_fakes as af
+from tests.unit import rta_fixtures as rf
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    folder = rf.tiny_policy_dir(str(tmp_path_factory.mktemp("ws") / "model"))
+    loaded = load_causal_lm(folder, device="cpu")
+    hit, _ = rf.transcripts("tirr", 1)[0]
+    example = encode_transcript(loaded.tokenizer, hit, env_tools(af.env_factory()()))
+    return loaded, example
+
+
+def _masked_loss(model, ids, mask):
+    """Mean next-token loss over exactly the tokens with mask 1 (computed here, not by TRL)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    targets = torch.tensor(ids[1:])
+    losses = torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="none")
+    keep = torch.tensor(mask[1:], dtype=torch.bool)
+    return float(losses[keep].mean())
+
+
+@pytest.mark.slow
+def test_loss_is_taken_on_exactly_the_generated_tokens(policy):
+    loaded, (ids, mask) = policy
+    assert 0 < sum(mask) < len(mask) // 2  # prompt and tool results dominate and must carry no loss
+    expected = _masked_loss(loaded.model, ids, mask)
+    losses = warm_start(loaded.model, [(ids, mask)], WarmStartSettings(steps=1, batch_size=1, learning_rate=0.0,
+                                                                       warmup_steps=1), progress=False)
+    assert losses == [pytest.approx(expected, rel=1e-4)]
+
+
+@pytest.mark.slow
+def test_a_few_steps_lower_the_loss(policy):
+    loaded, example = policy
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    losses = warm_start(loaded.model, [example] * 4, WarmStartSettings(steps=6, batch_size=2, learning_rate=5e-3,
+                                                                       warmup_steps=1), progress=False)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert any(not torch.equal(before[n], p) for n, p in loaded.model.named_parameters())
+    assert not loaded.model.training
