@@ -163,6 +163,7 @@ class RTAConfig:
     eval_every: int  # steps between H@10 / N@10 on the fixed validation slice
     eval_instances: int  # size of that validation slice
     save_steps: int
+    vllm_gpu_memory_utilization: float  # GPU share vLLM colocate takes for generation [G]
 
 
 @dataclass(frozen=True)

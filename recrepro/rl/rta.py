@@ -39,6 +39,13 @@ capped at ``agent.max_new_tokens_per_turn`` tokens and a trajectory at ``rta.max
 The "trained R" variant is the same RL without tools: the reasoning-only prompt, no environment, and
 any tool call is a bad tool call (the parser with ``schemas=None``).
 
+Token budgets differ in what they count: TRL's ``max_completion_length`` (``rta.max_completion_length``)
+counts every completion token, tool results included, while the evaluation engine's
+``agent.max_new_tokens`` counts generated tokens only. A tool result that does not fit the budget
+ends the trajectory as truncated (invalid), so ``rta.max_completion_length`` must leave room for the
+observations (up to ``tools.max_chars`` characters each): on ml-100k the warm-started smoke policy's
+``candidates_analyze`` answer alone is about 500 tokens.
+
 Known differences from our rollout engine (evaluation), all invalid either way: TRL keeps generating
 after a bad tool call (the engine stops; the verdict is the same), and when TRL drops a tool result
 because the completion budget is full, the trajectory ends on a turn whose calls were never answered;
@@ -84,7 +91,6 @@ ROW_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
 TABLE1_NAMES = {"AgenticRec (RTA)"}
 STAMP_SECTIONS = ("data", "recbole", "tools", "user_profile", "agent", "warmstart", "reward", "rta")
 # [G] vLLM colocated with training: the share of GPU memory vLLM may take (weights + KV cache).
-VLLM_GPU_MEMORY_UTILIZATION = 0.3
 # Columns the environment's reset(**row) and the reward need; the target item itself is left out.
 ROW_COLUMNS = ("sample_id", "user_id", "split", "target_time", "history_items", "history_times",
                "history_ratings", "candidates", "target_index")
@@ -176,7 +182,7 @@ def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int |
         max_tool_calling_iterations=agent.max_tool_calls,
         mask_truncated_completions=False,
         # vLLM colocate when available (GPU only); else transformers generate
-        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION,
+        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=rta.vllm_gpu_memory_utilization,
         # Device and precision: the CPU overrides of DESIGN.md 4
         use_cpu=cpu, bf16=bf16, fp16=False, activation_checkpointing=not cpu,  # = gradient_checkpointing
         # Bookkeeping

@@ -351,7 +351,8 @@ def test_a_short_training_run_has_finite_loss_changes_parameters_and_logs(workdi
                                                                "positive_with_tool_share", "dropped_group_share",
                                                                "loss", "calls_get_user_profile"}
     assert (log["valid_share"] == 1.0).all() and (log["tool_calls_mean"] >= 2).all()
-    assert (log["dropped_group_share"] == 0.0).all() and (log["positive_with_tool_share"] == 1.0).all()
+    assert log["dropped_group_share"].isin([0.0, 0.5, 1.0]).all()  # two groups per step
+    assert (log["positive_with_tool_share"].dropna() == 1.0).all()  # every scripted trajectory calls tools
     assert log["reward"].between(-0.5, 1.1).all()
 
 
