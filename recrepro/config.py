@@ -132,6 +132,7 @@ class WarmStartConfig:
     steps: int
     batch_size: int
     learning_rate: float
+    ppr_share: float  # share of the scripted examples in the PPR (A/B) format; 0 = ranking only [G]
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,56 @@ class RTAConfig:
 
 @dataclass(frozen=True)
 class PPRConfig:
-    rounds: int
+    """Stage 2, Progressive Preference Refinement (PAPER.md 1.5); GRPO settings otherwise from ``rta``."""
+
+    rounds: int  # mine -> train rounds; > 1 re-mines with the previous round's policy
     epochs: int
     correct_reward: float
-    wrong_reward: float
+    wrong_reward: float  # an invalid trajectory gets reward.invalid (-1), as in stage 1
+    train_instances: int | None  # training instances the stage-1 policy is run on to mine pairs; None = all
+    valid_instances: int | None  # validation instances mined for the held-out pairs (preference accuracy)
+    batch_size: int  # pairwise prompts per optimiser step (each with rta.group_size rollouts)
+    max_steps: int  # optimiser steps per round; -1 = the configured epochs
+
+
+@dataclass(frozen=True)
+class SFTBaselineConfig:
+    """TALLRec-like supervised baseline: LoRA fine-tuning to answer the ranking directly (PAPER.md 1.6)."""
+
+    enabled: bool
+    train_instances: int | None  # seeded subset of the training split; None = all of it
+    steps: int  # optimiser steps; -1 = run ``epochs`` over the subset
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    max_length: int  # tokens per example (prompt + answer); longer prompts keep their end
+    max_new_tokens: int  # generation budget of the one answer turn at evaluation
+
+
+@dataclass(frozen=True)
+class SweepsConfig:
+    """Stage-1 (TIRR) sweeps behind Figures 4 and 5 (PAPER.md 1.6): group size G and backbone size.
+
+    Every point is its own RTA run with these settings (the rest from ``rta``), under
+    ``runs/<profile>/sweeps/<dataset>/<name>/``; nothing lands in Table 1/2.
+    """
+
+    enabled: bool
+    dataset: str | None  # None = the first of data.datasets
+    group_sizes: list[int]  # Figure 4's G values, on the profile's backbone
+    backbones: list[str]  # Figure 5's backbones, smallest first
+    backbone_group_size: int | None  # G of the Figure 5 runs; None = rta.group_size
+    max_steps: int  # optimiser steps of every sweep run; -1 = rta.epochs over train_instances
+    train_instances: int | None  # training instances; None = the whole training split
+    batch_size: int | None  # instances per optimiser step; None = rta.batch_size
+    eval_every: int  # steps between validation H@10 evaluations during a sweep run
+    valid_instances: int  # validation slice of a sweep run (rta.eval_instances of the run)
+    test_instances: int | None  # test instances each sweep policy is scored on; None = the whole test split
+    warmstart_steps: int | None  # warm-start steps of tiny backbones other than agent.model_name_or_path;
+    # None = warmstart.steps (the profile's own backbone always keeps its warm start, which is cached)
 
 
 @dataclass(frozen=True)
@@ -187,6 +234,8 @@ class Profile:
     reward: RewardConfig
     rta: RTAConfig
     ppr: PPRConfig
+    sft: SFTBaselineConfig
+    sweeps: SweepsConfig
     source_path: str = field(default="", compare=False)
 
     def run_dir(self, root: Path | str = ".") -> Path:

@@ -74,3 +74,17 @@ def evaluate_lists(profile: Profile, dataset: str, model: str, samples: pd.DataF
     per_instance = list_metrics(predictions, samples["target_index"].tolist(), profile.eval.ks)
     save_per_instance(profile, dataset, model, samples["sample_id"], per_instance, root)
     return metrics_row(dataset, model, per_instance, profile)
+
+
+def write_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
+    """List the paper's baselines the kit does not run (PAPER.md 1.6) in Table 1, per profile dataset.
+
+    They get source "not run" and empty metrics (never invented); the rendered table shows each
+    beside the paper's values on the same dataset where the paper reports one.
+    """
+    from recrepro.stages import TABLE1_TITLE
+    from recrepro.tables import not_run_rows, write_table
+
+    rows = not_run_rows(list(profile.data.datasets), profile.run.name, profile.eval.ks)
+    return write_table(profile.results_dir(root), "table1", rows.to_dict("records"), TABLE1_TITLE,
+                       profile.eval.ks, paper_table="table1")

@@ -7,17 +7,23 @@ reproduction. The layouts follow PAPER.md 1.6:
 * Figure 3 (stage-1 training): (a) mean tool calls per trajectory and the share of positively
   rewarded trajectories that called a tool, over steps; (b) H@10 on the validation slice over steps.
 * Figure 4: H@K and N@K against the group size G.
-* Figure 5: H@K and N@K against the backbone size.
+* Figure 5: H@K and N@K against the backbone size (parameter count).
+
+Figures 4 and 5 take the sweep CSVs of :mod:`recrepro.rl.sweeps` as they are (long format); dashed
+lines are the analytic chance levels (:func:`recrepro.metrics.chance_metrics`). At smoke size the
+figures show the machinery, never the paper's trends.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: papermill and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -42,7 +48,10 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
     steps = log.dropna(subset=[tool_calls])
     ax_a.plot(steps["step"], steps[tool_calls], marker="o", color="tab:blue", label="tool calls per trajectory")
     ax_a.set(xlabel="training step", ylabel="mean tool calls per trajectory")
+    ax_a.set_ylim(bottom=0)
+    ax_a.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     twin = ax_a.twinx()
+    twin.grid(False)  # one grid (the left axis's) is enough
     twin.plot(steps["step"], 100 * steps[positive_with_tool], marker="s", color="tab:orange",
               label="positive trajectories with a tool call")
     twin.set(ylabel="% of positively rewarded trajectories", ylim=(0, 105))
@@ -53,43 +62,96 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
     ax_b.plot(evals["step"], evals[hit10], marker="o", color="tab:green", label="H@10 (validation slice)")
     ax_b.axhline(0.5, color="grey", ls="--", lw=1, label="chance (0.5)")
     ax_b.set(xlabel="training step", ylabel="HitRate@10", ylim=(0, 1), title="(b) H@10 over training steps")
+    ax_b.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_b.legend(fontsize=8)
     fig.suptitle(f"Figure 3 — stage-1 (RTA) training, {profile} profile", fontsize=11)
     fig.tight_layout()
     return fig, _save(fig, out_dir, "fig3_tool_usage")
 
 
-def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile: str, out_dir: Path | str,
-                  stem: str, order: list | None = None) -> tuple[plt.Figure, list[Path]]:
-    sns.set_theme(style="whitegrid", context="paper")
-    long = table.melt(id_vars=[x], value_vars=[m for m in METRICS if m in table.columns],
-                      var_name="metric", value_name="value")
+def _long_metrics(table: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Long rows (``x``, metric, value): accepts the sweep CSVs (long) or one column per metric (wide)."""
+    if {"metric", "value"} <= set(table.columns):
+        long = table[[x, "metric", "value"]]
+    else:
+        long = table.melt(id_vars=[x], value_vars=[m for m in METRICS if m in table.columns],
+                          var_name="metric", value_name="value")
+    long = long[long["metric"].isin(METRICS)].copy()
+    if long.empty:
+        raise ValueError(f"no metric rows ({', '.join(METRICS)}) to plot against {x!r}")
     long["family"] = long["metric"].str[0].map({"H": "HitRate@K", "N": "NDCG@K"})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
-    positions = {value: i for i, value in enumerate(order or list(dict.fromkeys(table[x])))}
+    return long
+
+
+def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile: str, out_dir: Path | str,
+                  stem: str, ticks: dict[float, str], log_base: int | None,
+                  chance: dict[str, float] | None) -> tuple[plt.Figure, list[Path]]:
+    """Two panels (HitRate@K, NDCG@K) of metric-vs-``x`` lines, chance levels dashed in the same colour."""
+    sns.set_theme(style="whitegrid", context="paper")
+    long = _long_metrics(table, x)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     for ax, family in zip(axes, ("HitRate@K", "NDCG@K")):
         part = long[long["family"] == family]
-        for metric, rows in part.groupby("metric", sort=False):
-            ax.plot(rows[x].map(positions), rows["value"], marker="o", label=metric)
-        ax.set_xticks(list(positions.values()), [str(v) for v in positions])
-        ax.set(xlabel=xlabel, ylabel=family, title=family)
-        ax.legend(fontsize=8)
+        for i, (metric, rows) in enumerate(part.groupby("metric", sort=False)):
+            rows = rows.sort_values(x)
+            colour = f"C{i}"
+            ax.plot(rows[x], rows["value"], marker="o", color=colour, label=metric)
+            if chance and metric in chance:
+                ax.axhline(chance[metric], color=colour, ls="--", lw=0.8, alpha=0.7)
+        if chance:
+            ax.plot([], [], color="grey", ls="--", lw=0.8, label="chance (dashed)")
+        if log_base:
+            ax.set_xscale("log", base=log_base)
+        ax.set_xticks(list(ticks), list(ticks.values()))
+        ax.minorticks_off()
+        ax.set(xlabel=xlabel, ylabel=f"{family} (test subset)", ylim=(0, 1), title=family)
+        ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{title}, {profile} profile", fontsize=11)
     fig.tight_layout()
     return fig, _save(fig, out_dir, stem)
 
 
-def plot_group_size(table: pd.DataFrame, profile: str, out_dir: Path | str) -> tuple[plt.Figure, list[Path]]:
-    """Figure 4: one row per group size (column ``group_size``) with the test metrics."""
-    table = table.sort_values("group_size")
-    return _metric_lines(table, "group_size", "group size G (rollouts per instance)",
-                         "Figure 4 — effect of the group size G", profile, out_dir, "fig4_group_size")
+def plot_group_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
+                    chance: dict[str, float] | None = None) -> tuple[plt.Figure, list[Path]]:
+    """Figure 4: test metrics against the group size G (column ``group_size``; long or wide table)."""
+    sizes = sorted(int(g) for g in table["group_size"].unique())
+    return _metric_lines(table, "group_size", "group size G (rollouts per instance, log scale)",
+                         "Figure 4 — effect of the group size G", profile, out_dir, "fig4_group_size",
+                         {g: str(g) for g in sizes}, 2, chance)
 
 
-def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str) -> tuple[plt.Figure, list[Path]]:
-    """Figure 5: one row per backbone (columns ``backbone``, ``parameters``) with the test metrics."""
-    table = table.sort_values("parameters")
-    labelled = table.assign(backbone=[f"{b}\n({p / 1e6:.2f}M)" if p < 1e8 else f"{b}\n({p / 1e9:.1f}B)"
-                                      for b, p in zip(table["backbone"], table["parameters"])])
-    return _metric_lines(labelled, "backbone", "backbone (parameters)", "Figure 5 — effect of the backbone size",
-                         profile, out_dir, "fig5_backbone_size", order=list(labelled["backbone"]))
+def _param_label(parameters: float) -> str:
+    return f"{parameters / 1e9:.1f}B" if parameters >= 1e8 else f"{parameters / 1e6:.2f}M"
+
+
+def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
+                       chance: dict[str, float] | None = None) -> tuple[plt.Figure, list[Path]]:
+    """Figure 5: test metrics against the parameter count (columns ``backbone``, ``parameters``)."""
+    points = table.drop_duplicates("parameters").sort_values("parameters")
+    ticks = {float(p): f"{str(b).rsplit('/', 1)[-1]}\n({_param_label(p)})"
+             for b, p in zip(points["backbone"], points["parameters"])}
+    return _metric_lines(table.astype({"parameters": float}), "parameters", "backbone parameters (log scale)",
+                         "Figure 5 — effect of the backbone size", profile, out_dir, "fig5_backbone_size",
+                         ticks, 10, chance)
+
+
+def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) -> tuple[plt.Figure, list[Path]]:
+    """Figure 3 from the main TIRR run's log (``runs/<profile>/rta/<dataset>/train_log.csv``, notebook 04)."""
+    from recrepro.rl.rta import train_log_path
+    from recrepro.rl.rta_log import read_train_log
+
+    dataset = dataset or (profile.sweeps.dataset or profile.data.datasets[0])
+    path = train_log_path(profile, root, dataset, "tirr")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no stage-1 TIRR training log; run notebook 04 (RTA) first")
+    return plot_tool_usage(read_train_log(path), profile.run.name, profile.figures_dir(root))
+
+
+def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFrame]) -> dict[str, tuple]:
+    """Figures 4 and 5 from :func:`recrepro.rl.sweeps.run_sweeps`'s frames, chance lines included."""
+    from recrepro.metrics import chance_metrics
+
+    chance = chance_metrics(profile.data.n_candidates, profile.eval.ks)
+    out_dir = profile.figures_dir(root)
+    return {"fig4": plot_group_size(sweeps["group_size"], profile.run.name, out_dir, chance),
+            "fig5": plot_backbone_size(sweeps["backbone"], profile.run.name, out_dir, chance)}

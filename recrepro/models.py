@@ -94,8 +94,11 @@ class TinySpec:
 
 TINY_SIZES: dict[str, TinySpec] = {
     "s": TinySpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    "m": TinySpec(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384),
-    "l": TinySpec(hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=4, intermediate_size=768),
+    # m and l exist for the Figure 5 sweep (recrepro.rl.sweeps). Kept small on purpose: on one CPU core a
+    # warm-start step cost 0.45 s (s), 1.45 s (old m: 128 hidden, 4 layers) and 8.3 s (old l: 256, 6 layers),
+    # which does not fit notebook 07's smoke budget.
+    "m": TinySpec(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=288),
+    "l": TinySpec(hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=384),
 }
 TINY_VOCAB_SIZE = 4096
 TINY_MAX_POSITIONS = 8192
@@ -221,7 +224,7 @@ def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | Non
 
 def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 0) -> Path:
     """The folder of a built tiny model for ``name``, building it first when absent or stale (another
-    builder version, seed, or default corpus version, which follows the agent prompt version)."""
+    builder version, spec, seed, or default corpus version, which follows the agent prompt version)."""
     import json
 
     from recrepro.agent.corpus import corpus_version
@@ -231,7 +234,8 @@ def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 
     info_path = folder / "build_info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())
-        if (info.get("builder_version"), info.get("seed"), info.get("corpus_version")) == \
-                (TINY_BUILD_VERSION, seed, corpus_version()):
+        # The spec is compared too, so resizing one size rebuilds only that size (s caches stay valid).
+        if (info.get("builder_version"), info.get("seed"), info.get("corpus_version"), info.get("spec")) == \
+                (TINY_BUILD_VERSION, seed, corpus_version(), TINY_SIZES[size].__dict__):
             return folder
     return build_tiny_qwen3(size, folder, seed=seed)

@@ -3,9 +3,10 @@
 ``results/<profile>/table1.csv`` is long-format: one row per (dataset, model, source). Columns:
 dataset, model, H@1, H@5, H@10, N@5, N@10, n, profile, source, then the 95% bootstrap bounds
 (``<metric>_lo``, ``<metric>_hi``) and ``paper_marks`` (the PAPER.md mark of each paper value).
-``source`` is ``measured`` (our run), ``analytic`` (the exact chance level) or ``paper`` (reported
-by the paper; dataset uses the paper's short names). Stages add their rows with :func:`upsert_rows`,
-so re-running one stage replaces only its own rows.
+``source`` is ``measured`` (our run), ``analytic`` (the exact chance level), ``paper`` (reported
+by the paper; dataset uses the paper's short names) or ``not run`` (a paper baseline the kit does
+not run, listed per profile dataset with empty metrics; see :func:`not_run_rows`). Stages add
+their rows with :func:`upsert_rows`, so re-running one stage replaces only its own rows.
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ from recrepro.paper import reported_values
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
     "Chance", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
-    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "LLaRA", "S-DPO", "ReRe", "AgenticRec",
+    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA+PPR)",
     "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
-SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2}
+SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2, "not run": 3}
+# Table 1 rows of PAPER.md 1.6 the kit does not run. They are listed for every dataset of the profile
+# as source "not run" (metrics empty, never invented) so that none is silently left out; the paper's
+# values, where it reports that dataset, stay in the source "paper" rows.
+NOT_RUN_MODELS = ["ReaRec", "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO", "ReRe"]
+NOT_RUN = "not run"
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
@@ -53,6 +59,26 @@ def paper_rows(table: str, profile_name: str, ks: list[int]) -> pd.DataFrame:
     wide["profile"] = profile_name
     wide["source"] = "paper"
     return wide
+
+
+def not_run_rows(datasets: list[str], profile_name: str, ks: list[int]) -> pd.DataFrame:
+    """One "not run" row per (profile dataset, model of :data:`NOT_RUN_MODELS`), metrics NaN.
+
+    ``paper_marks`` holds the marks of the paper's values for that model on that dataset (via the
+    paper's short dataset name), empty where the paper reports none (always so for ml-100k).
+    """
+    from recrepro.paper import paper_name
+
+    reported = paper_rows("table1", profile_name, ks).set_index(["dataset", "model"])
+    rows = []
+    for dataset in datasets:
+        short = paper_name(dataset)
+        for model in NOT_RUN_MODELS:
+            marks = reported["paper_marks"].get((short, model), "") if short else ""
+            row: dict = {"dataset": dataset, "model": model, **{m: np.nan for m in metric_names(ks)},
+                         "n": np.nan, "profile": profile_name, "source": NOT_RUN, "paper_marks": marks}
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def upsert_rows(path: Path | str, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
@@ -87,7 +113,7 @@ def render_markdown(table: pd.DataFrame, title: str, ks: list[int]) -> str:
     lines = [f"# {title}", "",
              f"Profile: **{profile}**. Cells: mean [95% bootstrap interval]. "
              "Chance is the exact expectation for 20 candidates and one positive (PAPER.md 1.1).", ""]
-    ours = table[table["source"] != "paper"]
+    ours = table[~table["source"].isin(["paper", NOT_RUN])]
     header = "| dataset | model | " + " | ".join(names) + " | n | source |"
     rule = "|" + "---|" * (len(names) + 4)
     if len(ours):
@@ -96,6 +122,7 @@ def render_markdown(table: pd.DataFrame, title: str, ks: list[int]) -> str:
             cells = [_cell(row[m], row.get(f"{m}_lo"), row.get(f"{m}_hi")) for m in names]
             lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells)
                          + f" | {int(row['n'])} | {row['source']} |")
+    lines += _not_run_section(table, names)
     paper = table[table["source"] == "paper"]
     if len(paper):
         note = ("These are the paper's numbers on its Amazon 2023 datasets. "
@@ -108,6 +135,31 @@ def render_markdown(table: pd.DataFrame, title: str, ks: list[int]) -> str:
             cells = [_cell(row[m]) for m in names]
             lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells) + f" | {row['paper_marks']} |")
     return "\n".join(lines) + "\n"
+
+
+def _not_run_section(table: pd.DataFrame, names: list[str]) -> list[str]:
+    """Markdown lines for the "not run" rows, each beside the paper's values on that dataset (if any)."""
+    from recrepro.paper import paper_name
+
+    skipped = table[table["source"] == NOT_RUN]
+    if not len(skipped):
+        return []
+    paper = table[table["source"] == "paper"].set_index(["dataset", "model"])
+    lines = ["", "## Not run by this kit", "",
+             "Paper baselines this kit does not train or call (PAPER.md 1.6). Cells are the paper's values "
+             "for the same dataset where it reports one, never our measurement.", "",
+             "| dataset | model | " + " | ".join(f"paper {n}" for n in names) + " | note |",
+             "|" + "---|" * (len(names) + 3)]
+    for _, row in skipped.iterrows():
+        key = (paper_name(str(row["dataset"])), row["model"])
+        if key in paper.index:
+            cells = [_cell(paper.loc[key, m]) for m in names]
+            note = f"not run; paper's values on {key[0]} ({paper.loc[key, 'paper_marks']})"
+        else:
+            cells = ["–"] * len(names)
+            note = "not run; the paper reports no value for this dataset"
+        lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells) + f" | {note} |")
+    return lines
 
 
 def render_latex(table: pd.DataFrame, ks: list[int]) -> str:

@@ -332,3 +332,80 @@ def format_tool_call(name: str, arguments: Mapping[str, Any] | None = None) -> s
     """A tool call exactly as the Qwen3 chat template renders one (newlines inside the tags)."""
     payload = json.dumps({"name": name, "arguments": dict(arguments or {})}, ensure_ascii=False)
     return f"{CALL_OPEN}\n{payload}\n{CALL_CLOSE}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Pairwise answers (stage 2, PPR, PAPER.md 1.5 [N]): ``<answer>\boxed{A}</answer>`` or ``\boxed{B}``
+# ------------------------------------------------------------------------------------------------
+
+CHOICE_LETTERS = ("A", "B")
+# Reasons that belong to the trajectory (tool calls, budget, token limits) rather than to the answer
+# text; they take precedence over the letter exactly as over a ranking (REASON_PRECEDENCE).
+TRAJECTORY_REASONS = (InvalidReason.TOO_MANY_TOOL_CALLS, InvalidReason.BAD_TOOL_CALL, InvalidReason.TRUNCATED)
+_BOXED_LETTER = re.compile(r"\\boxed\{\s*(?P<body>[^{}]*?)\s*\}")
+
+
+@dataclass(frozen=True)
+class ChoiceVerdict:
+    """The verdict on a pairwise (A/B) trajectory; ``letter`` is set only when it is valid."""
+
+    letter: str | None
+    reason: InvalidReason | None
+    detail: str = ""
+    n_tool_calls: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return self.reason is None
+
+
+def parse_choice(text: str, letters: Sequence[str] = CHOICE_LETTERS) -> ChoiceVerdict:
+    """The letter of one final turn: exactly one closed answer block holding exactly one
+    ``\\boxed{X}`` with X one of ``letters`` (upper case). Whitespace inside the braces is tolerated;
+    lower case, ``\\boxed{[A]}``, ``\\boxed{A, B}`` or any other content is ``bad_format`` [G]: the
+    prompt asks for the capital letter, and nothing is repaired (as for rankings)."""
+    if not isinstance(text, str):
+        return ChoiceVerdict(None, InvalidReason.NO_ANSWER, "not a string")
+    visible = strip_thinking(text)
+    n_open, n_close = visible.count(ANSWER_OPEN), visible.count(ANSWER_CLOSE)
+    if n_open == 0:
+        return ChoiceVerdict(None, InvalidReason.NO_ANSWER, "no <answer> tag outside <think>")
+    blocks = _ANSWER_BLOCK.findall(visible)
+    if n_open != 1 or n_close != 1 or len(blocks) != 1:
+        return ChoiceVerdict(None, InvalidReason.BAD_FORMAT,
+                             f"expected one closed answer block, found {n_open} open / {n_close} close")
+    body = blocks[0]
+    if body.count(BOXED) != 1:
+        return ChoiceVerdict(None, InvalidReason.BAD_FORMAT, f"expected exactly one \\boxed{{...}}, found {body.count(BOXED)}")
+    match = _BOXED_LETTER.search(body)
+    if match is None or match.group("body") not in letters:
+        return ChoiceVerdict(None, InvalidReason.BAD_FORMAT, f"\\boxed{{...}} does not hold one of {list(letters)}")
+    return ChoiceVerdict(match.group("body"), None)
+
+
+def choice_verdict(turns: Sequence[str], trajectory_reason: InvalidReason | str | None = None,
+                   n_tool_calls: int = 0) -> ChoiceVerdict:
+    """The pairwise verdict of a trajectory whose list-wise verdict (same turns, same environment,
+    :meth:`recrepro.agent.env.Episode.finish`) gave ``trajectory_reason``: a trajectory-level reason
+    (too many tool calls, a bad tool call, truncation) wins; otherwise the last turn's letter decides.
+    Used by PPR training and the preference-accuracy evaluation, so both judge alike."""
+    reason = InvalidReason(trajectory_reason) if isinstance(trajectory_reason, str) else trajectory_reason
+    if reason in TRAJECTORY_REASONS:
+        return ChoiceVerdict(None, reason, "trajectory-level failure", n_tool_calls)
+    turns = [t if isinstance(t, str) else "" for t in (turns or [])]
+    if not turns:
+        return ChoiceVerdict(None, InvalidReason.NO_ANSWER, "no turns", n_tool_calls)
+    parsed = parse_choice(turns[-1])
+    return ChoiceVerdict(parsed.letter, parsed.reason, parsed.detail, n_tool_calls)
+
+
+def judge_choice(turns: Sequence[str], max_tool_calls: int, schemas: Mapping[str, Mapping[str, Any]] | None = None,
+                 truncated: bool = False) -> ChoiceVerdict:
+    """:func:`judge_trajectory`'s tool and budget rules, then the letter (text-only; no environment)."""
+    trajectory = judge_trajectory(turns, 2, 1, max_tool_calls, schemas, truncated)
+    return choice_verdict(turns, trajectory.reason, trajectory.n_tool_calls)
+
+
+def format_choice(letter: str) -> str:
+    """The canonical pairwise answer text (used by the scripted teacher and in tests)."""
+    return f"{ANSWER_OPEN}\\boxed{{{letter}}}{ANSWER_CLOSE}"

@@ -18,6 +18,14 @@ The teacher [G] (deterministic for an instance):
   the others, each group in candidate order, top K. Two increasing runs are the easiest shape of
   distinct numbers for a small model to learn.
 
+PPR format (``warmstart.ppr_share`` of the examples; stage 2, PAPER.md 1.5): two of the instance's
+candidates shown as A and B, the MORE or LESS question of :mod:`recrepro.rl.ppr`, one
+``get_user_profile`` call, then ``<answer>\\boxed{A}</answer>`` or ``B``. The teacher prefers the
+item whose categories the history shares more often (the ranking teacher's signal; ties go to A for
+MORE and so to B for LESS). The brief suggested SASRec scores; we kept the category rule because it
+depends only on what the prompt shows, so a tiny model can learn it, and MORE / LESS answers stay
+complementary [G].
+
 It never sees the target, so it teaches the format, not the answer. The warm start trains only on
 tokens the model would generate (assistant turns and their end-of-turn token); prompt and tool
 tokens carry no loss, as in GRPO (PAPER.md 1.4).
@@ -143,6 +151,73 @@ def encode_transcript(tokenizer: Any, transcript: Transcript, tools: Sequence[Ca
     return ids, mask
 
 
+PPR_TEACHER_VERSION = "v1"
+_PPR_FINAL = {"more": "Item {pick} shares more of the user's favourite categories ({fav}), so the user is more likely "
+                      "to choose it.",
+              "less": "Item {pick} shares fewer of the user's favourite categories ({fav}), so the user is less likely "
+                      "to choose it."}
+_PPR_FIRST = "I compare A and B with the user's taste. The history leans to {fav}; I read the profile first."
+
+
+def category_affinity(instance: AgentInstance, item: Any) -> int:
+    """How often the history's items carry the item's categories (the teacher's preference signal)."""
+    counts = _history_categories(instance)
+    return sum(counts.get(c, 0) for c in item.categories)
+
+
+def ppr_teacher_letter(instance: AgentInstance, item_a: Any, item_b: Any, direction: str) -> str:
+    """MORE: the item with the higher affinity (A on a tie); LESS: the other one."""
+    more = "A" if category_affinity(instance, item_a) >= category_affinity(instance, item_b) else "B"
+    if direction == "more":
+        return more
+    return "B" if more == "A" else "A"
+
+
+def ppr_teacher_transcript(instance: AgentInstance, positions: tuple[int, int], direction: str,
+                           max_tool_calls: int, env: RecAgentEnv) -> Transcript:
+    """A pairwise (PPR) trajectory on candidates ``positions`` (1-based, shown as A and B)."""
+    from recrepro.agent.parser import format_choice
+    from recrepro.rl.ppr import ppr_messages
+
+    item_a, item_b = (instance.candidates[p - 1] for p in positions)
+    fav = _favourites(instance)
+    messages = ppr_messages(instance.history, item_a, item_b, direction, max_tool_calls)
+    first = _thought(_PPR_FIRST.format(fav=fav)) + format_tool_call("get_user_profile", {})
+    tool = [{"role": "tool", "name": "get_user_profile", "content": str(env.get_user_profile())}]
+    letter = ppr_teacher_letter(instance, item_a, item_b, direction)
+    final = _thought(_PPR_FINAL[direction].format(pick=letter, fav=fav)) + format_choice(letter)
+    messages += [{"role": "assistant", "content": first}, *tool, {"role": "assistant", "content": final}]
+    return Transcript(messages, [first, final], [tool, []], True)
+
+
+def ppr_teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
+                         env_factory: Callable[[], RecAgentEnv], n: int, seed: int, max_tool_calls: int
+                         ) -> list[tuple[list[int], list[int]]]:
+    """``n`` encoded PPR transcripts, cycling over the instances; pair and direction drawn with ``seed``."""
+    if n <= 0 or not instances:
+        return []
+    rng = random.Random(seed)
+    probe_tools = env_tools(env_factory())
+    examples = []
+    for i in range(n):
+        instance, row = instances[i % len(instances)], rows[i % len(rows)]
+        positions = tuple(rng.sample(range(1, instance.n_candidates + 1), 2))
+        direction = ("more", "less")[i % 2]
+        env = env_factory()
+        # Bound to the two shown items, as PPR rollouts are (candidates_analyze then describes A and B).
+        env.reset(**{**row, "candidates": [instance.candidates[p - 1].item_id for p in positions]})
+        transcript = ppr_teacher_transcript(instance, positions, direction, max_tool_calls, env)
+        examples.append(encode_transcript(tokenizer, transcript, probe_tools))
+    return examples
+
+
+def n_ppr_examples(n_ranking: int, share: float) -> int:
+    """PPR examples so that they make up ``share`` of all examples (``warmstart.ppr_share``)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"warmstart.ppr_share must be in [0, 1), got {share}")
+    return int(round(n_ranking * share / (1.0 - share)))
+
+
 @dataclass(frozen=True)
 class WarmStartSettings:
     steps: int = 60  # [G] enough for a tiny model to learn the format
@@ -231,7 +306,7 @@ def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: S
 def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
                      rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
                      settings: WarmStartSettings, progress: bool = True,
-                     extra_info: dict[str, Any] | None = None) -> tuple[Path, list[float]]:
+                     extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0) -> tuple[Path, list[float]]:
     """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
 
     ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
@@ -243,13 +318,16 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
 
     loaded = load_causal_lm(base_dir, device="cpu")
     examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs)
+    n_ppr = n_ppr_examples(len(examples), ppr_share)
+    max_calls = specs[0].max_tool_calls if specs else 10
+    examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls)
     losses = warm_start(loaded.model, examples, settings, progress)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "settings": settings.__dict__,
-                "examples": len(examples), "specs": [s.__dict__ for s in specs],
+                "examples": len(examples), "ppr_examples": n_ppr, "specs": [s.__dict__ for s in specs],
                 "loss_first": losses[0], "loss_last": losses[-1], "losses": losses, **(extra_info or {})}
         (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out_dir, losses
@@ -296,6 +374,11 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
               "instances": n_instances, "settings": settings.__dict__, "specs": [s.__dict__ for s in specs],
               "base_build": json.loads((base / "build_info.json").read_text())}
+    if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
+        from recrepro.rl.ppr import ppr_prompt_fingerprint
+
+        recipe["ppr"] = {"share": profile.warmstart.ppr_share, "teacher_version": PPR_TEACHER_VERSION,
+                         "prompts": ppr_prompt_fingerprint()}
     info = out / "warmstart_info.json"
     if not force and info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
         return out
@@ -309,5 +392,5 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     factory = toolkit_env_factory(profile, bench, root, chosen)
     instances = [instance_from_sample(row, views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
-                              extra_info={"recipe": recipe})
+                              extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share)
     return out

@@ -452,15 +452,19 @@ def load_policy(model_path: str | Path, profile: Profile):
     return model, tokenizer
 
 
-def build_trainer(setup: TrainingSetup, **config_overrides: Any):
-    """The RTA trainer for ``setup`` (and the reward function, for inspection)."""
+def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any] | None = None, **config_overrides: Any):
+    """The RTA trainer for ``setup`` (and the reward function, for inspection).
+
+    ``reward_class`` (default :class:`ListwiseRewardFunc`) is called with the same arguments
+    ``(profile, tokenizer, schemas, trace, stops)``; stage 2 (PPR) passes its pairwise reward.
+    """
     from recrepro.agent.rollout import stop_token_ids
 
     profile = setup.profile
     model, tokenizer = load_policy(setup.model_path, profile)
     trace = RolloutTrace()
     schemas = tool_schemas(setup.env_factory()) if setup.env_factory is not None else None
-    reward = ListwiseRewardFunc(profile, tokenizer, schemas, trace, stop_token_ids(tokenizer))
+    reward = (reward_class or ListwiseRewardFunc)(profile, tokenizer, schemas, trace, stop_token_ids(tokenizer))
     config = build_grpo_config(profile, setup.output_dir, **config_overrides)
     log_callback = RTALogCallback(setup.log_path, setup.valid, profile.rta.eval_every)
     trainer = _grpo_trainer_class()(
@@ -498,8 +502,12 @@ def starting_model(profile: Profile, root: Path | str = ".", progress: bool = Tr
 
 
 def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str,
-                  model_path: str | None = None) -> TrainingSetup:
-    """Training rows, tools and the validation slice of one dataset."""
+                  model_path: str | None = None, out_dir: Path | None = None) -> TrainingSetup:
+    """Training rows, tools and the validation slice of one dataset.
+
+    ``out_dir`` (sweeps, :mod:`recrepro.rl.sweeps`) puts checkpoints, final policy and
+    ``train_log.csv`` there instead of under ``runs/<profile>/rta/<dataset>/``.
+    """
     from recrepro.agent.evaluate import make_tasks, rollout_settings
     from recrepro.data.pipeline import load_benchmark
     from recrepro.tools import ToolKit
@@ -521,8 +529,9 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
                          model_path=model_path or starting_model(profile, root),
                          train_rows=training_rows(train, views, spec),
                          env_factory=factory if spec.uses_tools else None, valid=slice_,
-                         output_dir=variant_dir(profile, root, dataset, variant) / "checkpoints",
-                         log_path=train_log_path(profile, root, dataset, variant), dataset=dataset)
+                         output_dir=(out_dir or variant_dir(profile, root, dataset, variant)) / "checkpoints",
+                         log_path=(out_dir / "train_log.csv" if out_dir is not None
+                                   else train_log_path(profile, root, dataset, variant)), dataset=dataset)
 
 
 def config_stamp(profile: Profile, variant: str, model_path: str, dataset: str = "") -> dict[str, Any]:
@@ -595,16 +604,19 @@ def save_final(trainer: Any, final: Path) -> Path:
 
 
 def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: str,
-                    model_path: Path | str) -> list[dict]:
+                    model_path: Path | str, row_name: str | None = None) -> list[dict]:
     """The trained policy on the dataset's test lists, through the zero-shot rows' evaluation path
-    (``recrepro.agent.evaluate.evaluate_agent``: same instances, engine, parser, metrics and card)."""
+    (``recrepro.agent.evaluate.evaluate_agent``: same instances, engine, parser, metrics and card).
+
+    ``row_name`` (sweeps) names the row instead of the Table 1/2 names, so per-instance scores and
+    the evaluation card of the main run are not overwritten."""
     from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, toolkit_env_factory
     from recrepro.data.pipeline import load_benchmark
     from recrepro.evaluation import chance_row
 
     root = Path(root)
     backend = load_backend(profile, root, model_path=model_path)
-    name, extra = ROW_NAMES[variant]
+    name, extra = (row_name, ()) if row_name else ROW_NAMES[variant]
     bench = load_benchmark(profile, dataset, root)
     samples = eval_subset(profile, bench.samples["test"])
     factory = toolkit_env_factory(profile, bench, root, samples)
@@ -630,26 +642,33 @@ def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str
 
 
 def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, force: bool = False,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one (dataset, variant) policy unless its stamp is unchanged, evaluate it, write its rows."""
+                log: Callable[[str], None] = print, out_dir: Path | None = None,
+                row_name: str | None = None) -> dict[str, Any]:
+    """Train one (dataset, variant) policy unless its stamp is unchanged, evaluate it, write its rows.
+
+    With ``out_dir`` (sweeps) everything lives in that folder, the test row is named ``row_name``
+    and nothing is written to Table 1/2.
+    """
     root = Path(root)
-    folder = variant_dir(profile, root, dataset, variant)
+    folder = out_dir if out_dir is not None else variant_dir(profile, root, dataset, variant)
     model_path = starting_model(profile, root)
     stamp = config_stamp(profile, variant, model_path, dataset)
     done = _read_json(folder / "stamp.json")
     final = folder / "final"
-    log_path = train_log_path(profile, root, dataset, variant)
+    log_path = folder / "train_log.csv" if out_dir is not None else train_log_path(profile, root, dataset, variant)
     if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
         log(f"[rta] {dataset}/{variant}: final policy and its evaluation are up to date; skipping")
-        write_rows(profile, root, done["rows"])
+        if out_dir is None:
+            write_rows(profile, root, done["rows"])
         return {**done, "skipped": True, "final": str(final), "log": read_train_log(log_path)}
-    trained = train_policy(prepare_setup(profile, root, dataset, variant, model_path), force=force, log=log)
+    trained = train_policy(prepare_setup(profile, root, dataset, variant, model_path, out_dir), force=force, log=log)
     trainer = trained.pop("trainer")
     if not trainer.accelerator.is_main_process:
         return {"skipped": False, "final": str(trained["final"])}
     del trainer  # free the training copy before evaluation loads the final policy
-    rows = evaluate_policy(profile, root, dataset, variant, trained["final"])
-    write_rows(profile, root, rows)
+    rows = evaluate_policy(profile, root, dataset, variant, trained["final"], row_name)
+    if out_dir is None:
+        write_rows(profile, root, rows)
     train_log = read_train_log(log_path)
     record = {"stamp": stamp, "rows": rows, "wall_s_train": trained["wall_s"],
               "resumed_from": trained["resumed_from"], "summary": summarize_log(train_log)}

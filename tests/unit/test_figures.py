@@ -1,11 +1,15 @@
-"""Figures are written as non-trivial PNG and PDF files with the profile in the title."""
+"""Figures 3-5 are written as non-trivial PNG and PDF files, with the profile in the title and the
+plotted data equal to the input (real training-log columns, long sweep CSVs)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recrepro.figures import plot_backbone_size, plot_group_size, plot_tool_usage
+from recrepro.metrics import chance_metrics
+from recrepro.rl.rta_log import LOG_COLUMNS
 
 
 def _check(paths, fig, profile):
@@ -15,24 +19,68 @@ def _check(paths, fig, profile):
     assert profile in fig._suptitle.get_text()
 
 
+def _training_log() -> pd.DataFrame:
+    """A log shaped like rta_log's: step 0 has validation only, evaluation every 4 steps."""
+    log = pd.DataFrame(np.nan, index=range(9), columns=list(LOG_COLUMNS))
+    log["step"] = range(9)
+    log.loc[1:, "tool_calls_mean"] = np.linspace(1, 3, 8)
+    log.loc[1:, "positive_with_tool_share"] = np.linspace(0.5, 1, 8)
+    log.loc[[0, 4, 8], "val_H@10"] = [0.5, 0.6, 0.7]
+    return log
+
+
 def test_fig3_from_a_training_log(tmp_path):
-    log = pd.DataFrame({"step": range(1, 9), "tool_calls_mean": np.linspace(1, 3, 8),
-                        "positive_with_tool_share": np.linspace(0.5, 1, 8),
-                        "val_H@10": [0.5, np.nan, np.nan, 0.6, np.nan, np.nan, np.nan, 0.7]})
-    fig, paths = plot_tool_usage(log, "smoke", tmp_path)
+    fig, paths = plot_tool_usage(_training_log(), "smoke", tmp_path)
     _check(paths, fig, "smoke")
+    assert [p.name for p in paths] == ["fig3_tool_usage.png", "fig3_tool_usage.pdf"]
     assert [ax.get_title() for ax in fig.axes[:2]] == ["(a) tool usage during stage-1 training",
                                                        "(b) H@10 over training steps"]
-    assert len(fig.axes[1].get_lines()[0].get_xdata()) == 3  # only evaluated steps are drawn
+    calls = fig.axes[0].get_lines()[0]
+    assert list(calls.get_xdata()) == list(range(1, 9))  # the validation-only step 0 has no training data
+    assert calls.get_ydata()[-1] == pytest.approx(3.0)
+    share = fig.axes[2].get_lines()[0]  # the twin axis: percent
+    assert share.get_ydata()[0] == pytest.approx(50.0) and share.get_ydata()[-1] == pytest.approx(100.0)
+    h10 = fig.axes[1].get_lines()[0]
+    assert list(h10.get_xdata()) == [0, 4, 8] and list(h10.get_ydata()) == [0.5, 0.6, 0.7]
+    assert fig.axes[1].get_lines()[1].get_ydata()[0] == 0.5  # chance H@10 with 10 of 20 candidates
 
 
-def test_fig4_and_fig5(tmp_path):
-    metrics = {"H@1": [0.1, 0.2, 0.3], "H@5": [0.3, 0.4, 0.5], "H@10": [0.5, 0.6, 0.7],
-               "N@5": [0.2, 0.3, 0.4], "N@10": [0.3, 0.4, 0.5]}
-    fig, paths = plot_group_size(pd.DataFrame({"group_size": [8, 2, 4], **metrics}), "paper", tmp_path)
+def _long(x: str, values: list, extra: dict | None = None) -> pd.DataFrame:
+    rows = []
+    for i, v in enumerate(values):
+        for j, metric in enumerate(["H@1", "H@5", "H@10", "N@5", "N@10"]):
+            rows.append({x: v, "metric": metric, "value": 0.1 * (i + 1) + 0.01 * j, "n": 16, **(extra or {})})
+    return pd.DataFrame(rows)
+
+
+def test_fig4_from_the_long_sweep_table(tmp_path):
+    chance = chance_metrics(20, [1, 5, 10])
+    table = _long("group_size", [8, 2, 4])
+    fig, paths = plot_group_size(table, "paper", tmp_path, chance)
     _check(paths, fig, "paper")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2", "4", "8"]
-    table = pd.DataFrame({"backbone": ["s", "m", "l"], "parameters": [1e6, 4e6, 1.7e9], **metrics})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["H@1"].get_xdata()) == [2, 4, 8]
+    # G=8 was listed first with value 0.1; sorted by G the values follow the table, not the input order.
+    assert list(lines["H@1"].get_ydata()) == pytest.approx([0.2, 0.3, 0.1])
+    dashed = [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"
+              and len(line.get_ydata())]
+    assert dashed == pytest.approx([0.05, 0.25, 0.5])  # chance H@1, H@5, H@10 with 20 candidates
+    assert {line.get_label() for line in fig.axes[1].get_lines()} >= {"N@5", "N@10"}
+
+
+def test_fig5_uses_the_parameter_count_on_the_x_axis(tmp_path):
+    table = pd.concat([_long("backbone", ["s"]).assign(parameters=360_832),
+                       _long("backbone", ["l"]).assign(parameters=1_700_000_000),
+                       _long("backbone", ["m"]).assign(parameters=600_000)])
     fig, paths = plot_backbone_size(table, "smoke", tmp_path)
     _check(paths, fig, "smoke")
-    assert fig.axes[0].get_xticklabels()[2].get_text() == "l\n(1.7B)"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["s\n(0.36M)", "m\n(0.60M)", "l\n(1.7B)"]
+    h10 = next(line for line in fig.axes[0].get_lines() if line.get_label() == "H@10")
+    assert list(h10.get_xdata()) == [360_832, 600_000, 1_700_000_000]
+    assert fig.axes[0].get_xscale() == "log"
+
+
+def test_a_table_without_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no metric rows"):
+        plot_group_size(pd.DataFrame({"group_size": [2], "metric": ["loss"], "value": [1.0]}), "smoke", tmp_path)

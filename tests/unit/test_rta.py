@@ -58,7 +58,8 @@ def test_grpo_config_follows_the_profile(tmp_path):
 
 def test_paper_batch_is_split_over_processes_and_accumulation():
     paper = load_profile("paper")
-    assert rta.per_device_batch(paper, 4) == 64 * 8 // (4 * 4)
+    assert rta.per_device_batch(paper, 4) == 4  # 64 instances x G=8 over 4 GPUs x 32 accumulation steps
+    assert [rta.per_device_batch(paper, n) for n in (1, 2, 8)] == [16, 8, 2]
     with pytest.raises(ValueError, match="cannot be split"):
         rta.per_device_batch(load_profile("smoke", {"rta.batch_size": 3, "rta.gradient_accumulation_steps": 5}), 1)
 

@@ -62,3 +62,35 @@ def test_write_table_renders_all_formats(tmp_path, smoke_profile):
     assert "| ml-100k | Chance | 0.0500 |" in md
     tex = (tmp_path / "table1.tex").read_text()
     assert "% profile: smoke" in tex and r"\begin{tabular}" in tex
+
+
+def test_not_run_rows_list_every_paper_baseline_per_dataset_with_empty_metrics():
+    from recrepro.tables import NOT_RUN_MODELS, not_run_rows
+
+    rows = not_run_rows(["ml-100k", "CDs_and_Vinyl"], "paper", [1, 5, 10])
+    assert len(rows) == 2 * len(NOT_RUN_MODELS) == 14
+    assert set(rows["source"]) == {"not run"}
+    assert rows[["H@1", "H@5", "H@10", "N@5", "N@10", "n"]].isna().all().all()
+    marks = rows.set_index(["dataset", "model"])["paper_marks"]
+    assert marks[("ml-100k", "LLaRA")] == ""  # the paper has no ml-100k values
+    assert marks[("CDs_and_Vinyl", "LLaRA")] == "H@1:N;N@5:N;N@10:S;H@10:S"
+
+
+def test_not_run_rows_render_in_their_own_section_beside_the_papers_values(tmp_path, smoke_profile):
+    from recrepro.tables import not_run_rows
+
+    rows = [chance_row("CDs_and_Vinyl", 20, 2, smoke_profile), _row(smoke_profile, "SASRec", [1, 0])]
+    rows += not_run_rows(["ml-100k", "CDs_and_Vinyl"], "smoke", [1, 5, 10]).to_dict("records")
+    table = write_table(tmp_path, "table1", rows, "Table 1", [1, 5, 10], paper_table="table1")
+    assert list(table["source"].unique()) == ["analytic", "measured", "paper", "not run"]  # canonical order
+    md = (tmp_path / "table1.md").read_text()
+    measured = md.split("## Not run by this kit")[0]
+    assert "LLaRA" not in measured.split("## Measured by this kit")[1]  # never among our rows
+    assert "| ml-100k | LLaRA | – | – | – | – | – | not run; the paper reports no value for this dataset |" in md
+    assert ("| CDs_and_Vinyl | LLaRA | 0.2324 | – | 0.7234 | 0.3736 | 0.4394 | "
+            "not run; paper's values on CDs (H@1:N;N@5:N;N@10:S;H@10:S) |") in md
+    tex = (tmp_path / "table1.tex").read_text()
+    assert r"ml-100k & ReaRec & -- & -- & -- & -- & -- & not run \\" in tex
+    again = write_table(tmp_path, "table1", rows, "Table 1", [1, 5, 10], paper_table="table1")
+    assert (again["source"] == "not run").sum() == 14  # a rewrite replaces, never duplicates
+    assert len(again) == len(table)

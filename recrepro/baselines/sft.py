@@ -1,0 +1,240 @@
+"""TALLRec-like baseline: LoRA supervised fine-tuning of the backbone to answer the ranking directly.
+
+PAPER.md 1.6 lists TALLRec among the baselines trained on the same Qwen3-4B (learning rate 1e-5).
+TALLRec itself tunes a yes/no relevance answer per item; ours is *TALLRec-like*: the same recipe
+(instruction-style supervised fine-tuning with LoRA) adapted to the list-wise task of PAPER.md 1.1,
+so that it is scored with the same parser and metrics as the agent. Choices [G]:
+
+* prompt: the agent's reasoning-only ("r") prompt (:mod:`recrepro.agent.prompt`), so the baseline
+  sees exactly what the LLMRank-like and trained-R rows see; no tools;
+* target completion: ``<answer>\\boxed{[...]}</answer>`` with no reasoning: the training target
+  first, then the candidates that follow it in the frozen (shuffled) order, wrapping from the last
+  to the first, cut at ``agent.top_k`` (target 7: ``[7, 8, ..., 16]``; target 18: ``[18, 19, 20,
+  1, ...]``). The tail carries no preference signal (the order is a random shuffle); only the first
+  position is learned from data. A first version put the other candidates in plain order
+  (``[7, 1, 2, ..., 6, 8, ...]``): the tiny smoke model could not learn to skip the target and
+  answered with duplicates (87% invalid); one increasing run is learnable by any model;
+* training: TRL's ``SFTTrainer`` with a peft LoRA adapter on every linear layer, loss on the answer
+  tokens only (the sequence is laid out exactly as the rollout engine renders it, via
+  :func:`recrepro.agent.warmstart.encode_transcript`), on a seeded subset of the training split;
+* evaluation: greedy, one turn, through :func:`recrepro.agent.evaluate.evaluate_agent` on the same
+  test subset as the agent rows; an invalid answer is a miss, as for every agent row.
+
+The start model is the agent's (the warm-started tiny model in the smoke profile, the instruct
+backbone in the paper profile). Training and evaluation are cached under
+``runs/<profile>/sft/<dataset>/`` and skipped while their stamp (config, start model, code version)
+is unchanged. Smoke numbers test the machinery and reproduce nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from recrepro.config import Profile
+
+SFT_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
+TABLE1_NAME = "TALLRec-like (SFT)"
+STAMP_SECTIONS = ("data", "warmstart")  # plus the training-relevant agent and sft fields (sft_stamp)
+
+
+def target_ranking(n_candidates: int, target_index: int, top_k: int) -> list[int]:
+    """The training answer [G]: the target, then the candidates after it in frozen order (cyclic), top ``top_k``."""
+    if not 1 <= target_index <= n_candidates:
+        raise ValueError(f"target_index {target_index} outside 1..{n_candidates}")
+    return [(target_index - 1 + step) % n_candidates + 1 for step in range(min(top_k, n_candidates))]
+
+
+def encode_example(tokenizer: Any, row: Mapping[str, Any], views: Mapping[str, Any], spec: Any,
+                   top_k: int) -> dict[str, list[int]]:
+    """Token ids and completion mask of one training instance (prompt masked, answer + end-of-turn trained)."""
+    from recrepro.agent.parser import format_answer
+    from recrepro.agent.prompt import build_messages, instance_from_sample
+    from recrepro.agent.warmstart import Transcript, encode_transcript
+
+    instance = instance_from_sample(row, views)
+    answer = format_answer(target_ranking(instance.n_candidates, int(instance.target_index), top_k))
+    transcript = Transcript(messages=build_messages(instance, spec), turns=[answer], tool_messages=[[]],
+                            uses_tools=False)
+    ids, mask = encode_transcript(tokenizer, transcript, None)
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def sft_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
+    return profile.run_dir(root) / "sft" / dataset
+
+
+def sft_stamp(profile: Profile, dataset: str, start_model: str) -> dict[str, Any]:
+    """What decides whether a trained adapter is still valid: recipe, config, dataset, start model."""
+    from recrepro.io import sha256_file
+
+    origin: dict[str, Any] = {"path": str(start_model)}
+    for name in ("warmstart_info.json", "build_info.json", "config.json"):
+        if (Path(start_model) / name).is_file():
+            origin[name] = sha256_file(Path(start_model) / name)
+    # Only what changes the trained weights: evaluation-only knobs (eval_instances, max_new_tokens,
+    # decoding) must not force a retrain.
+    agent = {k: getattr(profile.agent, k) for k in ("model_name_or_path", "top_k", "prompt_style", "max_tool_calls")}
+    sft = {k: v for k, v in dataclasses.asdict(profile.sft).items() if k != "max_new_tokens"}
+    return {"sft_version": SFT_VERSION, "dataset": dataset, "seed": profile.run.seed,
+            "config": profile.section_hash(*STAMP_SECTIONS), "agent": agent, "sft": sft, "start_model": origin}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fit_examples(examples: list[dict[str, list[int]]], max_length: int,
+                 log: Callable[[str], None] = print) -> list[dict[str, list[int]]]:
+    """Drop examples longer than ``max_length``: truncation would cut the answer, the only trained part."""
+    kept = [e for e in examples if len(e["input_ids"]) <= max_length]
+    if len(kept) < len(examples):
+        log(f"[sft] dropped {len(examples) - len(kept)} of {len(examples)} examples longer than "
+            f"sft.max_length={max_length}")
+    if not kept:
+        raise ValueError(f"sft.max_length={max_length}: every training example is longer; raise it")
+    return kept
+
+
+def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
+    """TRL ``SFTConfig`` from the profile's ``sft`` section; every value explicit."""
+    from trl import SFTConfig
+
+    sft = profile.sft
+    return SFTConfig(
+        output_dir=str(output_dir), max_steps=sft.steps, num_train_epochs=sft.epochs,
+        per_device_train_batch_size=sft.batch_size, learning_rate=sft.learning_rate,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
+        report_to="none", seed=profile.run.seed, data_seed=profile.run.seed,
+        completion_only_loss=True,  # loss on the answer only: the prompt is input, as in TALLRec
+        max_length=sft.max_length,  # longer examples are dropped before (see fit_examples)
+        bf16=not on_cpu, fp16=False, use_cpu=on_cpu,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str, force: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune ``start_model`` with LoRA on the training subset; save the merged model (cached)."""
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.agent.prompt import item_views
+    from recrepro.io import atomic_dir
+    from recrepro.models import load_causal_lm, resolve_device
+    from recrepro.rl.rta import prompt_spec, seeded_subset
+
+    final = sft_dir(profile, root, dataset) / "final"
+    stamp = sft_stamp(profile, dataset, start_model)
+    info = _read_json(final / "sft_info.json")
+    if not force and info is not None and info.get("stamp") == stamp:
+        log(f"[sft] {dataset}: config and start model unchanged, skipping training")
+        return {**info, "final": str(final), "skipped": True}
+    import datasets
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    bench = load_benchmark(profile, dataset, root)
+    train = seeded_subset(bench.samples["train"], profile.sft.train_instances, profile.run.seed)
+    device = resolve_device(profile.run.device)
+    loaded = load_causal_lm(start_model, device=device, padding_side="right")
+    spec, views = prompt_spec(profile, "r"), item_views(bench.items)
+    examples = fit_examples([encode_example(loaded.tokenizer, row, views, spec, profile.agent.top_k)
+                             for row in train.to_dict("records")], profile.sft.max_length, log)
+    lora = LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha, lora_dropout=profile.sft.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    began = time.perf_counter()
+    with atomic_dir(final) as tmp:
+        trainer = SFTTrainer(model=loaded.model, args=trainer_args(profile, tmp / "trainer", device == "cpu"),
+                             train_dataset=datasets.Dataset.from_list(examples), processing_class=loaded.tokenizer,
+                             peft_config=lora)
+        trainer.train()
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        merged = trainer.model.merge_and_unload()  # a plain model: the rollout engine and vLLM load it as is
+        merged.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        info = {"stamp": stamp, "instances": len(examples), "steps": trainer.state.global_step,
+                "wall_s_train": round(time.perf_counter() - began, 2), "losses": losses,
+                "settings": dataclasses.asdict(profile.sft)}
+        (tmp / "sft_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return {**info, "final": str(final), "skipped": False}
+
+
+def evaluate_sft(profile: Profile, root: Path | str, dataset: str, model_path: str, train_stamp: dict,
+                 force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Greedy one-turn answers on the agent's test subset -> the Table 1 row (cached with the model)."""
+    from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, \
+        toolkit_env_factory
+    from recrepro.agent.prompt import item_views
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
+
+    bench = load_benchmark(profile, dataset, root)
+    samples = eval_subset(profile, bench.samples["test"])
+    stamp = {"train": train_stamp, "eval": profile.section_hash("eval", "agent", "sft"),
+             "sample_ids": [int(s) for s in samples["sample_id"]]}
+    info_path = sft_dir(profile, root, dataset) / "eval_info.json"
+    info = _read_json(info_path)
+    saved = per_instance_path(profile, dataset, TABLE1_NAME, root)
+    if not force and info is not None and info.get("stamp") == stamp and saved.is_file():
+        log(f"[sft] {dataset}: evaluation unchanged, reusing {saved.name}")
+        frame = load_per_instance(profile, dataset, TABLE1_NAME, root)
+        per_instance = {c: frame[c].to_numpy() for c in frame.columns if c != "sample_id"}
+        return {**info, "row": metrics_row(dataset, TABLE1_NAME, per_instance, profile), "skipped": True}
+    # One answer turn, no reasoning: the generation budget is the sft section's, not the agent's.
+    budget = profile.sft.max_new_tokens
+    settings = dataclasses.replace(rollout_settings(profile, greedy=True), max_new_tokens_per_turn=budget,
+                                   max_new_tokens_total=budget)
+    backend = load_backend(profile, root, model_path=model_path)
+    factory = toolkit_env_factory(profile, bench, root, samples)
+    began = time.perf_counter()
+    result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
+                            TABLE1_NAME, settings=settings)
+    info = {"stamp": stamp, "wall_s_eval": round(time.perf_counter() - began, 2),
+            "valid_share": result.card["valid_share"], "invalid_reasons": result.card["invalid_reasons"]}
+    from recrepro.io import write_json_atomic
+
+    write_json_atomic(info_path, info)
+    return {**info, "row": result.row, "skipped": False}
+
+
+def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate the TALLRec-like baseline on every dataset; upsert its Table 1 rows.
+
+    Returns ``{"rows": [...], "runs": {dataset: {...timings, losses, valid share}}, "table1": frame}``
+    (``table1`` absent and nothing run when ``sft.enabled`` is false).
+    """
+    from recrepro.rl.rta import starting_model
+    from recrepro.stages import TABLE1_TITLE
+    from recrepro.tables import write_table
+
+    if not profile.sft.enabled:
+        log("[sft] sft.enabled is false: the TALLRec-like baseline is not run")
+        return {"rows": [], "runs": {}}
+    start = starting_model(profile, root)
+    rows, runs = [], {}
+    for dataset in profile.data.datasets:
+        trained = train_sft(profile, root, dataset, start, force=force, log=log)
+        evaluated = evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force, log=log)
+        rows.append(evaluated.pop("row"))
+        runs[dataset] = {"train": {k: v for k, v in trained.items() if k != "stamp"},
+                         "eval": {k: v for k, v in evaluated.items() if k != "stamp"}}
+    table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    return {"rows": rows, "runs": runs, "table1": table}
+
+
+def loss_curve(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """Training loss per logged step, one column per dataset (for the notebook's plot)."""
+    return pd.DataFrame({d: pd.Series(r["train"].get("losses", [])) for d, r in runs.items()})
+
+
+__all__: Sequence[str] = ("TABLE1_NAME", "target_ranking", "encode_example", "run_sft_baseline", "loss_curve")

@@ -1,0 +1,526 @@
+"""Stage 2, Progressive Preference Refinement (PPR, PAPER.md 1.5 [N]): hard pairs, A/B prompts, 0/1 GRPO.
+
+One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's policy):
+
+1. **Mining.** The stage-1 TIRR policy (``runs/<profile>/rta/<dataset>/tirr/final``) ranks a seeded
+   subset of training instances (``ppr.train_instances``) and of validation instances
+   (``ppr.valid_instances``) through the shared rollout engine (greedy, the evaluation settings
+   [G]); :func:`recrepro.rl.mining.mine_pairs` turns every valid list whose target is not first into
+   one (target, hard negative) pair. The pairs are a frozen artifact: ``pairs_train.parquet``,
+   ``pairs_valid.parquet`` and ``mining_stats.json`` under ``runs/<profile>/ppr/<dataset>/round<k>/pairs``
+   with a manifest of SHA-256 sums (checked on every read).
+2. **Prompts.** Per pair two prompts in the same user context (the history as the agent prompt shows
+   it), items labelled A and B (which is A was drawn in mining): "MORE likely" (answer: the target)
+   and "LESS likely" (answer: the negative); texts in ``recrepro/prompts/ppr_{more,less}_v1.txt``.
+   Tools stay available through the same :class:`~recrepro.agent.env.RecAgentEnv`; the environment is
+   bound to the instance with the two shown items as its candidates (``candidates_analyze`` then
+   describes A and B) [G].
+3. **Training.** The stage-1 GRPO machinery unchanged (:func:`recrepro.rl.rta.build_trainer`: groups of
+   ``rta.group_size``, reward minus group mean, masks, all-negative groups dropped) with the pairwise
+   reward: ``ppr.correct_reward`` (1) for the right letter, ``ppr.wrong_reward`` (0) for the wrong
+   one, and ``reward.invalid`` (-1) for an invalid trajectory (format, tool and budget rules of the
+   one parser, :func:`recrepro.agent.parser.choice_verdict`) -- the paper says "format and budget
+   rules unchanged", so an invalid answer keeps stage 1's penalty [N reading]. One epoch [N]
+   (``ppr.epochs``), ``ppr.batch_size`` prompts per step [G], stage 1's learning rate [G].
+4. **Preference accuracy** on the held-out validation pairs, before (stage-1 policy) and after PPR:
+   the share of correct MORE judgements, of correct LESS judgements, of all judgements, and of pairs
+   with both right; beside the paper's Games numbers (0.190 -> 0.240, ``figure_ppr`` in
+   ``paper_reported.csv``; the paper does not define the measure further, we compare it with the
+   share of all judgements).
+5. The PPR policy is evaluated on the frozen test lists exactly like stage 1's policies: Table 2 row
+   ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
+
+When mining finds no pair (a policy that never answers validly, e.g. a barely warm-started smoke
+model) there is nothing to train on: the round is skipped, said so in the stats and the log, and the
+starting policy is carried forward. Smoke-profile numbers test the machinery; they are not a
+reproduction of the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from recrepro.agent.parser import ChoiceVerdict, choice_verdict
+from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item
+from recrepro.config import Profile, RewardConfig
+from recrepro.io import write_json_atomic, write_text_atomic
+from recrepro.rl import rta
+from recrepro.rl.mining import PolicyOutput, correct_letter, mine_pairs
+
+PPR_VERSION = 1  # bump when the recipe in this file changes (part of the skip stamp)
+PROMPT_VERSION = "v1"
+DIRECTIONS = ("more", "less")
+QUESTION_MARK = "=== question ==="  # separates the system text from the question line in the prompt files
+TABLE2_NAME = "trained-TIRR-RTA+PPR"
+TABLE1_NAME = "AgenticRec (RTA+PPR)"
+PAPER_MODELS = {"before": "AgenticRec-RTA", "after": "AgenticRec-RTA+PPR"}  # figure_ppr rows
+STAMP_SECTIONS = (*rta.STAMP_SECTIONS, "ppr")
+PAIR_SPLITS = ("train", "valid")
+# Columns env.reset(**row) reads (the target item and its index stay out of the prompt rows).
+ENV_COLUMNS = ("sample_id", "user_id", "split", "target_time", "history_items", "history_times", "history_ratings")
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths
+# ------------------------------------------------------------------------------------------------
+
+def ppr_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
+    """``runs/<profile>/ppr/<dataset>/``: pairs, checkpoints, the final policy, logs, accuracy."""
+    return profile.run_dir(root) / "ppr" / dataset
+
+
+def round_dir(profile: Profile, root: Path | str, dataset: str, k: int) -> Path:
+    return ppr_dir(profile, root, dataset) / f"round{k}"
+
+
+def stage1_policy(profile: Profile, root: Path | str, dataset: str) -> Path:
+    """The stage-1 TIRR final policy; a clear error when notebook 04 has not produced it."""
+    final = rta.variant_dir(profile, root, dataset, "tirr") / "final"
+    if not (final / "config.json").is_file():
+        raise FileNotFoundError(f"{final}: the stage-1 TIRR policy is missing; run notebook 04 (RTA) first")
+    return final
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts
+# ------------------------------------------------------------------------------------------------
+
+def _prompt_parts(direction: str) -> tuple[str, str]:
+    """(system text template, question line) of ``recrepro/prompts/ppr_<direction>_v1.txt``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    path = PROMPT_DIR / f"ppr_{direction}_{PROMPT_VERSION}.txt"
+    text = path.read_text(encoding="utf-8")
+    if text.count(QUESTION_MARK) != 1:
+        raise ValueError(f"{path}: expected one '{QUESTION_MARK}' line between the system text and the question")
+    system, question = text.split(QUESTION_MARK)
+    return system.strip(), question.strip()
+
+
+def ppr_prompt_fingerprint() -> str:
+    digest = hashlib.sha256(PROMPT_VERSION.encode())
+    for direction in DIRECTIONS:
+        digest.update((PROMPT_DIR / f"ppr_{direction}_{PROMPT_VERSION}.txt").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def ppr_messages(history: Sequence[ItemView], item_a: ItemView, item_b: ItemView, direction: str,
+                 max_tool_calls: int) -> list[dict[str, str]]:
+    """System and user messages of one pairwise question (history oldest first, as the agent prompt)."""
+    system, question = _prompt_parts(direction)
+    lines = [f"The user's history, oldest first ({len(history)} items):"]
+    lines += [f"{i}. {describe_item(item)}" for i, item in enumerate(history, start=1)]
+    lines += ["", "Items:", f"A. {describe_item(item_a)}", f"B. {describe_item(item_b)}", "", question]
+    return [{"role": "system", "content": Template(system).substitute(max_tool_calls=max_tool_calls)},
+            {"role": "user", "content": "\n".join(lines)}]
+
+
+def _view(views: Mapping[str, ItemView], item_id: Any) -> ItemView:
+    key = str(item_id)
+    return views.get(key) or ItemView(key, key)
+
+
+def shown_items(pair: Mapping[str, Any]) -> tuple[str, str]:
+    """(item shown as A, item shown as B) of a mined pair."""
+    if bool(pair["a_is_target"]):
+        return str(pair["target_item"]), str(pair["negative_item"])
+    return str(pair["negative_item"]), str(pair["target_item"])
+
+
+def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, ItemView], max_tool_calls: int
+              ) -> list[dict[str, Any]]:
+    """Two rows per pair (MORE, LESS): the prompt, the columns ``reset(**row)`` reads and the answer."""
+    by_id = {int(s["sample_id"]): s for s in samples.to_dict("records")}
+    rows = []
+    for pair in pairs.to_dict("records"):
+        sample = by_id.get(int(pair["sample_id"]))
+        if sample is None:
+            raise KeyError(f"pair {pair['pair_id']}: sample {pair['sample_id']} is not among the mined instances")
+        a, b = shown_items(pair)
+        history = [_view(views, i) for i in rta._plain(sample["history_items"])]
+        for direction in DIRECTIONS:
+            row = {key: rta._plain(sample[key]) for key in ENV_COLUMNS if key in sample}
+            row.update(candidates=[a, b], pair_id=int(pair["pair_id"]), direction=direction,
+                       answer_letter=correct_letter(bool(pair["a_is_target"]), direction),
+                       prompt=ppr_messages(history, _view(views, a), _view(views, b), direction, max_tool_calls))
+            rows.append(row)
+    return rows
+
+
+def pair_tasks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Rollout-engine tasks of pairwise rows (the tools stay available)."""
+    from recrepro.agent.rollout import AgentTask
+
+    return [AgentTask(row={k: v for k, v in r.items() if k != "prompt"}, messages=list(r["prompt"]), uses_tools=True,
+                      sample_id=int(r["sample_id"]), n_candidates=2) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reward
+# ------------------------------------------------------------------------------------------------
+
+def preference_reward(verdict: ChoiceVerdict, answer_letter: str, profile: Profile) -> float:
+    """``ppr.correct_reward`` / ``ppr.wrong_reward`` for a valid letter, ``reward.invalid`` otherwise."""
+    reward: RewardConfig = profile.reward
+    if not verdict.valid:
+        return reward.invalid
+    return profile.ppr.correct_reward if verdict.letter == answer_letter else profile.ppr.wrong_reward
+
+
+class PreferenceRewardFunc(rta.ListwiseRewardFunc):
+    """TRL reward function of PPR: stage 1's turn split and environment verdict, then the letter.
+
+    Logs under stage 1's keys (``rta/reward``, ``rta/valid``, ``rta/tool_calls``, per-tool calls) so
+    the same training-log CSV columns fill; ``positive_share`` is the share of correct answers.
+    """
+
+    __name__ = "preference"
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list, answer_letter: list,
+                 environments: list | None = None, log_metric: Callable[[str, float], None] | None = None,
+                 **_: Any) -> list[float]:
+        masks = self.trace.tool_masks
+        totals, self.last = [], []
+        for i, ids in enumerate(completion_ids):
+            mask = masks[i] if masks is not None else None
+            episode = environments[i].episode
+            trajectory = self.verdict(ids, mask, episode)
+            turns, _ = rta.assistant_turns(ids, mask, self.stops, self.tokenizer)
+            verdict = choice_verdict(turns, trajectory.reason, trajectory.n_tool_calls)
+            total = preference_reward(verdict, str(answer_letter[i]), self.profile)
+            self.last.append(verdict)
+            totals.append(total)
+            if log_metric is not None:
+                log_metric("rta/reward", total)
+                log_metric("rta/reward_invalid", 0.0 if verdict.valid else total)
+                log_metric("rta/valid", float(verdict.valid))
+                log_metric("rta/tool_calls", float(verdict.n_tool_calls))
+                log_metric("rta/positive", float(verdict.valid and verdict.letter == answer_letter[i]))
+                for name, count in episode.calls_per_tool().items():
+                    log_metric(f"rta/calls/{name}", float(count))
+        return totals
+
+    def __init__(self, profile: Profile, *args: Any) -> None:
+        super().__init__(profile, *args)
+        self.profile = profile
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollouts: mining and preference accuracy
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class DatasetContext:
+    """What every step of one dataset shares: benchmark, item views, instances and the tool factory."""
+
+    dataset: str
+    bench: Any
+    views: dict
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    env_factory: Callable[[], Any]
+
+
+def dataset_context(profile: Profile, root: Path | str, dataset: str) -> DatasetContext:
+    from recrepro.agent.env import make_env_factory
+    from recrepro.agent.prompt import item_views
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.tools import ToolKit
+
+    bench = load_benchmark(profile, dataset, root)
+    train = rta.seeded_subset(bench.samples["train"], profile.ppr.train_instances, profile.run.seed)
+    valid = rta.seeded_subset(bench.samples["valid"], profile.ppr.valid_instances, profile.run.seed)
+    kit = ToolKit.from_benchmark(bench, profile, root)
+    kit.prepare(kit.instances(pd.concat([train, valid], ignore_index=True)))  # batch the neighbour search once
+    return DatasetContext(dataset, bench, item_views(bench.items), train, valid,
+                          make_env_factory(kit.bind, profile.agent.max_tool_calls))
+
+
+def _engine(profile: Profile, backend: Any, env_factory: Callable[[], Any]) -> Any:
+    from recrepro.agent.evaluate import rollout_settings
+    from recrepro.agent.rollout import RolloutEngine
+
+    return RolloutEngine(backend.generator, backend.tokenizer, env_factory,
+                         rollout_settings(profile, greedy=True, progress=False), top_k=profile.agent.top_k,
+                         max_tool_calls=profile.agent.max_tool_calls, max_context_tokens=backend.max_context_tokens)
+
+
+def policy_outputs(profile: Profile, backend: Any, ctx: DatasetContext, samples: pd.DataFrame) -> list[PolicyOutput]:
+    """The policy's greedy ranking of every instance (None where invalid), via the shared engine."""
+    from recrepro.agent.evaluate import make_tasks
+
+    tasks = make_tasks(samples, ctx.views, rta.prompt_spec(profile, "tirr"))
+    records = _engine(profile, backend, ctx.env_factory).run(tasks, n_samples=1, desc=f"{ctx.dataset} mining")
+    return [PolicyOutput(sample_id=int(s["sample_id"]), user_id=str(s["user_id"]),
+                         candidates=tuple(str(c) for c in s["candidates"]), target_index=int(s["target_index"]),
+                         ranking=tuple(r.answer) if r.answer else None)
+            for s, r in zip(samples.to_dict("records"), records)]
+
+
+def write_pairs(folder: Path, pairs: Mapping[str, pd.DataFrame], stats: Mapping[str, Any],
+                provenance: Mapping[str, Any]) -> Path:
+    """The frozen pairs artifact: parquet per split, statistics JSON, manifest (written atomically)."""
+    from recrepro.io import atomic_dir, write_manifest, write_parquet
+
+    with atomic_dir(folder) as tmp:
+        for split, frame in pairs.items():
+            write_parquet(frame, tmp / f"pairs_{split}.parquet")
+        write_json_atomic(tmp / "mining_stats.json", dict(stats))
+        write_manifest(tmp, config=dict(provenance), rows={f"pairs_{s}": len(f) for s, f in pairs.items()})
+    return folder
+
+
+def read_pairs(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Pairs per split and the mining statistics, after checking the manifest (tampering raises)."""
+    from recrepro.io import read_parquet, verify_manifest
+
+    verify_manifest(folder)
+    pairs = {split: read_parquet(folder / f"pairs_{split}.parquet") for split in PAIR_SPLITS}
+    return pairs, json.loads((folder / "mining_stats.json").read_text())
+
+
+def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, model_path: Path | str, k: int,
+               backend: Any | None = None, log: Callable[[str], None] = print) -> Path:
+    """Mine round ``k``'s pairs with ``model_path`` (reused when its manifest says same policy/config)."""
+    from recrepro.agent.evaluate import load_backend
+    from recrepro.io import ManifestError, read_manifest
+
+    folder = round_dir(profile, root, ctx.dataset, k) / "pairs"
+    provenance = {"ppr_version": PPR_VERSION, "round": k, "dataset": ctx.dataset, "seed": profile.run.seed + k,
+                  "policy": rta.config_stamp(profile, "tirr", str(model_path), ctx.dataset)["start_model"],
+                  "config": profile.section_hash(*STAMP_SECTIONS)}
+    try:
+        if read_manifest(folder).get("config") == provenance:
+            read_pairs(folder)
+            return folder
+    except (ManifestError, FileNotFoundError, ValueError):
+        pass
+    backend = backend or load_backend(profile, root, model_path=model_path)
+    pairs, stats = {}, {}
+    for split, samples in (("train", ctx.train), ("valid", ctx.valid)):
+        # One generator per split, seeded from the run seed and the round (PAPER.md 1.5: uniform draw).
+        pairs[split], stats[split] = mine_pairs(policy_outputs(profile, backend, ctx, samples),
+                                                seed=profile.run.seed + k + (1000 if split == "valid" else 0))
+        log(f"[ppr] {ctx.dataset} round {k} {split}: {stats[split]['pairs']} pairs from {stats[split]['instances']} "
+            f"instances ({stats[split]['invalid_skipped']} invalid answers skipped)")
+    return write_pairs(folder, pairs, stats, provenance)
+
+
+def judge_records(records: Sequence[Any], rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One line per pairwise judgement: the letter (or why it is invalid) and whether it is right."""
+    out = []
+    for record, row in zip(records, rows):
+        verdict = choice_verdict(record.turns, record.invalid_reason, record.n_tool_calls)
+        out.append({"pair_id": int(row["pair_id"]), "direction": row["direction"], "answer": row["answer_letter"],
+                    "letter": verdict.letter, "valid": verdict.valid,
+                    "reason": verdict.reason.value if verdict.reason else None,
+                    "correct": bool(verdict.valid and verdict.letter == row["answer_letter"]),
+                    "n_tool_calls": verdict.n_tool_calls})
+    return pd.DataFrame(out, columns=["pair_id", "direction", "answer", "letter", "valid", "reason", "correct",
+                                      "n_tool_calls"])
+
+
+def summarize_judgements(judged: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy per direction, over all judgements, pairs with both right, and the valid share."""
+    if judged.empty:
+        return {"n_pairs": 0, "more": float("nan"), "less": float("nan"), "all": float("nan"),
+                "both": float("nan"), "valid_share": float("nan")}
+    by_dir = judged.groupby("direction")["correct"].mean()
+    both = judged.groupby("pair_id")["correct"].all()
+    return {"n_pairs": int(judged["pair_id"].nunique()), "more": float(by_dir.get("more", float("nan"))),
+            "less": float(by_dir.get("less", float("nan"))), "all": float(judged["correct"].mean()),
+            "both": float(both.mean()), "valid_share": float(judged["valid"].mean())}
+
+
+def preference_accuracy(profile: Profile, backend: Any, ctx: DatasetContext, rows: Sequence[Mapping[str, Any]],
+                        desc: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Greedy judgements of the held-out pairs (both directions) and their summary."""
+    if not rows:
+        return summarize_judgements(judge_records([], [])), judge_records([], [])
+    records = _engine(profile, backend, ctx.env_factory).run(pair_tasks(rows), n_samples=1, desc=desc)
+    judged = judge_records(records, rows)
+    return summarize_judgements(judged), judged
+
+
+def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, Any], profile_name: str) -> pd.DataFrame:
+    """Ours before/after beside the paper's Games numbers (the paper reports one dataset only)."""
+    from recrepro.paper import reported_values
+
+    rows = [{"dataset": dataset, "stage": stage, "source": "measured", "profile": profile_name, **dict(values)}
+            for stage, values in (("RTA", before), ("RTA+PPR", after))]
+    paper = reported_values()
+    paper = paper[(paper["table"] == "figure_ppr") & (paper["metric"] == "preference_accuracy")]
+    stage_of = {v: k for k, v in PAPER_MODELS.items()}
+    for rec in paper.to_dict("records"):
+        stage = "RTA" if stage_of.get(rec["model"]) == "before" else "RTA+PPR"
+        rows.append({"dataset": rec["dataset"], "stage": stage, "source": "paper", "profile": "paper",
+                     "all": float(rec["value"]), "mark": rec["mark"]})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+def grpo_overrides(profile: Profile) -> dict[str, Any]:
+    """Stage 1's GRPO config with PPR's epochs, steps and batch (prompts x G per step)."""
+    completions = profile.ppr.batch_size * profile.rta.group_size
+    split = rta.n_processes() * profile.rta.gradient_accumulation_steps
+    if completions % split:
+        raise ValueError(f"ppr.batch_size x rta.group_size = {completions} completions per step cannot be split "
+                         f"over {split} process x accumulation steps")
+    return {"num_train_epochs": profile.ppr.epochs, "max_steps": profile.ppr.max_steps,
+            "per_device_train_batch_size": completions // split}
+
+
+def train_round(profile: Profile, ctx: DatasetContext, model_path: str, rows: list[dict[str, Any]],
+                out_dir: Path, final: Path, log_path: Path, stamp: Mapping[str, Any],
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One PPR round of GRPO on ``rows`` from ``model_path``; resumes checkpoints of the same stamp."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if out_dir.exists() and rta._read_json(out_dir / "run_stamp.json") != dict(stamp):
+        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "run_stamp.json", dict(stamp))
+    last = get_last_checkpoint(str(out_dir))
+    if last is None and log_path.is_file():
+        log_path.unlink()
+    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_path), train_rows=rows,
+                              env_factory=ctx.env_factory, valid=None, output_dir=out_dir, log_path=log_path,
+                              dataset=ctx.dataset)
+    trainer, _ = rta.build_trainer(setup, reward_class=PreferenceRewardFunc, **grpo_overrides(profile))
+    began = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - began
+    rta.save_final(trainer, final)
+    del trainer
+    return {"final": str(final), "wall_s": wall, "resumed_from": last, "trained": True}
+
+
+def _carry_forward(model_path: str, final: Path) -> None:
+    """No pairs to learn from: the round's policy is the starting one (copied, so paths stay uniform)."""
+    from recrepro.io import atomic_dir
+
+    with atomic_dir(final) as tmp:
+        for item in Path(model_path).iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage
+# ------------------------------------------------------------------------------------------------
+
+def ppr_stamp(profile: Profile, root: Path | str, dataset: str, start: Path) -> dict[str, Any]:
+    base = rta.config_stamp(profile, "tirr", str(start), dataset)
+    return {**base, "ppr_version": PPR_VERSION, "config": profile.section_hash(*STAMP_SECTIONS),
+            "prompts": ppr_prompt_fingerprint()}
+
+
+def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str, pd.DataFrame]:
+    """Table 2 gets the chance and PPR rows, Table 1 the ``AgenticRec (RTA+PPR)`` row (as rta.write_rows)."""
+    from recrepro.agent.evaluate import TABLE2_TITLE
+    from recrepro.stages import TABLE1_TITLE
+    from recrepro.tables import write_table
+
+    results = profile.results_dir(root)
+    rows2 = [r for r in rows if r["model"] != TABLE1_NAME]
+    rows1 = [r for r in rows if r["model"] == TABLE1_NAME]
+    return {"table2": write_table(results, "table2", rows2, TABLE2_TITLE, profile.eval.ks, paper_table="table2"),
+            "table1": write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")}
+
+
+def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backend: Any) -> list[dict]:
+    """The PPR policy on the frozen test lists, exactly as :func:`recrepro.rl.rta.evaluate_policy`."""
+    from recrepro.agent.evaluate import eval_subset, evaluate_agent, toolkit_env_factory
+    from recrepro.evaluation import chance_row
+
+    samples = eval_subset(profile, ctx.bench.samples["test"])
+    factory = toolkit_env_factory(profile, ctx.bench, root, samples)
+    result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr", TABLE2_NAME,
+                            extra_names=(TABLE1_NAME,))
+    return [chance_row(ctx.dataset, profile.data.n_candidates, len(samples), profile), result.row,
+            {**result.row, "model": TABLE1_NAME}]
+
+
+def _save_accuracy(folder: Path, before: Mapping, after: Mapping, judged: Mapping[str, pd.DataFrame]) -> None:
+    write_json_atomic(folder / "preference_accuracy.json", {"before": dict(before), "after": dict(after)})
+    for stage, frame in judged.items():
+        write_text_atomic(folder / f"judgements_{stage}.csv", frame.to_csv(index=False))
+
+
+def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Mine, train (``ppr.rounds`` rounds), measure preference accuracy, evaluate, write rows; or skip."""
+    from recrepro.agent.evaluate import load_backend
+
+    root = Path(root)
+    folder = ppr_dir(profile, root, dataset)
+    start = stage1_policy(profile, root, dataset)
+    stamp = ppr_stamp(profile, root, dataset, start)
+    final = folder / "final"
+    done = rta._read_json(folder / "stamp.json")
+    if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
+        log(f"[ppr] {dataset}: final policy and its evaluation are up to date; skipping")
+        write_rows(profile, root, done["rows"])
+        return {**done, "skipped": True, "final": str(final)}
+    if force:
+        shutil.rmtree(folder, ignore_errors=True)
+    ctx = dataset_context(profile, root, dataset)
+    model, rounds, valid_rows, before = str(start), [], None, None
+    for k in range(1, profile.ppr.rounds + 1):
+        backend = load_backend(profile, root, model_path=model)
+        pairs, stats = read_pairs(mine_round(profile, root, ctx, model, k, backend, log))
+        if k == 1:  # the held-out pairs are the stage-1 policy's mistakes, fixed for before and after
+            valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls)
+            before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
+        del backend
+        last = k == profile.ppr.rounds
+        out = final if last else round_dir(profile, root, dataset, k) / "final"
+        log_path = folder / "train_log.csv" if last else round_dir(profile, root, dataset, k) / "train_log.csv"
+        rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
+        if rows:
+            trained = train_round(profile, ctx, model, rows, round_dir(profile, root, dataset, k) / "checkpoints",
+                                  out, log_path, {**stamp, "round": k, "start": model}, log)
+        else:
+            log(f"[ppr] {dataset} round {k}: no training pairs (the policy answered no instance validly with the "
+                f"target below first place); the starting policy is carried forward untrained")
+            _carry_forward(model, out)
+            trained = {"final": str(out), "wall_s": 0.0, "resumed_from": None, "trained": False}
+        rounds.append({"round": k, "mining": stats, "train_rows": len(rows), **trained})
+        model = str(out)
+    backend = load_backend(profile, root, model_path=final)
+    after, judged_after = preference_accuracy(profile, backend, ctx, valid_rows or [], f"{dataset} accuracy after")
+    _save_accuracy(folder, before, after, {"before": judged_before, "after": judged_after})
+    rows = evaluate_test(profile, root, ctx, backend)
+    write_rows(profile, root, rows)
+    record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": {"before": before, "after": after}}
+    write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=rta._json_default)))
+    return {**record, "skipped": False, "final": str(final)}
+
+
+def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 2 on every dataset. Returns ``{"runs": {dataset: result}, "accuracy": frame, "mining": frame,
+    "table1": frame, "table2": frame}``; the accuracy frame (ours before/after beside the paper) is
+    also written to ``results/<profile>/preference_accuracy.csv``."""
+    runs = {dataset: run_dataset(profile, root, dataset, force=force, log=log) for dataset in profile.data.datasets}
+    accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name)
+                          for d, r in runs.items()], ignore_index=True)
+    results_dir = profile.results_dir(root)
+    write_text_atomic(results_dir / "preference_accuracy.csv", accuracy.to_csv(index=False, float_format="%.4f"))
+    mining = pd.DataFrame([{"dataset": d, "round": rd["round"], "split": split, **stats}
+                           for d, r in runs.items() for rd in r["rounds"] for split, stats in rd["mining"].items()])
+    tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
+              if (results_dir / f"{stem}.csv").is_file()}
+    return {"runs": runs, "accuracy": accuracy, "mining": mining, **tables}

@@ -1,0 +1,196 @@
+"""Stage-1 sweeps behind Figures 4 and 5 (PAPER.md 1.6 [N]): TIRR-RTA runs over the group size G and
+over the backbone size, each scored on the same test subset.
+
+Every point is a full RTA run through :func:`recrepro.rl.rta.run_variant` (same trainer, reward,
+environment, evaluation path) with the profile's ``sweeps`` section laid over ``rta`` and ``agent``:
+same dataset, training instances, steps, batch and seed for every point, only G or the backbone
+differ. A point lives in ``runs/<profile>/sweeps/<dataset>/<name>/`` (checkpoints, final policy,
+``train_log.csv``, ``stamp.json``; reruns with an unchanged config skip it), its test row is named
+``sweep <name>`` (so the main run's per-instance scores and evaluation card stay untouched) and
+nothing lands in Table 1/2. The Figure 4 point at the backbone's G and the Figure 5 point of the
+profile's own backbone are one and the same run when their settings coincide.
+
+Results, long format (one row per point and metric, with ``profile`` and ``n``):
+``results/<profile>/fig4_group_size.csv`` and ``results/<profile>/fig5_backbone_size.csv``.
+
+Warm start (smoke only, tiny backbones): the profile's own backbone keeps its cached warm start
+(``warmstart`` section, shared with notebook 04); other tiny sizes get ``sweeps.warmstart_steps``
+steps, so at smoke size the sizes differ in warm start too and Figure 5 shows the machinery, not the
+paper's trend. Smoke numbers are never a reproduction of the paper.
+
+Smoke budget (notebook 07 gets about 5 of the chain's 20 minutes on 2 shared CPU cores), measured
+with OMP_NUM_THREADS=1: a warm-start step costs 0.45 s for s, and cost 1.45 s / 8.3 s for the former
+m / l specs, hence the smaller m / l in :data:`recrepro.models.TINY_SIZES` and 24 warm-start steps for
+them (``sweeps.warmstart_steps``; 800 are needed for valid answers at size s, so m and l answer
+invalidly at smoke size). With the smoke ``sweeps`` section (2 steps x 2 instances, 4 validation and
+16 test lists per point) and 40 warm-start steps for m / l, the five runs (G 2/4/8 on s, m and l at
+G 2; s at G 2 is shared) took 292 s in all at load ~3.5, of which training 17 / 23 / 49 s (G 2/4/8)
+and 17 / 19 s (m / l); 24 warm-start steps instead of 40 save roughly another 40 s (estimated from
+the per-step costs above, not measured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from recrepro.config import Profile
+from recrepro.io import write_text_atomic
+from recrepro.metrics import metric_names
+
+SWEEPS = ("group_size", "backbone")
+RESULT_STEMS = {"group_size": "fig4_group_size", "backbone": "fig5_backbone_size"}
+RESULT_COLUMNS = ("profile", "dataset", "sweep", "name", "backbone", "parameters", "group_size", "metric",
+                  "value", "lo", "hi", "n", "valid_share", "wall_s_train", "skipped")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One RTA run of a sweep: which backbone and which group size."""
+
+    backbone: str
+    group_size: int
+
+    @property
+    def name(self) -> str:
+        """Folder and row name, e.g. ``tiny-qwen3-s-G4`` or ``Qwen3-8B-G8``."""
+        return f"{self.backbone.rstrip('/').rsplit('/', 1)[-1]}-G{self.group_size}"
+
+
+def canonical_backbone(name: str) -> str:
+    """``tiny-qwen3`` and ``tiny-qwen3-s`` are one model (and one warm-start cache): name it one way."""
+    from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
+
+    return f"{TINY_PREFIX}-{tiny_size_of(name)}" if is_tiny_name(name) else name
+
+
+def sweep_dataset(profile: Profile) -> str:
+    dataset = profile.sweeps.dataset or profile.data.datasets[0]
+    if dataset not in profile.data.datasets:
+        raise ValueError(f"sweeps.dataset: {dataset!r} is not one of data.datasets {profile.data.datasets}")
+    return dataset
+
+
+def sweep_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
+    """``runs/<profile>/sweeps/<dataset>/``."""
+    return profile.run_dir(root) / "sweeps" / dataset
+
+
+def sweep_points(profile: Profile) -> dict[str, list[SweepPoint]]:
+    """Figure 4's points (G values on the profile's backbone) and Figure 5's (backbones at one G)."""
+    cfg = profile.sweeps
+    if not cfg.group_sizes or not cfg.backbones:
+        raise ValueError("sweeps.group_sizes and sweeps.backbones must not be empty")
+    if any(g < 2 for g in cfg.group_sizes):
+        raise ValueError(f"sweeps.group_sizes: a group needs at least 2 rollouts, got {cfg.group_sizes}")
+    size_g = cfg.backbone_group_size or profile.rta.group_size
+    own = canonical_backbone(profile.agent.model_name_or_path)
+    return {"group_size": [SweepPoint(own, g) for g in cfg.group_sizes],
+            "backbone": [SweepPoint(canonical_backbone(b), size_g) for b in cfg.backbones]}
+
+
+def point_profile(profile: Profile, point: SweepPoint) -> Profile:
+    """The profile of one sweep run: ``sweeps`` over ``rta``/``agent``, the point's G and backbone."""
+    cfg = profile.sweeps
+    rta = dataclasses.replace(profile.rta, group_size=point.group_size, max_steps=cfg.max_steps,
+                              train_instances=cfg.train_instances, batch_size=cfg.batch_size or profile.rta.batch_size,
+                              eval_every=cfg.eval_every, eval_instances=cfg.valid_instances)
+    agent = dataclasses.replace(profile.agent, model_name_or_path=point.backbone, eval_instances=cfg.test_instances)
+    warmstart = profile.warmstart
+    if canonical_backbone(point.backbone) != canonical_backbone(profile.agent.model_name_or_path) \
+            and cfg.warmstart_steps is not None:
+        # A cheaper warm start for the extra tiny sizes; the main backbone's cached one is untouched.
+        warmstart = dataclasses.replace(warmstart, steps=cfg.warmstart_steps)
+    return dataclasses.replace(profile, rta=rta, agent=agent, warmstart=warmstart)
+
+
+def count_parameters(model_dir: Path | str) -> int:
+    """Parameters stored in a saved model's safetensors files (tied weights once), read from headers."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors files to count parameters from")
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                size = 1
+                for dim in shape:
+                    size *= dim
+                total += size
+    return total
+
+
+def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, force: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or skip, when its stamp is unchanged) and evaluate one sweep point."""
+    from recrepro.rl.rta import run_variant
+
+    out_dir = sweep_dir(profile, root, dataset) / point.name
+    result = run_variant(point_profile(profile, point), root, dataset, "tirr", force=force, log=log,
+                         out_dir=out_dir, row_name=f"sweep {point.name}")
+    row = next(r for r in result["rows"] if r["model"] == f"sweep {point.name}")
+    return {"row": row, "parameters": count_parameters(result["final"]), "skipped": bool(result["skipped"]),
+            "wall_s_train": result.get("wall_s_train"), "valid_share": _valid_share(profile, root, dataset, point)}
+
+
+def _valid_share(profile: Profile, root: Path | str, dataset: str, point: SweepPoint) -> float | None:
+    """Share of valid test answers, from the evaluation card the run wrote (None when absent)."""
+    from recrepro.agent.card import load_eval_cards
+
+    card = load_eval_cards(profile.results_dir(root)).get(f"{dataset}/sweep {point.name}")
+    return None if card is None else card.get("valid_share")
+
+
+def result_rows(profile: Profile, dataset: str, sweep: str, point: SweepPoint, run: dict[str, Any]) -> list[dict]:
+    """Long-format rows (one per metric) of one point."""
+    row = run["row"]
+    base = {"profile": profile.run.name, "dataset": dataset, "sweep": sweep, "name": point.name,
+            "backbone": point.backbone, "parameters": run["parameters"], "group_size": point.group_size}
+    tail = {"n": int(row["n"]), "valid_share": run["valid_share"], "wall_s_train": run["wall_s_train"],
+            "skipped": run["skipped"]}
+    return [{**base, "metric": m, "value": float(row[m]), "lo": row.get(f"{m}_lo"), "hi": row.get(f"{m}_hi"), **tail}
+            for m in metric_names(profile.eval.ks) if m in row]
+
+
+def write_results(profile: Profile, root: Path | str, sweep: str, rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    path = profile.results_dir(root) / f"{RESULT_STEMS[sweep]}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, frame.to_csv(index=False))
+    return frame
+
+
+def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both sweeps (each distinct run once), their result CSVs; returns the frames and the runs.
+
+    Returns ``{"group_size": frame, "backbone": frame, "runs": {name: run}, "dataset": name}``.
+    """
+    if not profile.sweeps.enabled:
+        log("[sweeps] sweeps.enabled is false; nothing to do")
+        return {"group_size": pd.DataFrame(columns=list(RESULT_COLUMNS)),
+                "backbone": pd.DataFrame(columns=list(RESULT_COLUMNS)), "runs": {}, "dataset": None}
+    dataset = sweep_dataset(profile)
+    points = sweep_points(profile)
+    runs: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"runs": runs, "dataset": dataset}
+    for sweep in SWEEPS:
+        rows = []
+        for point in points[sweep]:
+            if point.name not in runs:
+                log(f"[sweeps] {dataset}/{point.name}")
+                runs[point.name] = run_point(profile, root, dataset, point, force=force, log=log)
+            rows += result_rows(profile, dataset, sweep, point, runs[point.name])
+        out[sweep] = write_results(profile, root, sweep, rows)
+    write_text_atomic(sweep_dir(profile, root, dataset) / "sweeps.json",
+                      json.dumps({name: {k: v for k, v in run.items() if k != "row"} for name, run in runs.items()},
+                                 indent=2, sort_keys=True, default=str) + "\n")
+    return out

@@ -1,0 +1,80 @@
+"""Notebooks 00-07 headless (papermill) at small smoke size: Figure 3 from notebook 04's log, the G and
+backbone sweeps (real RTA runs, kept out of Table 1/2), their long CSVs and Figures 3-5 as PNG + PDF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recrepro.runner import run_chain
+
+REPO = Path(__file__).resolve().parents[2]
+# The chain's upstream stages as small as notebooks 04-06's tests make them; the sweep as small as it goes.
+OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "warmstart.steps": 20, "warmstart.instances": 16,
+             "rta.max_steps": 1, "rta.train_instances": 4, "rta.batch_size": 4, "rta.eval_instances": 4,
+             "agent.eval_instances": 6, "ppr.train_instances": 8, "ppr.valid_instances": 6, "ppr.batch_size": 2,
+             "ppr.max_steps": 1, "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2,
+             "sft.max_new_tokens": 48, "sweeps.max_steps": 1, "sweeps.train_instances": 2, "sweeps.batch_size": 2,
+             "sweeps.eval_every": 1, "sweeps.valid_instances": 2, "sweeps.test_instances": 3,
+             "sweeps.warmstart_steps": 2}
+METRICS = {"H@1", "H@5", "H@10", "N@5", "N@10"}
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # every test here needs the chain fixture
+
+
+@pytest.fixture(scope="module")
+def chain_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain07")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    results = run_chain("smoke", root, stop=7, overrides=OVERRIDES, log=lambda _: None)
+    return root, results
+
+
+def test_chain_00_to_07_draws_the_three_figures(chain_root):
+    root, results = chain_root
+    assert results[-1].notebook == "07_figures.ipynb" and all(r.status == "ran" for r in results)
+    assert (root / "runs/smoke/notebooks/07_figures.ipynb").is_file()
+    figures = root / "figures/smoke"
+    for stem in ("fig3_tool_usage", "fig4_group_size", "fig5_backbone_size"):
+        assert (figures / f"{stem}.png").stat().st_size > 10_000, stem
+        assert (figures / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
+
+
+def test_sweep_results_are_long_tables_of_real_runs(chain_root):
+    root, _ = chain_root
+    fig4 = pd.read_csv(root / "results/smoke/fig4_group_size.csv")
+    assert sorted(fig4["group_size"].unique()) == [2, 4, 8] and set(fig4["metric"]) == METRICS
+    assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 3).all()
+    assert fig4["value"].between(0, 1).all() and (fig4["backbone"] == "tiny-qwen3-s").all()
+    fig5 = pd.read_csv(root / "results/smoke/fig5_backbone_size.csv")
+    sizes = fig5.drop_duplicates("backbone")
+    assert list(sizes["backbone"]) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
+    assert sizes["parameters"].is_monotonic_increasing and sizes["parameters"].nunique() == 3
+    assert (fig5["group_size"] == 2).all() and (fig5["n"] == 3).all()
+    # Figure 5's size-s point is Figure 4's G=2 run: the same numbers.
+    s_point = fig5[fig5["backbone"] == "tiny-qwen3-s"].set_index("metric")["value"]
+    g2 = fig4[fig4["group_size"] == 2].set_index("metric")["value"]
+    assert s_point.to_dict() == g2.to_dict()
+    sweeps = root / "runs/smoke/sweeps/ml-100k"
+    for name in ("tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"):
+        assert (sweeps / name / "final" / "config.json").is_file(), name
+        log = pd.read_csv(sweeps / name / "train_log.csv")
+        assert list(log["step"]) == [0, 1] and log["val_H@10"].notna().all(), name
+    runs = json.loads((sweeps / "sweeps.json").read_text())
+    assert len(runs) == 5
+
+
+def test_sweeps_stay_out_of_the_main_tables(chain_root):
+    root, _ = chain_root
+    for stem in ("table1", "table2"):
+        table = pd.read_csv(root / f"results/smoke/{stem}.csv")
+        assert not table["model"].str.startswith("sweep").any(), stem
+    # The main stage-1 run keeps its own folder and warm-started start model.
+    assert (root / "runs/smoke/rta/ml-100k/tirr/final/config.json").is_file()
+    warm = json.loads((root / "runs/smoke/models/tiny-qwen3-s-warm/warmstart_info.json").read_text())
+    assert warm["settings"]["steps"] == 20  # the chain's warm start, not the sweep's 2 steps
+    assert json.loads((root / "runs/smoke/models/tiny-qwen3-m-warm/warmstart_info.json").read_text())[
+        "settings"]["steps"] == 2

@@ -1,0 +1,220 @@
+"""Stage 2 (PPR): the A/B letter parser and reward, both prompt directions, the pairs artifact, the PPR
+warm-start teacher, and a short real GRPO run through TRL on the tiny model (scripted sampling)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recrepro.agent.env import env_tools
+from recrepro.agent.parser import (InvalidReason, choice_verdict, format_choice, format_tool_call, judge_choice,
+                                   parse_choice)
+from recrepro.agent.prompt import instance_from_sample
+from recrepro.agent.warmstart import (encode_transcript, n_ppr_examples, ppr_teacher_letter,
+                                      ppr_teacher_transcript)
+from recrepro.config import load_profile
+from recrepro.io import ManifestError
+from recrepro.rl import ppr, rta
+from recrepro.rl.mining import PolicyOutput, mine_pairs
+from tests.unit import agent_fakes as af
+from tests.unit import rta_fixtures as rf
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+PROFILE = load_profile("smoke")
+CALL = format_tool_call("get_user_profile", {})
+
+
+# ------------------------------------------------------------------------------------------------
+# Letter parser and reward: every answer form, exact rewards
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("turns, letter, reason, reward", [
+    ([r"<answer>\boxed{A}</answer>"], "A", None, 1.0),  # right
+    ([r"<answer>\boxed{B}</answer>"], "B", None, 0.0),  # wrong
+    ([r"<think>A or B?</think><answer>\boxed{ A }</answer>"], "A", None, 1.0),  # spaces tolerated
+    ([CALL, r"<answer>\boxed{A}</answer>"], "A", None, 1.0),  # a tool call, then the answer
+    ([r"<answer>\boxed{a}</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),  # lower case is not repaired
+    ([r"<answer>\boxed{[A]}</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),
+    ([r"<answer>\boxed{C}</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),
+    ([r"<answer>A</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),
+    ([r"<answer>\boxed{A}</answer><answer>\boxed{B}</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),
+    ([r"<answer>\boxed{A}\boxed{B}</answer>"], None, InvalidReason.BAD_FORMAT, -1.0),
+    (["I think A."], None, InvalidReason.NO_ANSWER, -1.0),  # missing answer
+    ([r"<think><answer>\boxed{A}</answer></think>"], None, InvalidReason.NO_ANSWER, -1.0),
+    ([CALL], None, InvalidReason.NO_ANSWER, -1.0),  # tool call only
+    ([], None, InvalidReason.NO_ANSWER, -1.0),
+    ([CALL] * 11 + [r"<answer>\boxed{A}</answer>"], None, InvalidReason.TOO_MANY_TOOL_CALLS, -1.0),  # over budget
+    (["<tool_call>{not json</tool_call>", r"<answer>\boxed{A}</answer>"], None, InvalidReason.BAD_TOOL_CALL, -1.0),
+])
+def test_letter_verdicts_and_rewards_are_exact(turns, letter, reason, reward):
+    verdict = judge_choice(turns, max_tool_calls=10, schemas={"get_user_profile": {"parameters": {}}})
+    assert (verdict.letter, verdict.reason) == (letter, reason)
+    assert ppr.preference_reward(verdict, "A", PROFILE) == reward
+
+
+def test_trajectory_reasons_win_and_parser_never_raises():
+    assert choice_verdict([r"<answer>\boxed{A}</answer>"], "truncated").reason is InvalidReason.TRUNCATED
+    assert choice_verdict([r"<answer>\boxed{A}</answer>"], "bad_format").letter == "A"  # a list-format reason is not ours
+    for junk in (None, 3, "", "<answer>", r"\boxed{A}", "<answer>\\boxed{A</answer>"):
+        assert not parse_choice(junk).valid
+    assert parse_choice(format_choice("B")).letter == "B"
+
+
+def test_invalid_reward_is_stage_one_penalty_and_wrong_is_zero():
+    profile = load_profile("smoke", {"reward.invalid": -0.7, "ppr.wrong_reward": 0.25})
+    assert ppr.preference_reward(parse_choice("no"), "A", profile) == -0.7
+    assert ppr.preference_reward(parse_choice(format_choice("B")), "A", profile) == 0.25
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts and pairs
+# ------------------------------------------------------------------------------------------------
+
+def _pairs(samples: pd.DataFrame) -> pd.DataFrame:
+    """Mined pairs on the synthetic samples: the target never first (ranking = other candidates)."""
+    outs = []
+    for s in samples.to_dict("records"):
+        target = int(s["target_index"])
+        ranking = tuple([i for i in range(1, 21) if i != target][:9] + [target])
+        outs.append(PolicyOutput(int(s["sample_id"]), str(s["user_id"]), tuple(s["candidates"]), target, ranking))
+    pairs, _ = mine_pairs(outs, seed=3)
+    return pairs
+
+
+def test_prompts_render_both_directions_with_the_right_letters():
+    samples = rf.train_samples(4)
+    pairs = _pairs(samples)
+    assert len(pairs) == 4 and pairs["a_is_target"].nunique() == 2  # both layouts occur with this seed
+    rows = ppr.pair_rows(pairs, samples, af.views(), max_tool_calls=10)
+    assert [r["direction"] for r in rows] == ["more", "less"] * 4
+    views = af.views()
+    for pair, (more, less) in zip(pairs.to_dict("records"), zip(rows[::2], rows[1::2])):
+        target_letter = "A" if pair["a_is_target"] else "B"
+        assert more["answer_letter"] == target_letter and less["answer_letter"] != target_letter
+        a, b = ppr.shown_items(pair)
+        assert more["candidates"] == [a, b] and {a, b} == {pair["target_item"], pair["negative_item"]}
+        user = more["prompt"][1]["content"]
+        assert f"\nA. {views[a].title}" in user and f"\nB. {views[b].title}" in user
+        assert more["prompt"][1]["content"].replace("MORE", "LESS") == less["prompt"][1]["content"]
+        assert "MORE likely" in more["prompt"][0]["content"] and "LESS likely" in less["prompt"][0]["content"]
+        assert "at most 10 tool calls" in more["prompt"][0]["content"]
+        assert "target_index" not in more and pair["negative_item"] != pair["target_item"]
+
+
+def test_no_pair_has_the_target_as_negative():
+    rng = np.random.default_rng(0)
+    cands = tuple(f"i{k}" for k in range(1, 21))
+    outs = [PolicyOutput(k, "u", cands, int(rng.integers(1, 21)), tuple(int(x) for x in rng.permutation(20)[:10] + 1))
+            for k in range(300)]
+    pairs, stats = mine_pairs(outs, seed=1)
+    assert len(pairs) == stats["pairs"] > 200
+    assert (pairs["negative_index"] != pairs["target_index"]).all()
+    assert (pairs["negative_item"] != pairs["target_item"]).all()
+
+
+def test_pairs_artifact_round_trips_and_refuses_tampering(tmp_path):
+    samples = rf.train_samples(4)
+    pairs = {"train": _pairs(samples), "valid": _pairs(samples.head(2))}
+    stats = {"train": {"pairs": 4}, "valid": {"pairs": 2}}
+    folder = ppr.write_pairs(tmp_path / "pairs", pairs, stats, {"round": 1, "policy": "x"})
+    back, back_stats = ppr.read_pairs(folder)
+    assert back_stats == stats
+    for split in ("train", "valid"):
+        pd.testing.assert_frame_equal(back[split], pairs[split], check_dtype=False)
+        assert back[split]["policy_ranking"].map(list).tolist() == pairs[split]["policy_ranking"].tolist()
+    frame = back["train"].copy()
+    frame.loc[0, "a_is_target"] = not frame.loc[0, "a_is_target"]
+    from recrepro.io import write_parquet
+
+    write_parquet(frame, folder / "pairs_train.parquet")
+    with pytest.raises(ManifestError, match="pairs_train.parquet"):
+        ppr.read_pairs(folder)
+
+
+def test_accuracy_summary_is_exact():
+    judged = pd.DataFrame({"pair_id": [0, 0, 1, 1, 2, 2], "direction": ["more", "less"] * 3,
+                           "correct": [True, True, True, False, False, False],
+                           "valid": [True, True, True, True, False, True]})
+    summary = ppr.summarize_judgements(judged)
+    assert summary == {"n_pairs": 3, "more": pytest.approx(2 / 3), "less": pytest.approx(1 / 3),
+                       "all": pytest.approx(0.5), "both": pytest.approx(1 / 3), "valid_share": pytest.approx(5 / 6)}
+    table = ppr.accuracy_table("ml-100k", summary, summary, "smoke")
+    paper = table[table["source"] == "paper"].set_index("stage")["all"]
+    assert paper.to_dict() == {"RTA": 0.19, "RTA+PPR": 0.24}
+
+
+# ------------------------------------------------------------------------------------------------
+# Warm-start teacher in the PPR format
+# ------------------------------------------------------------------------------------------------
+
+def test_ppr_teacher_transcript_parses_to_the_teacher_letter():
+    sample = rf.train_samples(1).to_dict("records")[0]
+    instance = instance_from_sample(sample, af.views())
+    env = af.env_factory()()
+    row = {k: rta._plain(sample[k]) for k in rta.ROW_COLUMNS}
+    env.reset(**{**row, "candidates": [instance.candidates[0].item_id, instance.candidates[1].item_id]})
+    for direction in ("more", "less"):
+        t = ppr_teacher_transcript(instance, (1, 2), direction, 10, env)
+        letter = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], direction)
+        assert judge_choice(t.turns, 10, {"get_user_profile": {"parameters": {}}}).letter == letter
+        assert t.messages[0]["content"] == ppr.ppr_messages(instance.history, instance.candidates[0],
+                                                            instance.candidates[1], direction, 10)[0]["content"]
+    more = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], "more")
+    less = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], "less")
+    assert {more, less} == {"A", "B"}
+    ids, mask = encode_transcript(af.tiny_tokenizer(), t, env_tools(env))
+    assert len(ids) == len(mask) and 0 < sum(mask) < len(mask)
+
+
+def test_ppr_share_sets_the_mix():
+    assert n_ppr_examples(400, 0.25) == 133
+    assert n_ppr_examples(400, 0.0) == 0
+    with pytest.raises(ValueError, match="ppr_share"):
+        n_ppr_examples(10, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# A short real training run through TRL (scripted sampling, real forward/backward)
+# ------------------------------------------------------------------------------------------------
+
+def _ppr_scripts(rows: list[dict]) -> dict[str, list[list[str]]]:
+    """Per prompt: one tool call, then a right or a wrong letter (drawn with torch's RNG)."""
+    out = {}
+    for row in rows:
+        wrong = "B" if row["answer_letter"] == "A" else "A"
+        final = "<think>\nComparing.\n</think>\n\n"
+        out[row["prompt"][1]["content"]] = [
+            ["<think>\nProfile first.\n</think>\n\n" + CALL],
+            [final + format_choice(row["answer_letter"]), final + format_choice(wrong)]]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_short_ppr_training_run_through_trl(tmp_path):
+    samples = rf.train_samples(2)
+    rows = ppr.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)[:2]  # one pair, both directions
+    profile = rf.test_profile(**{"ppr.batch_size": 2, "ppr.max_steps": 2})
+    model_dir = rf.tiny_policy_dir(str(tmp_path / "model"))
+    ctx = ppr.DatasetContext("synthetic", None, af.views(), samples, samples, af.env_factory())
+    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_dir), train_rows=rows,
+                              env_factory=ctx.env_factory, valid=None, output_dir=tmp_path / "ckpt",
+                              log_path=tmp_path / "train_log.csv")
+    trainer, reward = rta.build_trainer(setup, reward_class=ppr.PreferenceRewardFunc, **ppr.grpo_overrides(profile))
+    assert trainer.args.per_device_train_batch_size == 8 and trainer.args.max_steps == 2
+    trainer.model.generate = rf.ScriptedGenerate(trainer.processing_class, _ppr_scripts(rows))
+    torch.manual_seed(0)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert len(changed) > len(before) // 2
+    log = pd.read_csv(setup.log_path)
+    assert list(log["step"]) == [1, 2]
+    assert (log["valid_share"] == 1.0).all() and (log["tool_calls_mean"] == 1.0).all()
+    assert log["reward"].between(0.0, 1.0).all()
+    assert all(v.valid and v.n_tool_calls == 1 for v in reward.last)
+    assert np.isfinite([h["loss"] for h in trainer.state.log_history if "loss" in h]).all()

@@ -1,0 +1,82 @@
+"""Sweep points, per-point profiles, parameter counting and the long result CSVs of Figures 4/5."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from recrepro.config import load_profile
+from recrepro.rl import sweeps
+from recrepro.rl.sweeps import RESULT_COLUMNS, SweepPoint, count_parameters, point_profile, sweep_points
+
+
+def test_points_follow_the_profile():
+    smoke = load_profile("smoke")
+    points = sweep_points(smoke)
+    # tiny-qwen3 is tiny-qwen3-s: one name, so the G=2 run serves both figures.
+    assert [p.name for p in points["group_size"]] == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8"]
+    assert [p.name for p in points["backbone"]] == ["tiny-qwen3-s-G2", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"]
+    paper = sweep_points(load_profile("paper"))
+    assert [p.group_size for p in paper["group_size"]] == [2, 4, 8]  # PAPER.md 1.6 Figure 4
+    assert [p.name for p in paper["backbone"]] == ["Qwen3-1.7B-G8", "Qwen3-4B-Instruct-2507-G8", "Qwen3-8B-G8"]
+
+
+def test_point_profile_overrides_only_the_sweep_settings():
+    smoke = load_profile("smoke")
+    main = point_profile(smoke, SweepPoint("tiny-qwen3-s", 8))
+    assert (main.rta.group_size, main.rta.max_steps, main.rta.train_instances, main.rta.batch_size) == (8, 2, 16, 2)
+    assert (main.rta.eval_every, main.rta.eval_instances, main.agent.eval_instances) == (2, 4, 16)
+    assert main.rta.learning_rate == smoke.rta.learning_rate and main.reward == smoke.reward
+    assert main.warmstart == smoke.warmstart  # the main backbone's cached warm start is reused
+    other = point_profile(smoke, SweepPoint("tiny-qwen3-m", 2))
+    assert other.agent.model_name_or_path == "tiny-qwen3-m"
+    assert other.warmstart.steps == 24 and other.warmstart.instances == smoke.warmstart.instances
+
+
+def test_points_need_a_real_group():
+    bad = load_profile("smoke", {"sweeps.group_sizes": [1, 4]})
+    with pytest.raises(ValueError, match="sweeps.group_sizes"):
+        sweep_points(bad)
+
+
+def test_count_parameters_reads_safetensors_headers(tmp_path):
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, tmp_path / "model-00001.safetensors")
+    save_file({"c": torch.zeros(2, 2, 2)}, tmp_path / "model-00002.safetensors")
+    assert count_parameters(tmp_path) == 12 + 5 + 8
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        count_parameters(tmp_path / "missing")
+
+
+def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monkeypatch):
+    profile = load_profile("smoke")
+    calls = []
+
+    def fake_run_point(profile, root, dataset, point, force=False, log=print):
+        calls.append(point.name)
+        row = {"model": f"sweep {point.name}", "n": 16, "H@1": 0.1 * point.group_size, "H@1_lo": 0.0,
+               "H@1_hi": 0.5, "H@5": 0.5, "H@10": 0.75, "N@5": 0.3, "N@10": 0.4}
+        return {"row": row, "parameters": 1000 * len(point.backbone), "skipped": False, "wall_s_train": 1.5,
+                "valid_share": 0.5}
+
+    monkeypatch.setattr(sweeps, "run_point", fake_run_point)
+    out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
+    # The G=2 run of the profile's backbone is Figure 5's size-s point: 5 runs, not 6.
+    assert calls == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"]
+    fig4 = pd.read_csv(tmp_path / "results/smoke/fig4_group_size.csv")
+    assert tuple(fig4.columns) == RESULT_COLUMNS
+    assert len(fig4) == 3 * 5 and set(fig4["metric"]) == {"H@1", "H@5", "H@10", "N@5", "N@10"}
+    assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 16).all() and (fig4["dataset"] == "ml-100k").all()
+    h1 = fig4[fig4["metric"] == "H@1"].set_index("group_size")["value"]
+    assert h1.to_dict() == pytest.approx({2: 0.2, 4: 0.4, 8: 0.8})
+    fig5 = pd.read_csv(tmp_path / "results/smoke/fig5_backbone_size.csv")
+    assert list(fig5["backbone"].unique()) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
+    assert list(fig5.drop_duplicates("backbone")["parameters"]) == [12000, 12000, 12000]
+    assert set(fig5["sweep"]) == {"backbone"} and set(fig5["group_size"]) == {2}
+    assert out["group_size"].shape == fig4.shape
+
+
+def test_disabled_sweeps_do_nothing(tmp_path):
+    out = sweeps.run_sweeps(load_profile("smoke", {"sweeps.enabled": False}), tmp_path, log=lambda _: None)
+    assert out["runs"] == {} and not (tmp_path / "results").exists()
