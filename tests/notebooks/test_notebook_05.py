@@ -1,10 +1,8 @@
-"""Notebooks 00-05 headless (papermill) at small smoke size: PPR mining artifact, accuracy, rows, skip on rerun."""
+"""Notebook 05 in the shared reduced chain (papermill, small smoke size): PPR mining artifact, accuracy, rows, skip on rerun."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,21 +10,14 @@ import pytest
 from recrepro.config import load_profile
 from recrepro.io import verify_manifest
 from recrepro.rl.ppr import run_ppr
-from recrepro.runner import run_chain
+from tests.notebooks.conftest import REDUCED_OVERRIDES
 
-REPO = Path(__file__).resolve().parents[2]
-OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "warmstart.steps": 20, "warmstart.instances": 16,
-             "rta.max_steps": 1, "rta.train_instances": 4, "rta.batch_size": 4, "rta.eval_instances": 4,
-             "agent.eval_instances": 6, "ppr.train_instances": 8, "ppr.valid_instances": 6, "ppr.batch_size": 2,
-             "ppr.max_steps": 1}
 
 
 @pytest.fixture(scope="module")
-def chain_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain05")
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    results = run_chain("smoke", root, stop=5, overrides=OVERRIDES, log=lambda _: None)
-    return root, results
+def chain_root(reduced_chain):
+    root, results = reduced_chain
+    return root, results[:6]
 
 
 @pytest.mark.slow
@@ -65,7 +56,7 @@ def test_chain_00_to_05_mines_pairs_and_writes_accuracy_and_rows(chain_root):
 def test_rerun_skips_ppr_with_unchanged_config(chain_root):
     root, _ = chain_root
     messages = []
-    again = run_ppr(load_profile("smoke", OVERRIDES), root, log=messages.append)
+    again = run_ppr(load_profile("smoke", REDUCED_OVERRIDES), root, log=messages.append)
     assert again["runs"]["ml-100k"]["skipped"] is True
     assert len(messages) == 1 and "skipping" in messages[0]
     assert set(again["accuracy"]["stage"]) == {"RTA", "RTA+PPR"}

@@ -4,33 +4,18 @@ backbone sweeps (real RTA runs, kept out of Table 1/2), their long CSVs and Figu
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from recrepro.runner import run_chain
 
-REPO = Path(__file__).resolve().parents[2]
-# The chain's upstream stages as small as notebooks 04-06's tests make them; the sweep as small as it goes.
-OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "warmstart.steps": 20, "warmstart.instances": 16,
-             "rta.max_steps": 1, "rta.train_instances": 4, "rta.batch_size": 4, "rta.eval_instances": 4,
-             "agent.eval_instances": 6, "ppr.train_instances": 8, "ppr.valid_instances": 6, "ppr.batch_size": 2,
-             "ppr.max_steps": 1, "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2,
-             "sft.max_new_tokens": 48, "sweeps.max_steps": 1, "sweeps.train_instances": 2, "sweeps.batch_size": 2,
-             "sweeps.eval_every": 1, "sweeps.valid_instances": 2, "sweeps.test_instances": 3,
-             "sweeps.warmstart_steps": 2}
 METRICS = {"H@1", "H@5", "H@10", "N@5", "N@10"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # every test here needs the chain fixture
 
 
 @pytest.fixture(scope="module")
-def chain_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain07")
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    results = run_chain("smoke", root, stop=7, overrides=OVERRIDES, log=lambda _: None)
-    return root, results
+def chain_root(reduced_chain):
+    return reduced_chain
 
 
 def test_chain_00_to_07_draws_the_three_figures(chain_root):
