@@ -23,7 +23,7 @@ from recrepro.paper import reported_values
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
     "Chance", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
-    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA+PPR)",
+    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA)", "AgenticRec (RTA+PPR)",
     "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
 SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2, "not run": 3}
