@@ -65,3 +65,5 @@ def test_repo_notebooks_are_thin_and_parameterised():
         assert all(len("".join(c["source"]).splitlines()) <= 25 for c in code), path
         assert not any(c.get("outputs") for c in code), f"{path}: commit notebooks without outputs"
         stage_stamp(path, load_profile("smoke"), "", "")  # declared sections exist
+        assert all(cell.get("id") for cell in nb["cells"]), f"{path}: cells need ids (nbformat 4.5)"
+        nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
