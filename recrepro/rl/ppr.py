@@ -524,3 +524,29 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
     tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
               if (results_dir / f"{stem}.csv").is_file()}
     return {"runs": runs, "accuracy": accuracy, "mining": mining, **tables}
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: python -m recrepro.rl.ppr --profile paper  (one process; no accelerate launch path yet)
+# ------------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from recrepro.config import load_profile
+
+    parser = argparse.ArgumentParser(prog="python -m recrepro.rl.ppr", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
+    args = parser.parse_args(argv)
+    result = run_ppr(load_profile(args.profile, rta.parse_overrides(args.set)), args.root, force=args.force)
+    print(result["accuracy"].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

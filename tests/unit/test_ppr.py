@@ -218,3 +218,16 @@ def test_a_short_ppr_training_run_through_trl(tmp_path):
     assert log["reward"].between(0.0, 1.0).all()
     assert all(v.valid and v.n_tool_calls == 1 for v in reward.last)
     assert np.isfinite([h["loss"] for h in trainer.state.log_history if "loss" in h]).all()
+
+
+def test_cli_passes_profile_overrides_and_force_to_run_ppr(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_run_ppr(profile, root, force=False):
+        calls.append((profile.ppr.max_steps, profile.run.name, str(root), force))
+        return {"accuracy": pd.DataFrame({"stage": ["RTA"], "all": [0.5]})}
+
+    monkeypatch.setattr(ppr, "run_ppr", fake_run_ppr)
+    assert ppr.main(["--profile", "smoke", "--root", str(tmp_path), "--force", "--set", "ppr.max_steps=3"]) == 0
+    assert calls == [(3, "smoke", str(tmp_path), True)]
+    assert "RTA" in capsys.readouterr().out
