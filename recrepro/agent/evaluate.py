@@ -131,6 +131,17 @@ class AgentEvaluation:
     card: dict
 
 
+def shown_path(model_path: str | Path, root: Path | str) -> str:
+    """A model folder inside ``root`` relative to it (cards stay the same on every machine); else as given
+    (a hub id is not a folder and is never rewritten)."""
+    if not Path(model_path).exists():
+        return str(model_path)
+    try:
+        return str(Path(model_path).resolve().relative_to(Path(root).resolve()))
+    except (ValueError, OSError):
+        return str(model_path)
+
+
 def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd.DataFrame, views: dict,
                    backend: AgentBackend, env_factory: Callable[[], RecAgentEnv], variant: str, model: str,
                    extra_names: Sequence[str] = (), settings: RolloutSettings | None = None) -> AgentEvaluation:
@@ -156,7 +167,7 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
     card = build_card(records, dataset=dataset, model=model, variant=variant, profile=profile.run.name,
                       n_candidates=profile.data.n_candidates, top_k=profile.agent.top_k,
                       max_tool_calls=profile.agent.max_tool_calls, settings=asdict(settings),
-                      model_path=backend.model_path, wall_s_total=wall, prompt_version=PROMPT_VERSION,
+                      model_path=shown_path(backend.model_path, root), wall_s_total=wall, prompt_version=PROMPT_VERSION,
                       prompt_fingerprint=prompt_fingerprint())
     write_eval_card(profile.results_dir(root), card)
     save_trajectories(profile.run_dir(root) / "agent_eval" / dataset / f"{model}.jsonl", records)

@@ -286,3 +286,15 @@ def test_engine_registers_the_common_prompt_prefix(tiny_model):
     ((prefix, _),) = generator._prefixes
     text = tokenizer.decode(list(prefix))
     assert text.startswith("<|im_start|>system\n") and "</tools>" in text  # system turn and tool schemas
+
+
+def test_cards_show_model_folders_relative_to_the_root_and_hub_ids_unchanged(tmp_path):
+    from recrepro.agent.evaluate import shown_path
+
+    folder = tmp_path / "runs" / "smoke" / "rta" / "final"
+    folder.mkdir(parents=True)
+    assert shown_path(folder, tmp_path) == "runs/smoke/rta/final"
+    assert shown_path("Qwen/Qwen3-4B-Instruct-2507", tmp_path) == "Qwen/Qwen3-4B-Instruct-2507"
+    outside = tmp_path.parent / "elsewhere-model"
+    outside.mkdir(exist_ok=True)
+    assert shown_path(outside, tmp_path) == str(outside)
