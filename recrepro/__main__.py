@@ -7,19 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-
-def _parse_set(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recrepro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a profile value, e.g. --set data.max_users=50")
     args = parser.parse_args(argv)
 
-    from recrepro.config import ConfigError
+    from recrepro.config import ConfigError, parse_overrides
     from recrepro.runner import run_chain
 
     began = time.perf_counter()
     try:
         results = run_chain(args.profile, Path(args.root), args.start, args.stop, args.force,
-                            _parse_set(args.overrides))
+                            parse_overrides(args.overrides))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

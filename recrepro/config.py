@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -372,3 +372,26 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any, path: Path) ->
     if leaf not in node:
         raise ConfigError(f"{path}: override '{dotted}': unknown key '{leaf}'")
     node[leaf] = value
+
+
+def _override_value(text: str) -> Any:
+    """A command-line value read as YAML; ``2e-4`` (a string to YAML 1.1) is read as the float it means."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c.isdigit() for c in value) else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` command-line items as profile overrides; the values are read as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"override {item!r}: expected key=value")
+        out[key] = _override_value(value)
+    return out
+

@@ -533,7 +533,7 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from recrepro.config import load_profile
+    from recrepro.config import load_profile, parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m recrepro.rl.ppr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke")
@@ -541,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
-    result = run_ppr(load_profile(args.profile, rta.parse_overrides(args.set)), args.root, force=args.force)
+    result = run_ppr(load_profile(args.profile, parse_overrides(args.set)), args.root, force=args.force)
     print(result["accuracy"].to_string(index=False))
     return 0
 

@@ -76,7 +76,7 @@ import pandas as pd
 from recrepro.agent.env import Episode, RecAgentEnv, make_env_factory, tool_schemas
 from recrepro.agent.parser import check_call_against_schema, parse_tool_calls
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
-from recrepro.config import Profile, load_profile
+from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.io import write_json_atomic
 from recrepro.rl.reward import listwise_reward
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice, read_train_log, summarize_log
@@ -708,19 +708,6 @@ def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", for
 # ------------------------------------------------------------------------------------------------
 # CLI: python -m recrepro.rl.rta --profile paper  (also under accelerate launch)
 # ------------------------------------------------------------------------------------------------
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as YAML (numbers, booleans, null)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"override {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
-    return out
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recrepro.rl.rta", description=__doc__.split("\n\n")[0])

@@ -88,3 +88,15 @@ def test_overrides_and_unknown_override():
 def test_unknown_profile_name():
     with pytest.raises(ConfigError, match="known profiles"):
         load_profile("nonexistent")
+
+
+def test_command_line_overrides_read_yaml_and_exponent_floats():
+    from recrepro.config import parse_overrides
+
+    parsed = parse_overrides(["rta.learning_rate=2e-4", "data.max_users=40", "run.device=cpu",
+                              "data.window_end=null", "rta.use_lora=true", "agent.model_name_or_path=tiny-qwen3-m"])
+    assert parsed == {"rta.learning_rate": 2e-4, "data.max_users": 40, "run.device": "cpu",
+                      "data.window_end": None, "rta.use_lora": True, "agent.model_name_or_path": "tiny-qwen3-m"}
+    assert load_profile("smoke", parse_overrides(["rta.learning_rate=2e-4"])).rta.learning_rate == 2e-4
+    with pytest.raises(SystemExit, match="expected key=value"):
+        parse_overrides(["rta.learning_rate"])
