@@ -124,12 +124,20 @@ def _param_label(parameters: float) -> str:
     return f"{parameters / 1e9:.1f}B" if parameters >= 1e8 else f"{parameters / 1e6:.2f}M"
 
 
+def _valid_label(valid_share: float | None) -> str:
+    """", 84% valid" under a point: a metric of zero from invalid answers must not read as a bad ranking."""
+    if valid_share is None or pd.isna(valid_share):
+        return ""
+    return f", {100 * float(valid_share):.0f}% valid"
+
+
 def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
                        chance: dict[str, float] | None = None) -> tuple[plt.Figure, list[Path]]:
     """Figure 5: test metrics against the parameter count (columns ``backbone``, ``parameters``)."""
     points = table.drop_duplicates("parameters").sort_values("parameters")
-    ticks = {float(p): f"{str(b).rsplit('/', 1)[-1]}\n({_param_label(p)})"
-             for b, p in zip(points["backbone"], points["parameters"])}
+    ticks = {float(row.parameters): f"{str(row.backbone).rsplit('/', 1)[-1]}\n({_param_label(row.parameters)}"
+                                    f"{_valid_label(getattr(row, 'valid_share', None))})"
+             for row in points.itertuples()}
     return _metric_lines(table.astype({"parameters": float}), "parameters", "backbone parameters (log scale)",
                          "Figure 5 — effect of the backbone size", profile, out_dir, "fig5_backbone_size",
                          ticks, 10, chance)

@@ -84,3 +84,10 @@ def test_fig5_uses_the_parameter_count_on_the_x_axis(tmp_path):
 def test_a_table_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no metric rows"):
         plot_group_size(pd.DataFrame({"group_size": [2], "metric": ["loss"], "value": [1.0]}), "smoke", tmp_path)
+
+
+def test_fig5_names_the_valid_share_under_each_point(tmp_path):
+    table = pd.concat([_long("backbone", ["s"]).assign(parameters=360_832, valid_share=0.8125),
+                       _long("backbone", ["m"]).assign(parameters=614_976, valid_share=0.0)])
+    fig, _ = plot_backbone_size(table, "smoke", tmp_path)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["s\n(0.36M, 81% valid)", "m\n(0.61M, 0% valid)"]

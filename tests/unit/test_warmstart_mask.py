@@ -22,7 +22,7 @@ def policy(tmp_path_factory):
     loaded = load_causal_lm(folder, device="cpu")
     hit, _ = rf.transcripts("tirr", 1)[0]
     example = encode_transcript(loaded.tokenizer, hit, env_tools(af.env_factory()()))
-    return loaded, example
+    return loaded, example, folder
 
 
 def _masked_loss(model, ids, mask):
@@ -37,20 +37,33 @@ def _masked_loss(model, ids, mask):
 
 @pytest.mark.slow
 def test_loss_is_taken_on_exactly_the_generated_tokens(policy):
-    loaded, (ids, mask) = policy
+    loaded, (ids, mask), _ = policy
     assert 0 < sum(mask) < len(mask) // 2  # prompt and tool results dominate and must carry no loss
     expected = _masked_loss(loaded.model, ids, mask)
-    losses = warm_start(loaded.model, [(ids, mask)], WarmStartSettings(steps=1, batch_size=1, learning_rate=0.0,
+    losses = warm_start(loaded.model, loaded.tokenizer, [(ids, mask)], WarmStartSettings(steps=1, batch_size=1, learning_rate=0.0,
                                                                        warmup_steps=1), progress=False)
     assert losses == [pytest.approx(expected, rel=1e-4)]
 
 
 @pytest.mark.slow
 def test_a_few_steps_lower_the_loss(policy):
-    loaded, example = policy
+    loaded, example, _ = policy
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    losses = warm_start(loaded.model, [example] * 4, WarmStartSettings(steps=6, batch_size=2, learning_rate=5e-3,
+    losses = warm_start(loaded.model, loaded.tokenizer, [example] * 4, WarmStartSettings(steps=6, batch_size=2, learning_rate=5e-3,
                                                                        warmup_steps=1), progress=False)
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert any(not torch.equal(before[n], p) for n, p in loaded.model.named_parameters())
     assert not loaded.model.training
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_weights(policy):
+    _, example, folder = policy
+    settings = WarmStartSettings(steps=3, batch_size=2, learning_rate=5e-3, warmup_steps=1, seed=7)
+    runs = []
+    for _ in range(2):
+        fresh = load_causal_lm(folder, device="cpu")
+        losses = warm_start(fresh.model, fresh.tokenizer, [example] * 3, settings, progress=False)
+        runs.append((losses, {n: p.detach().clone() for n, p in fresh.model.named_parameters()}))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][n], runs[1][1][n]) for n in runs[0][1])
