@@ -231,3 +231,49 @@ def test_cli_passes_profile_overrides_and_force_to_run_ppr(monkeypatch, tmp_path
     assert ppr.main(["--profile", "smoke", "--root", str(tmp_path), "--force", "--set", "ppr.max_steps=3"]) == 0
     assert calls == [(3, "smoke", str(tmp_path), True)]
     assert "RTA" in capsys.readouterr().out
+
+
+def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_path):
+    """``ppr.rounds`` = 2: round 2 mines and trains from round 1's policy; accuracy before/after on round-1 pairs."""
+    import recrepro.agent.evaluate as evaluate
+
+    samples = rf.train_samples(4)
+    pairs = _pairs(samples)
+    profile = load_profile("smoke", {"ppr.rounds": 2})
+    stage1 = tmp_path / "stage1"
+    mined, trained, judged = [], [], []
+
+    class Backend:
+        def __init__(self, model_path):
+            self.model_path = str(model_path)
+
+    def fake_train_round(profile, ctx, model_path, rows, out_dir, final, log_path, stamp, log=print):
+        trained.append((str(model_path), str(final), len(rows), stamp["round"]))
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+        return {"final": str(final), "wall_s": 0.0, "resumed_from": None, "trained": True}
+
+    def fake_accuracy(profile, backend, ctx, rows, desc):
+        judged.append((backend.model_path, len(rows)))
+        return {"all": 0.5, "pairs": len(rows)}, pd.DataFrame()
+
+    monkeypatch.setattr(ppr, "stage1_policy", lambda *a: stage1)
+    monkeypatch.setattr(ppr, "ppr_stamp", lambda *a: {"stamp": 1})
+    monkeypatch.setattr(ppr, "dataset_context", lambda profile, root, dataset: ppr.DatasetContext(
+        dataset, None, af.views(), samples, samples, af.env_factory()))
+    monkeypatch.setattr(evaluate, "load_backend", lambda profile, root, model_path: Backend(model_path))
+    monkeypatch.setattr(ppr, "mine_round", lambda profile, root, ctx, model, k, backend, log: mined.append(
+        (str(model), k, backend.model_path)) or tmp_path)
+    monkeypatch.setattr(ppr, "read_pairs", lambda folder: ({"train": pairs, "valid": pairs.iloc[:2]}, {"train": {}}))
+    monkeypatch.setattr(ppr, "train_round", fake_train_round)
+    monkeypatch.setattr(ppr, "preference_accuracy", fake_accuracy)
+    monkeypatch.setattr(ppr, "evaluate_test", lambda *a: [])
+    monkeypatch.setattr(ppr, "write_rows", lambda *a: {})
+
+    result = ppr.run_dataset(profile, tmp_path, "d", log=lambda _: None)
+    folder = ppr.ppr_dir(profile, tmp_path, "d")
+    round1 = str(ppr.round_dir(profile, tmp_path, "d", 1) / "final")
+    assert mined == [(str(stage1), 1, str(stage1)), (round1, 2, round1)]
+    assert trained == [(str(stage1), round1, 8, 1), (round1, str(folder / "final"), 8, 2)]  # 4 pairs x 2 directions
+    assert judged == [(str(stage1), 4), (str(folder / "final"), 4)]  # the round-1 held-out pairs, both times
+    assert [r["round"] for r in result["rounds"]] == [1, 2] and result["final"] == str(folder / "final")
