@@ -30,6 +30,13 @@ One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's
 5. The PPR policy is evaluated on the frozen test lists exactly like stage 1's policies: Table 2 row
    ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
 
+On GPUs (paper profile) the training of a round can run on several processes, the rest on one:
+``python -m recrepro.rl.ppr --profile paper --stage mine`` writes round 1's pairs, ``accelerate launch
+--config_file configs/accelerate/zero3.yaml -m recrepro.rl.ppr --profile paper --stage train`` trains
+on them (the final policy records its config in ``train_stamp.json``), and notebook 05 (or ``--stage
+all``) then finds both, measures the preference accuracy and evaluates without retraining. With
+``ppr.rounds`` > 1, repeat mine and train with ``--round 2``, ... before the notebook.
+
 When mining finds no pair (a policy that never answers validly, e.g. a barely warm-started smoke
 model) there is nothing to train on: the round is skipped, said so in the stats and the log, and the
 starting policy is carried forward. Smoke-profile numbers test the machinery; they are not a
@@ -80,6 +87,28 @@ def ppr_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
 
 def round_dir(profile: Profile, root: Path | str, dataset: str, k: int) -> Path:
     return ppr_dir(profile, root, dataset) / f"round{k}"
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    """Where round ``k`` starts from and writes to (the last round's policy is ``ppr/<dataset>/final``)."""
+
+    start: Path  # the policy that mines and is trained: stage 1's, then the previous round's
+    pairs: Path
+    checkpoints: Path
+    final: Path
+    train_log: Path
+
+
+def round_paths(profile: Profile, root: Path | str, dataset: str, k: int) -> RoundPaths:
+    if not 1 <= k <= profile.ppr.rounds:
+        raise ValueError(f"round {k} outside 1..ppr.rounds={profile.ppr.rounds}")
+    here, folder = round_dir(profile, root, dataset, k), ppr_dir(profile, root, dataset)
+    last = k == profile.ppr.rounds
+    start = stage1_policy(profile, root, dataset) if k == 1 else round_dir(profile, root, dataset, k - 1) / "final"
+    return RoundPaths(start=start, pairs=here / "pairs", checkpoints=here / "checkpoints",
+                      final=folder / "final" if last else here / "final",
+                      train_log=folder / "train_log.csv" if last else here / "train_log.csv")
 
 
 def stage1_policy(profile: Profile, root: Path | str, dataset: str) -> Path:
@@ -294,7 +323,7 @@ def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, model_pa
     from recrepro.agent.evaluate import load_backend
     from recrepro.io import ManifestError, read_manifest
 
-    folder = round_dir(profile, root, ctx.dataset, k) / "pairs"
+    folder = round_paths(profile, root, ctx.dataset, k).pairs
     provenance = {"ppr_version": PPR_VERSION, "round": k, "dataset": ctx.dataset, "seed": profile.run.seed + k,
                   "policy": rta.config_stamp(profile, "tirr", str(model_path), ctx.dataset)["start_model"],
                   "config": profile.section_hash(*STAMP_SECTIONS)}
@@ -382,29 +411,64 @@ def grpo_overrides(profile: Profile) -> dict[str, Any]:
             "per_device_train_batch_size": completions // split}
 
 
-def train_round(profile: Profile, ctx: DatasetContext, model_path: str, rows: list[dict[str, Any]],
-                out_dir: Path, final: Path, log_path: Path, stamp: Mapping[str, Any],
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One PPR round of GRPO on ``rows`` from ``model_path``; resumes checkpoints of the same stamp."""
+def train_round(profile: Profile, ctx: DatasetContext, paths: RoundPaths, rows: list[dict[str, Any]],
+                stamp: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One PPR round of GRPO on ``rows`` from ``paths.start``; resumes checkpoints of the same stamp.
+
+    Runs as one process or under ``accelerate launch`` (only the main process touches the folders,
+    as :func:`recrepro.rl.rta.train_policy`). A policy already trained to the end with this stamp
+    (e.g. by a launched ``--stage train``) is reused, so notebook 05 then only measures and evaluates.
+    """
+    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
-    if out_dir.exists() and rta._read_json(out_dir / "run_stamp.json") != dict(stamp):
-        shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "run_stamp.json", dict(stamp))
+    if rta.finished_policy(paths.final, stamp):
+        log(f"[ppr] {paths.final} was trained with this config; reusing it")
+        return {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}
+    out_dir, state = paths.checkpoints, PartialState()
+    if state.is_main_process:
+        if out_dir.exists() and rta._read_json(out_dir / "run_stamp.json") != dict(stamp):
+            shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "run_stamp.json", dict(stamp))
+        if get_last_checkpoint(str(out_dir)) is None and paths.train_log.is_file():
+            paths.train_log.unlink()
+    state.wait_for_everyone()
     last = get_last_checkpoint(str(out_dir))
-    if last is None and log_path.is_file():
-        log_path.unlink()
-    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_path), train_rows=rows,
-                              env_factory=ctx.env_factory, valid=None, output_dir=out_dir, log_path=log_path,
+    if last:
+        log(f"[ppr] {ctx.dataset}: resuming from {last}")
+    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(paths.start), train_rows=rows,
+                              env_factory=ctx.env_factory, valid=None, output_dir=out_dir, log_path=paths.train_log,
                               dataset=ctx.dataset)
     trainer, _ = rta.build_trainer(setup, reward_class=PreferenceRewardFunc, **grpo_overrides(profile))
     began = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - began
-    rta.save_final(trainer, final)
+    rta.save_final(trainer, paths.final, stamp)
     del trainer
-    return {"final": str(final), "wall_s": wall, "resumed_from": last, "trained": True}
+    return {"final": str(paths.final), "wall_s": wall, "resumed_from": last, "trained": True}
+
+
+def round_stamp(stamp: Mapping[str, Any], k: int, paths: RoundPaths) -> dict[str, Any]:
+    """The checkpoints' stamp: the stage's stamp, the round and its starting policy."""
+    return {**stamp, "round": k, "start": str(paths.start)}
+
+
+def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train round ``k`` on its mined pairs (``--stage train``; under ``accelerate launch`` on GPUs)."""
+    paths = round_paths(profile, root, dataset, k)
+    if not (paths.pairs / "manifest.json").is_file():
+        raise FileNotFoundError(f"{paths.pairs}: round {k} has no mined pairs; run "
+                                f"`python -m recrepro.rl.ppr --stage mine --round {k}` first (one process)")
+    pairs, _ = read_pairs(paths.pairs)
+    ctx = dataset_context(profile, root, dataset)
+    rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
+    if not rows:
+        raise ValueError(f"{paths.pairs}: no training pairs in round {k}; nothing to train (the in-process stage "
+                         f"carries the policy forward)")
+    stamp = round_stamp(ppr_stamp(profile, root, dataset, stage1_policy(profile, root, dataset)), k, paths)
+    return train_round(profile, ctx, paths, rows, stamp, log)
 
 
 def _carry_forward(model_path: str, final: Path) -> None:
@@ -477,28 +541,24 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     if force:
         shutil.rmtree(folder, ignore_errors=True)
     ctx = dataset_context(profile, root, dataset)
-    model, rounds, valid_rows, before = str(start), [], None, None
+    rounds, valid_rows, before = [], None, None
     for k in range(1, profile.ppr.rounds + 1):
-        backend = load_backend(profile, root, model_path=model)
-        pairs, stats = read_pairs(mine_round(profile, root, ctx, model, k, backend, log))
+        paths = round_paths(profile, root, dataset, k)
+        backend = load_backend(profile, root, model_path=paths.start)
+        pairs, stats = read_pairs(mine_round(profile, root, ctx, paths.start, k, backend, log))
         if k == 1:  # the held-out pairs are the stage-1 policy's mistakes, fixed for before and after
             valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls)
             before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
         del backend
-        last = k == profile.ppr.rounds
-        out = final if last else round_dir(profile, root, dataset, k) / "final"
-        log_path = folder / "train_log.csv" if last else round_dir(profile, root, dataset, k) / "train_log.csv"
         rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
         if rows:
-            trained = train_round(profile, ctx, model, rows, round_dir(profile, root, dataset, k) / "checkpoints",
-                                  out, log_path, {**stamp, "round": k, "start": model}, log)
+            trained = train_round(profile, ctx, paths, rows, round_stamp(stamp, k, paths), log)
         else:
             log(f"[ppr] {dataset} round {k}: no training pairs (the policy answered no instance validly with the "
                 f"target below first place); the starting policy is carried forward untrained")
-            _carry_forward(model, out)
-            trained = {"final": str(out), "wall_s": 0.0, "resumed_from": None, "trained": False}
+            _carry_forward(str(paths.start), paths.final)
+            trained = {"final": str(paths.final), "wall_s": 0.0, "resumed_from": None, "trained": False}
         rounds.append({"round": k, "mining": stats, "train_rows": len(rows), **trained})
-        model = str(out)
     backend = load_backend(profile, root, model_path=final)
     after, judged_after = preference_accuracy(profile, backend, ctx, valid_rows or [], f"{dataset} accuracy after")
     _save_accuracy(folder, before, after, {"before": judged_before, "after": judged_after})
@@ -507,6 +567,15 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": {"before": before, "after": after}}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=rta._json_default)))
     return {**record, "skipped": False, "final": str(final)}
+
+
+def mine_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
+               log: Callable[[str], None] = print) -> Path:
+    """Mine round ``k``'s pairs with the round's starting policy (``--stage mine``, one process)."""
+    paths = round_paths(profile, root, dataset, k)
+    if not (Path(paths.start) / "config.json").is_file():
+        raise FileNotFoundError(f"{paths.start}: round {k}'s starting policy is missing; train round {k - 1} first")
+    return mine_round(profile, root, dataset_context(profile, root, dataset), paths.start, k, log=log)
 
 
 def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
@@ -527,7 +596,7 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
 
 
 # ------------------------------------------------------------------------------------------------
-# CLI: python -m recrepro.rl.ppr --profile paper  (one process; no accelerate launch path yet)
+# CLI: python -m recrepro.rl.ppr --profile paper [--stage all|mine|train] [--round K]
 # ------------------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -538,11 +607,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recrepro.rl.ppr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--root", default=".")
+    parser.add_argument("--stage", default="all", choices=["all", "mine", "train"],
+                        help="all: the whole stage on one process; mine: round K's pairs (one process); "
+                             "train: round K's GRPO on its pairs (run it under accelerate launch)")
+    parser.add_argument("--round", type=int, default=1, help="the round of --stage mine / train (1..ppr.rounds)")
+    parser.add_argument("--dataset", action="append", help="--stage mine / train: only these datasets (repeatable)")
     parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
-    result = run_ppr(load_profile(args.profile, parse_overrides(args.set)), args.root, force=args.force)
-    print(result["accuracy"].to_string(index=False))
+    profile = load_profile(args.profile, parse_overrides(args.set))
+    if args.stage != "train" and rta.n_processes() > 1:
+        raise SystemExit(f"--stage {args.stage} runs on one process; under accelerate launch use --stage train")
+    if args.stage == "all":
+        if args.dataset:
+            raise SystemExit("--dataset selects datasets for --stage mine / train; --stage all runs every dataset")
+        result = run_ppr(profile, args.root, force=args.force)
+        print(result["accuracy"].to_string(index=False))
+        return 0
+    for dataset in args.dataset or profile.data.datasets:
+        if args.stage == "mine":
+            print(f"[ppr] {dataset} round {args.round}: pairs in {mine_stage(profile, args.root, dataset, args.round)}")
+        else:
+            trained = train_stage(profile, args.root, dataset, args.round)
+            print(f"[ppr] {dataset} round {args.round}: policy in {trained['final']}")
     return 0
 
 

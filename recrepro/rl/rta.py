@@ -565,6 +565,10 @@ def train_policy(setup: TrainingSetup, force: bool = False, log: Callable[[str],
 
     out = setup.output_dir
     stamp = config_stamp(setup.profile, setup.variant, setup.model_path, setup.dataset)
+    final = out.parent / "final"  # runs/<profile>/rta/<dataset>/<variant>/final
+    if not force and finished_policy(final, stamp):
+        log(f"[rta] {final} was trained with this config (e.g. by `accelerate launch ... --stage train`); reusing it")
+        return {"final": final, "wall_s": None, "resumed_from": None, "trainer": None}
     state = PartialState()
     if state.is_main_process:
         if force or (out.exists() and _read_json(out / "run_stamp.json") != stamp):
@@ -581,12 +585,26 @@ def train_policy(setup: TrainingSetup, force: bool = False, log: Callable[[str],
     began = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - began
-    final = save_final(trainer, out.parent / "final")  # runs/<profile>/rta/<dataset>/<variant>/final
+    save_final(trainer, final, stamp)
     return {"final": final, "wall_s": wall, "resumed_from": last, "trainer": trainer}
 
 
-def save_final(trainer: Any, final: Path) -> Path:
-    """``save_pretrained`` of the policy (LoRA merged into the weights) and tokenizer, atomically."""
+TRAINED_STAMP = "train_stamp.json"  # written beside a final policy: the config it was trained with
+
+
+def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
+    """Whether ``final`` holds a policy trained to the end with exactly this config stamp.
+
+    Lets the one-process evaluation after an ``accelerate launch`` training run use its policy
+    instead of resuming a DeepSpeed checkpoint without DeepSpeed.
+    """
+    return (final / "config.json").is_file() and _read_json(final / TRAINED_STAMP) == json.loads(
+        json.dumps(dict(stamp), default=_json_default))
+
+
+def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None) -> Path:
+    """``save_pretrained`` of the policy (LoRA merged into the weights) and tokenizer, atomically;
+    with ``stamp``, also the config it was trained with (:func:`finished_policy`)."""
     from recrepro.io import atomic_dir
 
     trainer.accelerator.wait_for_everyone()
@@ -599,6 +617,8 @@ def save_final(trainer: Any, final: Path) -> Path:
         with atomic_dir(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             trainer.processing_class.save_pretrained(tmp)
+            if stamp is not None:
+                write_json_atomic(tmp / TRAINED_STAMP, json.loads(json.dumps(dict(stamp), default=_json_default)))
     trainer.accelerator.wait_for_everyone()
     return final
 
@@ -663,7 +683,7 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
         return {**done, "skipped": True, "final": str(final), "log": read_train_log(log_path)}
     trained = train_policy(prepare_setup(profile, root, dataset, variant, model_path, out_dir), force=force, log=log)
     trainer = trained.pop("trainer")
-    if not trainer.accelerator.is_main_process:
+    if trainer is not None and not trainer.accelerator.is_main_process:
         return {"skipped": False, "final": str(trained["final"])}
     del trainer  # free the training copy before evaluation loads the final policy
     rows = evaluate_policy(profile, root, dataset, variant, trained["final"], row_name)

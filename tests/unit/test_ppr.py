@@ -3,6 +3,8 @@ warm-start teacher, and a short real GRPO run through TRL on the tiny model (scr
 
 from __future__ import annotations
 
+import json
+
 import os
 
 import numpy as np
@@ -247,11 +249,12 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
         def __init__(self, model_path):
             self.model_path = str(model_path)
 
-    def fake_train_round(profile, ctx, model_path, rows, out_dir, final, log_path, stamp, log=print):
-        trained.append((str(model_path), str(final), len(rows), stamp["round"]))
-        final.mkdir(parents=True)
-        (final / "config.json").write_text("{}")
-        return {"final": str(final), "wall_s": 0.0, "resumed_from": None, "trained": True}
+    def fake_train_round(profile, ctx, paths, rows, stamp, log=print):
+        trained.append((str(paths.start), str(paths.final), len(rows), stamp["round"]))
+        assert stamp["start"] == str(paths.start) and paths.checkpoints.parent.name == f"round{stamp['round']}"
+        paths.final.mkdir(parents=True)
+        (paths.final / "config.json").write_text("{}")
+        return {"final": str(paths.final), "wall_s": 0.0, "resumed_from": None, "trained": True}
 
     def fake_accuracy(profile, backend, ctx, rows, desc):
         judged.append((backend.model_path, len(rows)))
@@ -277,3 +280,40 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     assert trained == [(str(stage1), round1, 8, 1), (round1, str(folder / "final"), 8, 2)]  # 4 pairs x 2 directions
     assert judged == [(str(stage1), 4), (str(folder / "final"), 4)]  # the round-1 held-out pairs, both times
     assert [r["round"] for r in result["rounds"]] == [1, 2] and result["final"] == str(folder / "final")
+
+
+
+def test_cli_mine_and_train_stages_take_the_round_and_datasets(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(ppr, "mine_stage", lambda profile, root, dataset, k: calls.append(("mine", dataset, k)) or "p")
+    monkeypatch.setattr(ppr, "train_stage", lambda profile, root, dataset, k: calls.append(("train", dataset, k))
+                        or {"final": "f"})
+    assert ppr.main(["--stage", "mine", "--root", str(tmp_path)]) == 0
+    assert ppr.main(["--stage", "train", "--round", "2", "--dataset", "x", "--set", "ppr.rounds=2"]) == 0
+    assert calls == [("mine", "ml-100k", 1), ("train", "x", 2)]
+    with pytest.raises(SystemExit, match="--stage all runs every dataset"):
+        ppr.main(["--dataset", "x"])
+    monkeypatch.setattr(rta, "n_processes", lambda: 2)
+    with pytest.raises(SystemExit, match="under accelerate launch use --stage train"):
+        ppr.main(["--stage", "mine"])
+
+
+def test_train_stage_without_mined_pairs_names_the_folder_and_the_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(ppr, "stage1_policy", lambda *a: tmp_path / "stage1")
+    with pytest.raises(FileNotFoundError, match=r"round1/pairs: round 1 has no mined pairs.*--stage mine --round 1"):
+        ppr.train_stage(PROFILE, tmp_path, "ml-100k", 1)
+    with pytest.raises(ValueError, match=r"round 3 outside 1..ppr.rounds=1"):
+        ppr.round_paths(PROFILE, tmp_path, "ml-100k", 3)
+
+
+def test_a_round_finished_by_a_launched_run_is_reused(monkeypatch, tmp_path):
+    monkeypatch.setattr(ppr, "stage1_policy", lambda *a: tmp_path / "stage1")
+    paths = ppr.round_paths(PROFILE, tmp_path, "ml-100k", 1)
+    assert paths.final == ppr.ppr_dir(PROFILE, tmp_path, "ml-100k") / "final"  # the last round's policy
+    paths.final.mkdir(parents=True)
+    (paths.final / "config.json").write_text("{}")
+    stamp = ppr.round_stamp({"config": "c"}, 1, paths)
+    (paths.final / rta.TRAINED_STAMP).write_text(json.dumps(stamp))
+    monkeypatch.setattr(rta, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
+    out = ppr.train_round(PROFILE, None, paths, [{"x": 1}], stamp, log=lambda _: None)
+    assert out == {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}

@@ -423,7 +423,29 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(workdir, tmp_path):
     after = _params(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
     assert any(not torch.equal(before[n], after[n]) for n in trainable)
-    final = rta.save_final(trainer, tmp_path / "final")
+    final = rta.save_final(trainer, tmp_path / "final", {"config": "a", "step": np.int64(2)})
+    assert rta.finished_policy(final, {"config": "a", "step": 2})
+    assert not rta.finished_policy(final, {"config": "b", "step": 2})
     loaded = load_causal_lm(final, device="cpu")
     assert not any("lora" in n for n, _ in loaded.model.named_parameters())
     assert (final / "tokenizer_config.json").is_file()
+
+
+def test_a_policy_finished_with_the_same_config_is_reused_not_retrained(workdir, tmp_path, monkeypatch):
+    """After ``accelerate launch ... --stage train`` the one-process stage must not resume DeepSpeed checkpoints."""
+    setup = rf.setup(tmp_path, workdir / "model", n=2)
+    final = setup.output_dir.parent / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    stamp = rta.config_stamp(setup.profile, setup.variant, setup.model_path, setup.dataset)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("build_trainer called")
+
+    monkeypatch.setattr(rta, "build_trainer", no_training)
+    (final / rta.TRAINED_STAMP).write_text(json.dumps(stamp))
+    reused = rta.train_policy(setup, log=lambda _: None)
+    assert reused["trainer"] is None and reused["final"] == final
+    (final / rta.TRAINED_STAMP).write_text(json.dumps({**stamp, "seed": -1}))  # another config: train again
+    with pytest.raises(AssertionError, match="build_trainer called"):
+        rta.train_policy(setup, log=lambda _: None)
