@@ -219,6 +219,7 @@ class SweepsConfig:
     test_instances: int | None  # test instances each sweep policy is scored on; None = the whole test split
     warmstart_steps: int | None  # warm-start steps of tiny backbones other than agent.model_name_or_path;
     # None = warmstart.steps (the profile's own backbone always keeps its warm start, which is cached)
+    backbone_ppr: bool  # Figure 5 points also get stage 2 (PPR) on their stage-1 policy, with these sizes
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,16 @@ def _long_metrics(table: pd.DataFrame, x: str) -> pd.DataFrame:
 
 def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile: str, out_dir: Path | str,
                   stem: str, ticks: dict[float, str], log_base: int | None,
-                  chance: dict[str, float] | None) -> tuple[plt.Figure, list[Path]]:
-    """Two panels (HitRate@K, NDCG@K) of metric-vs-``x`` lines, chance levels dashed in the same colour."""
+                  chance: dict[str, float] | None, secondary: tuple[pd.DataFrame, str] | None = None
+                  ) -> tuple[plt.Figure, list[Path]]:
+    """Two panels (HitRate@K, NDCG@K) of metric-vs-``x`` lines, chance levels dashed in the same colour.
+
+    ``secondary`` = (table, label): the same metrics drawn dotted in the same colours (e.g. stage 1
+    beside stage 1 + PPR).
+    """
     sns.set_theme(style="whitegrid", context="paper")
     long = _long_metrics(table, x)
+    other = _long_metrics(secondary[0], x) if secondary is not None else None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     for ax, family in zip(axes, ("HitRate@K", "NDCG@K")):
         part = long[long["family"] == family]
@@ -96,8 +102,13 @@ def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile:
             rows = rows.sort_values(x)
             colour = f"C{i}"
             ax.plot(rows[x], rows["value"], marker="o", color=colour, label=metric)
+            if other is not None:
+                dotted = other[other["metric"] == metric].sort_values(x)
+                ax.plot(dotted[x], dotted["value"], marker=".", ls=":", color=colour, alpha=0.8)
             if chance and metric in chance:
                 ax.axhline(chance[metric], color=colour, ls="--", lw=0.8, alpha=0.7)
+        if other is not None:
+            ax.plot([], [], color="grey", ls=":", marker=".", label=f"{secondary[1]} (dotted)")
         if chance:
             ax.plot([], [], color="grey", ls="--", lw=0.8, label="chance (dashed)")
         if log_base:
@@ -133,14 +144,22 @@ def _valid_label(valid_share: float | None) -> str:
 
 def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
                        chance: dict[str, float] | None = None) -> tuple[plt.Figure, list[Path]]:
-    """Figure 5: test metrics against the parameter count (columns ``backbone``, ``parameters``)."""
+    """Figure 5: test metrics against the parameter count (columns ``backbone``, ``parameters``).
+
+    With a ``stage`` column holding ``RTA+PPR`` rows, those are the solid lines (the full method)
+    and the stage-1 (``RTA``) rows are drawn dotted beside them.
+    """
+    title, secondary = "Figure 5 — effect of the backbone size", None
+    if "stage" in table.columns and (table["stage"] == "RTA+PPR").any():
+        secondary = (table[table["stage"] == "RTA"].astype({"parameters": float}), "stage 1 only")
+        table = table[table["stage"] == "RTA+PPR"]
+        title = "Figure 5 — effect of the backbone size (stage 1 + PPR)"
     points = table.drop_duplicates("parameters").sort_values("parameters")
     ticks = {float(row.parameters): f"{str(row.backbone).rsplit('/', 1)[-1]}\n({_param_label(row.parameters)}"
                                     f"{_valid_label(getattr(row, 'valid_share', None))})"
              for row in points.itertuples()}
     return _metric_lines(table.astype({"parameters": float}), "parameters", "backbone parameters (log scale)",
-                         "Figure 5 — effect of the backbone size", profile, out_dir, "fig5_backbone_size",
-                         ticks, 10, chance)
+                         title, profile, out_dir, "fig5_backbone_size", ticks, 10, chance, secondary)
 
 
 def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) -> tuple[plt.Figure, list[Path]]:

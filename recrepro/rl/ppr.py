@@ -100,12 +100,17 @@ class RoundPaths:
     train_log: Path
 
 
-def round_paths(profile: Profile, root: Path | str, dataset: str, k: int) -> RoundPaths:
+def round_paths(profile: Profile, root: Path | str, dataset: str, k: int, folder: Path | None = None,
+                start: Path | None = None) -> RoundPaths:
+    """Round ``k`` of the main PPR run, or of a run in ``folder`` starting from ``start`` (a sweep point)."""
     if not 1 <= k <= profile.ppr.rounds:
         raise ValueError(f"round {k} outside 1..ppr.rounds={profile.ppr.rounds}")
-    here, folder = round_dir(profile, root, dataset, k), ppr_dir(profile, root, dataset)
-    last = k == profile.ppr.rounds
-    start = stage1_policy(profile, root, dataset) if k == 1 else round_dir(profile, root, dataset, k - 1) / "final"
+    folder = Path(folder) if folder is not None else ppr_dir(profile, root, dataset)
+    here, last = folder / f"round{k}", k == profile.ppr.rounds
+    if k > 1:
+        start = folder / f"round{k - 1}" / "final"
+    elif start is None:
+        start = stage1_policy(profile, root, dataset)
     return RoundPaths(start=start, pairs=here / "pairs", checkpoints=here / "checkpoints",
                       final=folder / "final" if last else here / "final",
                       train_log=folder / "train_log.csv" if last else here / "train_log.csv")
@@ -317,13 +322,13 @@ def read_pairs(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     return pairs, json.loads((folder / "mining_stats.json").read_text())
 
 
-def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, model_path: Path | str, k: int,
+def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, paths: RoundPaths, k: int,
                backend: Any | None = None, log: Callable[[str], None] = print) -> Path:
-    """Mine round ``k``'s pairs with ``model_path`` (reused when its manifest says same policy/config)."""
+    """Mine round ``k``'s pairs with ``paths.start`` (reused when their manifest says same policy/config)."""
     from recrepro.agent.evaluate import load_backend
     from recrepro.io import ManifestError, read_manifest
 
-    folder = round_paths(profile, root, ctx.dataset, k).pairs
+    folder, model_path = paths.pairs, paths.start
     provenance = {"ppr_version": PPR_VERSION, "round": k, "dataset": ctx.dataset, "seed": profile.run.seed + k,
                   "policy": rta.config_stamp(profile, "tirr", str(model_path), ctx.dataset)["start_model"],
                   "config": profile.section_hash(*STAMP_SECTIONS)}
@@ -504,13 +509,18 @@ def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str
             "table1": write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")}
 
 
-def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backend: Any) -> list[dict]:
-    """The PPR policy on the frozen test lists, exactly as :func:`recrepro.rl.rta.evaluate_policy`."""
+def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backend: Any,
+                  row_name: str | None = None) -> list[dict]:
+    """The PPR policy on the frozen test lists, exactly as :func:`recrepro.rl.rta.evaluate_policy`.
+
+    With ``row_name`` (a sweep point) only that row, and no chance row."""
     from recrepro.agent.evaluate import eval_subset, evaluate_agent, toolkit_env_factory
     from recrepro.evaluation import chance_row
 
     samples = eval_subset(profile, ctx.bench.samples["test"])
     factory = toolkit_env_factory(profile, ctx.bench, root, samples)
+    if row_name is not None:
+        return [evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr", row_name).row]
     result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr", TABLE2_NAME,
                             extra_names=(TABLE1_NAME,))
     return [chance_row(ctx.dataset, profile.data.n_candidates, len(samples), profile), result.row,
@@ -524,28 +534,35 @@ def _save_accuracy(folder: Path, before: Mapping, after: Mapping, judged: Mappin
 
 
 def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = False,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Mine, train (``ppr.rounds`` rounds), measure preference accuracy, evaluate, write rows; or skip."""
+                log: Callable[[str], None] = print, folder: Path | None = None, start: Path | None = None,
+                row_name: str | None = None) -> dict[str, Any]:
+    """Mine, train (``ppr.rounds`` rounds), measure preference accuracy, evaluate, write rows; or skip.
+
+    The main run lives in ``runs/<profile>/ppr/<dataset>/``, starts from the stage-1 TIRR policy and
+    writes the Table 1/2 rows. A sweep point (Figure 5) passes its own ``folder``, its stage-1
+    policy as ``start`` and a ``row_name``: its one test row is returned and no table is touched.
+    """
     from recrepro.agent.evaluate import load_backend
 
     root = Path(root)
-    folder = ppr_dir(profile, root, dataset)
-    start = stage1_policy(profile, root, dataset)
-    stamp = ppr_stamp(profile, root, dataset, start)
+    folder = Path(folder) if folder is not None else ppr_dir(profile, root, dataset)
+    start = Path(start) if start is not None else stage1_policy(profile, root, dataset)
+    stamp = {**ppr_stamp(profile, root, dataset, start), **({"row_name": row_name} if row_name else {})}
     final = folder / "final"
     done = rta._read_json(folder / "stamp.json")
     if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
         log(f"[ppr] {dataset}: final policy and its evaluation are up to date; skipping")
-        write_rows(profile, root, done["rows"])
+        if row_name is None:
+            write_rows(profile, root, done["rows"])
         return {**done, "skipped": True, "final": str(final)}
     if force:
         shutil.rmtree(folder, ignore_errors=True)
     ctx = dataset_context(profile, root, dataset)
     rounds, valid_rows, before = [], None, None
     for k in range(1, profile.ppr.rounds + 1):
-        paths = round_paths(profile, root, dataset, k)
+        paths = round_paths(profile, root, dataset, k, folder, start)
         backend = load_backend(profile, root, model_path=paths.start)
-        pairs, stats = read_pairs(mine_round(profile, root, ctx, paths.start, k, backend, log))
+        pairs, stats = read_pairs(mine_round(profile, root, ctx, paths, k, backend, log))
         if k == 1:  # the held-out pairs are the stage-1 policy's mistakes, fixed for before and after
             valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls)
             before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
@@ -562,8 +579,9 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     backend = load_backend(profile, root, model_path=final)
     after, judged_after = preference_accuracy(profile, backend, ctx, valid_rows or [], f"{dataset} accuracy after")
     _save_accuracy(folder, before, after, {"before": judged_before, "after": judged_after})
-    rows = evaluate_test(profile, root, ctx, backend)
-    write_rows(profile, root, rows)
+    rows = evaluate_test(profile, root, ctx, backend, row_name)
+    if row_name is None:
+        write_rows(profile, root, rows)
     record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": {"before": before, "after": after}}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=rta._json_default)))
     return {**record, "skipped": False, "final": str(final)}
@@ -575,7 +593,7 @@ def mine_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
     paths = round_paths(profile, root, dataset, k)
     if not (Path(paths.start) / "config.json").is_file():
         raise FileNotFoundError(f"{paths.start}: round {k}'s starting policy is missing; train round {k - 1} first")
-    return mine_round(profile, root, dataset_context(profile, root, dataset), paths.start, k, log=log)
+    return mine_round(profile, root, dataset_context(profile, root, dataset), paths, k, log=log)
 
 
 def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,

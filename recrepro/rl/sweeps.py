@@ -1,5 +1,5 @@
-"""Stage-1 sweeps behind Figures 4 and 5 (PAPER.md 1.6 [N]): TIRR-RTA runs over the group size G and
-over the backbone size, each scored on the same test subset.
+"""The sweeps behind Figures 4 and 5 (PAPER.md 1.6 [N]): TIRR-RTA runs over the group size G and over
+the backbone size (then PPR on each backbone's policy), each scored on the same test subset.
 
 Every point is a full RTA run through :func:`recrepro.rl.rta.run_variant` (same trainer, reward,
 environment, evaluation path) with the profile's ``sweeps`` section laid over ``rta`` and ``agent``:
@@ -10,7 +10,12 @@ differ. A point lives in ``runs/<profile>/sweeps/<dataset>/<name>/`` (checkpoint
 nothing lands in Table 1/2. The Figure 4 point at the backbone's G and the Figure 5 point of the
 profile's own backbone are one and the same run when their settings coincide.
 
-Results, long format (one row per point and metric, with ``profile`` and ``n``):
+Figure 5's points also get stage 2 when ``sweeps.backbone_ppr`` is on [G] (the paper does not say
+whether its Figure 5 includes PPR; the kit plots the full method and keeps stage 1 beside it):
+:func:`recrepro.rl.ppr.run_dataset` on the point's stage-1 policy, mining and training at the sweep's
+sizes, in ``<point>/ppr/``, test row ``sweep <name>+PPR``. The ``stage`` column says which.
+
+Results, long format (one row per point, stage and metric, with ``profile`` and ``n``):
 ``results/<profile>/fig4_group_size.csv`` and ``results/<profile>/fig5_backbone_size.csv``.
 
 Warm start (smoke only, tiny backbones): the profile's own backbone keeps its cached warm start
@@ -45,8 +50,9 @@ from recrepro.metrics import metric_names
 
 SWEEPS = ("group_size", "backbone")
 RESULT_STEMS = {"group_size": "fig4_group_size", "backbone": "fig5_backbone_size"}
-RESULT_COLUMNS = ("profile", "dataset", "sweep", "name", "backbone", "parameters", "group_size", "metric",
+RESULT_COLUMNS = ("profile", "dataset", "sweep", "name", "stage", "backbone", "parameters", "group_size", "metric",
                   "value", "lo", "hi", "n", "valid_share", "wall_s_train", "skipped")
+STAGES = ("RTA", "RTA+PPR")  # stage 1 only; stage 1 then PPR (Figure 5 with sweeps.backbone_ppr)
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,15 @@ def point_profile(profile: Profile, point: SweepPoint) -> Profile:
                               train_instances=cfg.train_instances, batch_size=cfg.batch_size or profile.rta.batch_size,
                               eval_every=cfg.eval_every, eval_instances=cfg.valid_instances)
     agent = dataclasses.replace(profile.agent, model_name_or_path=point.backbone, eval_instances=cfg.test_instances)
+    # PPR of a Figure 5 point (sweeps.backbone_ppr) mines and trains at the sweep's sizes too.
+    ppr = dataclasses.replace(profile.ppr, train_instances=cfg.train_instances, valid_instances=cfg.valid_instances,
+                              max_steps=cfg.max_steps, batch_size=cfg.batch_size or profile.ppr.batch_size)
     warmstart = profile.warmstart
     if canonical_backbone(point.backbone) != canonical_backbone(profile.agent.model_name_or_path) \
             and cfg.warmstart_steps is not None:
         # A cheaper warm start for the extra tiny sizes; the main backbone's cached one is untouched.
         warmstart = dataclasses.replace(warmstart, steps=cfg.warmstart_steps)
-    return dataclasses.replace(profile, rta=rta, agent=agent, warmstart=warmstart)
+    return dataclasses.replace(profile, rta=rta, agent=agent, warmstart=warmstart, ppr=ppr)
 
 
 def count_parameters(model_dir: Path | str) -> int:
@@ -128,32 +137,56 @@ def count_parameters(model_dir: Path | str) -> int:
     return total
 
 
+def row_name(point: SweepPoint, stage: str = "RTA") -> str:
+    """The test row (and evaluation card) of a point: ``sweep <name>`` or ``sweep <name>+PPR``."""
+    return f"sweep {point.name}" + ("" if stage == "RTA" else "+PPR")
+
+
 def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, force: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or skip, when its stamp is unchanged) and evaluate one sweep point."""
+    """Train (or skip, when its stamp is unchanged) and evaluate one sweep point (stage 1)."""
     from recrepro.rl.rta import run_variant
 
     out_dir = sweep_dir(profile, root, dataset) / point.name
     result = run_variant(point_profile(profile, point), root, dataset, "tirr", force=force, log=log,
-                         out_dir=out_dir, row_name=f"sweep {point.name}")
-    row = next(r for r in result["rows"] if r["model"] == f"sweep {point.name}")
+                         out_dir=out_dir, row_name=row_name(point))
+    row = next(r for r in result["rows"] if r["model"] == row_name(point))
     return {"row": row, "parameters": count_parameters(result["final"]), "skipped": bool(result["skipped"]),
-            "wall_s_train": result.get("wall_s_train"), "valid_share": _valid_share(profile, root, dataset, point)}
+            "wall_s_train": result.get("wall_s_train"), "valid_share": _valid_share(profile, root, dataset, point),
+            "final": str(result["final"]), "stage": "RTA"}
 
 
-def _valid_share(profile: Profile, root: Path | str, dataset: str, point: SweepPoint) -> float | None:
+def run_point_ppr(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, stage1: dict[str, Any],
+                  force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 2 (PPR) on a point's stage-1 policy, in ``<point>/ppr/`` (skipped when unchanged)."""
+    from recrepro.rl import ppr
+
+    folder = sweep_dir(profile, root, dataset) / point.name / "ppr"
+    result = ppr.run_dataset(point_profile(profile, point), root, dataset, force=force, log=log, folder=folder,
+                             start=Path(stage1["final"]), row_name=row_name(point, "RTA+PPR"))
+    trained = [r for r in result["rounds"] if r.get("trained")]
+    return {"row": result["rows"][0], "parameters": stage1["parameters"], "skipped": bool(result["skipped"]),
+            "wall_s_train": sum(r.get("wall_s") or 0.0 for r in trained) if trained else 0.0,
+            "valid_share": _valid_share(profile, root, dataset, point, "RTA+PPR"), "final": result["final"],
+            "stage": "RTA+PPR", "pairs": {split: stats.get("pairs") for split, stats in
+                                          result["rounds"][0]["mining"].items()}}
+
+
+def _valid_share(profile: Profile, root: Path | str, dataset: str, point: SweepPoint,
+                 stage: str = "RTA") -> float | None:
     """Share of valid test answers, from the evaluation card the run wrote (None when absent)."""
     from recrepro.agent.card import load_eval_cards
 
-    card = load_eval_cards(profile.results_dir(root)).get(f"{dataset}/sweep {point.name}")
+    card = load_eval_cards(profile.results_dir(root)).get(f"{dataset}/{row_name(point, stage)}")
     return None if card is None else card.get("valid_share")
 
 
 def result_rows(profile: Profile, dataset: str, sweep: str, point: SweepPoint, run: dict[str, Any]) -> list[dict]:
-    """Long-format rows (one per metric) of one point."""
+    """Long-format rows (one per metric) of one point and stage."""
     row = run["row"]
     base = {"profile": profile.run.name, "dataset": dataset, "sweep": sweep, "name": point.name,
-            "backbone": point.backbone, "parameters": run["parameters"], "group_size": point.group_size}
+            "stage": run.get("stage", "RTA"), "backbone": point.backbone, "parameters": run["parameters"],
+            "group_size": point.group_size}
     tail = {"n": int(row["n"]), "valid_share": run["valid_share"], "wall_s_train": run["wall_s_train"],
             "skipped": run["skipped"]}
     return [{**base, "metric": m, "value": float(row[m]), "lo": row.get(f"{m}_lo"), "hi": row.get(f"{m}_hi"), **tail}
@@ -172,7 +205,8 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both sweeps (each distinct run once), their result CSVs; returns the frames and the runs.
 
-    Returns ``{"group_size": frame, "backbone": frame, "runs": {name: run}, "dataset": name}``.
+    Returns ``{"group_size": frame, "backbone": frame, "runs": {name: run}, "dataset": name}``; with
+    ``sweeps.backbone_ppr`` the backbone frame holds a stage-1 and an ``RTA+PPR`` row set per point.
     """
     if not profile.sweeps.enabled:
         log("[sweeps] sweeps.enabled is false; nothing to do")
@@ -189,6 +223,11 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                 log(f"[sweeps] {dataset}/{point.name}")
                 runs[point.name] = run_point(profile, root, dataset, point, force=force, log=log)
             rows += result_rows(profile, dataset, sweep, point, runs[point.name])
+            if sweep == "backbone" and profile.sweeps.backbone_ppr:
+                log(f"[sweeps] {dataset}/{point.name} + PPR")
+                name = row_name(point, "RTA+PPR")
+                runs[name] = run_point_ppr(profile, root, dataset, point, runs[point.name], force=force, log=log)
+                rows += result_rows(profile, dataset, sweep, point, runs[name])
         out[sweep] = write_results(profile, root, sweep, rows)
     write_text_atomic(sweep_dir(profile, root, dataset) / "sweeps.json",
                       json.dumps({name: {k: v for k, v in run.items() if k != "row"} for name, run in runs.items()},

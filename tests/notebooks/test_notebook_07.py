@@ -39,8 +39,11 @@ def test_sweep_results_are_long_tables_of_real_runs(chain_root):
     assert list(sizes["backbone"]) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
     assert sizes["parameters"].is_monotonic_increasing and sizes["parameters"].nunique() == 3
     assert (fig5["group_size"] == 2).all() and (fig5["n"] == 3).all()
-    # Figure 5's size-s point is Figure 4's G=2 run: the same numbers.
-    s_point = fig5[fig5["backbone"] == "tiny-qwen3-s"].set_index("metric")["value"]
+    # Every backbone has a stage-1 row set and a stage 1 + PPR row set (sweeps.backbone_ppr).
+    assert fig5.groupby(["backbone", "stage"]).size().to_dict() == {
+        (b, stage): 5 for b in ("tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l") for stage in ("RTA", "RTA+PPR")}
+    # Figure 5's stage-1 size-s point is Figure 4's G=2 run: the same numbers.
+    s_point = fig5[(fig5["backbone"] == "tiny-qwen3-s") & (fig5["stage"] == "RTA")].set_index("metric")["value"]
     g2 = fig4[fig4["group_size"] == 2].set_index("metric")["value"]
     assert s_point.to_dict() == g2.to_dict()
     sweeps = root / "runs/smoke/sweeps/ml-100k"
@@ -48,8 +51,12 @@ def test_sweep_results_are_long_tables_of_real_runs(chain_root):
         assert (sweeps / name / "final" / "config.json").is_file(), name
         log = pd.read_csv(sweeps / name / "train_log.csv")
         assert list(log["step"]) == [0, 1] and log["val_H@10"].notna().all(), name
+    for name in ("tiny-qwen3-s-G2", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"):
+        ppr = sweeps / name / "ppr"
+        assert (ppr / "final" / "config.json").is_file() and (ppr / "preference_accuracy.json").is_file(), name
+        assert (ppr / "round1" / "pairs" / "manifest.json").is_file(), name
     runs = json.loads((sweeps / "sweeps.json").read_text())
-    assert len(runs) == 5
+    assert len(runs) == 5 + 3
 
 
 def test_sweeps_stay_out_of_the_main_tables(chain_root):

@@ -91,3 +91,19 @@ def test_fig5_names_the_valid_share_under_each_point(tmp_path):
                        _long("backbone", ["m"]).assign(parameters=614_976, valid_share=0.0)])
     fig, _ = plot_backbone_size(table, "smoke", tmp_path)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["s\n(0.36M, 81% valid)", "m\n(0.61M, 0% valid)"]
+
+
+def test_fig5_draws_ppr_solid_and_stage_1_dotted(tmp_path):
+    stage1 = pd.concat([_long("backbone", ["s"]).assign(parameters=360_832, valid_share=0.75),
+                        _long("backbone", ["m"]).assign(parameters=614_976, valid_share=0.5)]).assign(stage="RTA")
+    full = stage1.assign(stage="RTA+PPR", value=stage1["value"] + 0.1,
+                         valid_share=stage1["valid_share"] + 0.25)
+    fig, _ = plot_backbone_size(pd.concat([stage1, full]), "smoke", tmp_path)
+    assert "stage 1 + PPR" in fig._suptitle.get_text()
+    lines = fig.axes[0].get_lines()
+    solid = next(line for line in lines if line.get_label() == "H@1")
+    dotted = [line for line in lines if line.get_linestyle() == ":" and len(line.get_xdata()) == 2]
+    assert len(dotted) == 3 and dotted[0].get_color() == solid.get_color()  # H@1, H@5, H@10 in their colours
+    assert list(solid.get_ydata()) == pytest.approx(list(dotted[0].get_ydata() + 0.1))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["s\n(0.36M, 100% valid)", "m\n(0.61M, 75% valid)"]
+    assert "stage 1 only (dotted)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -265,8 +265,8 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     monkeypatch.setattr(ppr, "dataset_context", lambda profile, root, dataset: ppr.DatasetContext(
         dataset, None, af.views(), samples, samples, af.env_factory()))
     monkeypatch.setattr(evaluate, "load_backend", lambda profile, root, model_path: Backend(model_path))
-    monkeypatch.setattr(ppr, "mine_round", lambda profile, root, ctx, model, k, backend, log: mined.append(
-        (str(model), k, backend.model_path)) or tmp_path)
+    monkeypatch.setattr(ppr, "mine_round", lambda profile, root, ctx, paths, k, backend, log: mined.append(
+        (str(paths.start), k, backend.model_path)) or tmp_path)
     monkeypatch.setattr(ppr, "read_pairs", lambda folder: ({"train": pairs, "valid": pairs.iloc[:2]}, {"train": {}}))
     monkeypatch.setattr(ppr, "train_round", fake_train_round)
     monkeypatch.setattr(ppr, "preference_accuracy", fake_accuracy)

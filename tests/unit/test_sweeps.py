@@ -30,6 +30,9 @@ def test_point_profile_overrides_only_the_sweep_settings():
     assert (main.rta.eval_every, main.rta.eval_instances, main.agent.eval_instances) == (2, 4, 16)
     assert main.rta.learning_rate == smoke.rta.learning_rate and main.reward == smoke.reward
     assert main.warmstart == smoke.warmstart  # the main backbone's cached warm start is reused
+    # Figure 5's PPR mines and trains at the sweep's sizes; its rewards and rounds stay the profile's.
+    assert (main.ppr.train_instances, main.ppr.valid_instances, main.ppr.max_steps, main.ppr.batch_size) == (16, 4, 2, 2)
+    assert (main.ppr.rounds, main.ppr.correct_reward, main.ppr.epochs) == (1, 1.0, smoke.ppr.epochs)
     other = point_profile(smoke, SweepPoint("tiny-qwen3-m", 2))
     assert other.agent.model_name_or_path == "tiny-qwen3-m"
     assert other.warmstart.steps == 24 and other.warmstart.instances == smoke.warmstart.instances
@@ -58,15 +61,26 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
         row = {"model": f"sweep {point.name}", "n": 16, "H@1": 0.1 * point.group_size, "H@1_lo": 0.0,
                "H@1_hi": 0.5, "H@5": 0.5, "H@10": 0.75, "N@5": 0.3, "N@10": 0.4}
         return {"row": row, "parameters": 1000 * len(point.backbone), "skipped": False, "wall_s_train": 1.5,
-                "valid_share": 0.5}
+                "valid_share": 0.5, "final": f"{point.name}/final", "stage": "RTA"}
+
+    def fake_run_point_ppr(profile, root, dataset, point, stage1, force=False, log=print):
+        calls.append(f"{point.name}+PPR from {stage1['final']}")
+        row = {**stage1["row"], "model": sweeps.row_name(point, "RTA+PPR"), "H@1": stage1["row"]["H@1"] + 0.05}
+        return {**stage1, "row": row, "stage": "RTA+PPR", "valid_share": 0.25}
 
     monkeypatch.setattr(sweeps, "run_point", fake_run_point)
+    monkeypatch.setattr(sweeps, "run_point_ppr", fake_run_point_ppr)
     out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
     # The G=2 run of the profile's backbone is Figure 5's size-s point: 5 runs, not 6.
-    assert calls == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"]
+    # Each Figure 5 point then gets PPR on its own stage-1 policy.
+    assert calls == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8",
+                     "tiny-qwen3-s-G2+PPR from tiny-qwen3-s-G2/final", "tiny-qwen3-m-G2",
+                     "tiny-qwen3-m-G2+PPR from tiny-qwen3-m-G2/final", "tiny-qwen3-l-G2",
+                     "tiny-qwen3-l-G2+PPR from tiny-qwen3-l-G2/final"]
     fig4 = pd.read_csv(tmp_path / "results/smoke/fig4_group_size.csv")
     assert tuple(fig4.columns) == RESULT_COLUMNS
     assert len(fig4) == 3 * 5 and set(fig4["metric"]) == {"H@1", "H@5", "H@10", "N@5", "N@10"}
+    assert set(fig4["stage"]) == {"RTA"}
     assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 16).all() and (fig4["dataset"] == "ml-100k").all()
     h1 = fig4[fig4["metric"] == "H@1"].set_index("group_size")["value"]
     assert h1.to_dict() == pytest.approx({2: 0.2, 4: 0.4, 8: 0.8})
@@ -74,9 +88,22 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
     assert list(fig5["backbone"].unique()) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
     assert list(fig5.drop_duplicates("backbone")["parameters"]) == [12000, 12000, 12000]
     assert set(fig5["sweep"]) == {"backbone"} and set(fig5["group_size"]) == {2}
+    assert len(fig5) == 3 * 2 * 5 and fig5.groupby("stage").size().to_dict() == {"RTA": 15, "RTA+PPR": 15}
+    h1 = fig5[fig5["metric"] == "H@1"].set_index(["backbone", "stage"])["value"]
+    assert h1[("tiny-qwen3-m", "RTA+PPR")] == pytest.approx(h1[("tiny-qwen3-m", "RTA")] + 0.05)
     assert out["group_size"].shape == fig4.shape
 
 
 def test_disabled_sweeps_do_nothing(tmp_path):
     out = sweeps.run_sweeps(load_profile("smoke", {"sweeps.enabled": False}), tmp_path, log=lambda _: None)
     assert out["runs"] == {} and not (tmp_path / "results").exists()
+
+
+def test_without_backbone_ppr_figure_5_is_stage_1_only(tmp_path, monkeypatch):
+    profile = load_profile("smoke", {"sweeps.backbone_ppr": False})
+    row = {"model": "x", "n": 16, "H@1": 0.1, "H@5": 0.5, "H@10": 0.75, "N@5": 0.3, "N@10": 0.4}
+    monkeypatch.setattr(sweeps, "run_point", lambda *a, **k: {"row": row, "parameters": 1, "skipped": False,
+                                                               "wall_s_train": 1.0, "valid_share": 1.0, "stage": "RTA"})
+    monkeypatch.setattr(sweeps, "run_point_ppr", lambda *a, **k: pytest.fail("PPR ran with backbone_ppr off"))
+    out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
+    assert set(out["backbone"]["stage"]) == {"RTA"}
