@@ -456,13 +456,16 @@ def train_round(profile: Profile, ctx: DatasetContext, paths: RoundPaths, rows: 
 
 def round_stamp(stamp: Mapping[str, Any], k: int, paths: RoundPaths) -> dict[str, Any]:
     """The checkpoints' stamp: the stage's stamp, the round and its starting policy."""
-    return {**stamp, "round": k, "start": str(paths.start)}
+    return {**stamp, "round": k, "start": str(Path(paths.start).resolve())}
 
 
 def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train round ``k`` on its mined pairs (``--stage train``; under ``accelerate launch`` on GPUs)."""
-    paths = round_paths(profile, root, dataset, k)
+                log: Callable[[str], None] = print, folder: Path | None = None, start: Path | None = None,
+                row_name: str | None = None) -> dict[str, Any]:
+    """Train round ``k`` on its mined pairs (``--stage train``; under ``accelerate launch`` on GPUs).
+
+    ``folder``, ``start`` and ``row_name`` as in :func:`run_dataset` (a Figure 5 sweep point)."""
+    paths = round_paths(profile, root, dataset, k, folder, start)
     if not (paths.pairs / "manifest.json").is_file():
         raise FileNotFoundError(f"{paths.pairs}: round {k} has no mined pairs; run "
                                 f"`python -m recrepro.rl.ppr --stage mine --round {k}` first (one process)")
@@ -472,7 +475,7 @@ def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
     if not rows:
         raise ValueError(f"{paths.pairs}: no training pairs in round {k}; nothing to train (the in-process stage "
                          f"carries the policy forward)")
-    stamp = round_stamp(ppr_stamp(profile, root, dataset, stage1_policy(profile, root, dataset)), k, paths)
+    stamp = round_stamp(run_stamp(profile, root, dataset, start, row_name), k, paths)
     return train_round(profile, ctx, paths, rows, stamp, log)
 
 
@@ -494,6 +497,13 @@ def ppr_stamp(profile: Profile, root: Path | str, dataset: str, start: Path) -> 
     base = rta.config_stamp(profile, "tirr", str(start), dataset)
     return {**base, "ppr_version": PPR_VERSION, "config": profile.section_hash(*STAMP_SECTIONS),
             "prompts": ppr_prompt_fingerprint()}
+
+
+def run_stamp(profile: Profile, root: Path | str, dataset: str, start: Path | None = None,
+              row_name: str | None = None) -> dict[str, Any]:
+    """The stamp of a whole PPR run: the main one (from stage 1's policy) or a sweep point's (``row_name``)."""
+    start = Path(start) if start is not None else stage1_policy(profile, root, dataset)
+    return {**ppr_stamp(profile, root, dataset, start), **({"row_name": row_name} if row_name else {})}
 
 
 def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str, pd.DataFrame]:
@@ -547,7 +557,7 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     root = Path(root)
     folder = Path(folder) if folder is not None else ppr_dir(profile, root, dataset)
     start = Path(start) if start is not None else stage1_policy(profile, root, dataset)
-    stamp = {**ppr_stamp(profile, root, dataset, start), **({"row_name": row_name} if row_name else {})}
+    stamp = run_stamp(profile, root, dataset, start, row_name)
     final = folder / "final"
     done = rta._read_json(folder / "stamp.json")
     if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
@@ -588,9 +598,9 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
 
 
 def mine_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
-               log: Callable[[str], None] = print) -> Path:
+               log: Callable[[str], None] = print, folder: Path | None = None, start: Path | None = None) -> Path:
     """Mine round ``k``'s pairs with the round's starting policy (``--stage mine``, one process)."""
-    paths = round_paths(profile, root, dataset, k)
+    paths = round_paths(profile, root, dataset, k, folder, start)
     if not (Path(paths.start) / "config.json").is_file():
         raise FileNotFoundError(f"{paths.start}: round {k}'s starting policy is missing; train round {k - 1} first")
     return mine_round(profile, root, dataset_context(profile, root, dataset), paths, k, log=log)

@@ -537,7 +537,9 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
 def config_stamp(profile: Profile, variant: str, model_path: str, dataset: str = "") -> dict[str, Any]:
     """What decides whether a finished run is still valid: config, dataset, variant, start model, code."""
     start = Path(model_path)
-    origin = {"path": model_path}
+    # A local folder by its absolute path: `--root .` on the CLI and the notebook's absolute root
+    # must give one stamp, or a policy trained under accelerate launch would be trained again.
+    origin = {"path": str(start.resolve()) if start.is_dir() else model_path}
     for name in ("warmstart_info.json", "build_info.json", "config.json"):
         if (start / name).is_file():
             from recrepro.io import sha256_file

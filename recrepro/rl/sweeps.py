@@ -15,6 +15,9 @@ whether its Figure 5 includes PPR; the kit plots the full method and keeps stage
 :func:`recrepro.rl.ppr.run_dataset` on the point's stage-1 policy, mining and training at the sweep's
 sizes, in ``<point>/ppr/``, test row ``sweep <name>+PPR``. The ``stage`` column says which.
 
+On GPUs each point can be trained under ``accelerate launch`` with this module's CLI (see
+:func:`main`); notebook 07 then reuses the finished policies (``train_stamp.json``) and evaluates.
+
 Results, long format (one row per point, stage and metric, with ``profile`` and ``n``):
 ``results/<profile>/fig4_group_size.csv`` and ``results/<profile>/fig5_backbone_size.csv``.
 
@@ -233,3 +236,89 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                       json.dumps({name: {k: v for k, v in run.items() if k != "row"} for name, run in runs.items()},
                                  indent=2, sort_keys=True, default=str) + "\n")
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: the sweeps' training on several GPUs (paper profile). Notebook 07 then finds every finished
+# policy (train_stamp.json) and only evaluates:
+#   python -m recrepro.rl.sweeps --profile paper --list
+#   accelerate launch --config_file configs/accelerate/zero3.yaml -m recrepro.rl.sweeps --profile paper \
+#       --point Qwen3-8B-G8 --stage train
+#   python -m recrepro.rl.sweeps --profile paper --point Qwen3-8B-G8 --stage ppr-mine       # one process
+#   accelerate launch ... -m recrepro.rl.sweeps --profile paper --point Qwen3-8B-G8 --stage ppr-train
+# ------------------------------------------------------------------------------------------------
+
+def all_points(profile: Profile) -> dict[str, SweepPoint]:
+    """Every distinct point of both sweeps, by name."""
+    return {point.name: point for points in sweep_points(profile).values() for point in points}
+
+
+def train_point(profile: Profile, root: Path | str, point: SweepPoint, log: Callable[[str], None] = print) -> Path:
+    """Stage 1 of one point, exactly as :func:`run_point` trains it (resumable; launcher-safe)."""
+    from recrepro.rl import rta
+
+    dataset = sweep_dataset(profile)
+    setup = rta.prepare_setup(point_profile(profile, point), root, dataset, "tirr",
+                              out_dir=sweep_dir(profile, root, dataset) / point.name)
+    return Path(rta.train_policy(setup, log=log)["final"])
+
+
+def point_ppr_place(profile: Profile, root: Path | str, point: SweepPoint) -> dict[str, Any]:
+    """Folder, start policy and row name of a Figure 5 point's PPR run (as :func:`run_point_ppr`)."""
+    folder = sweep_dir(profile, root, sweep_dataset(profile)) / point.name
+    if not (folder / "final" / "config.json").is_file():
+        raise FileNotFoundError(f"{folder / 'final'}: train the point's stage 1 first (--stage train)")
+    return {"folder": folder / "ppr", "start": folder / "final", "row_name": row_name(point, "RTA+PPR")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from recrepro.config import load_profile, parse_overrides
+    from recrepro.rl import ppr, rta
+
+    parser = argparse.ArgumentParser(prog="python -m recrepro.rl.sweeps", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--list", action="store_true", help="print the points (name, backbone, G) and exit")
+    parser.add_argument("--point", help="the point to train, by name (see --list)")
+    parser.add_argument("--stage", default="train", choices=["train", "ppr-mine", "ppr-train"],
+                        help="train: stage 1 (under accelerate launch on GPUs); ppr-mine: the Figure 5 point's PPR "
+                             "pairs (one process); ppr-train: its PPR training (under accelerate launch)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
+    args = parser.parse_args(argv)
+    profile = load_profile(args.profile, parse_overrides(args.set))
+    points = all_points(profile)
+    if args.list:
+        backbone = {p.name for p in sweep_points(profile)["backbone"]}
+        for name, point in points.items():
+            print(f"{name}\t{point.backbone}\tG={point.group_size}\t{'Figure 5 (+PPR)' if name in backbone else 'Figure 4'}")
+        return 0
+    if args.point not in points:
+        raise SystemExit(f"--point: {args.point!r} is not a sweep point of profile {profile.run.name}; "
+                         f"choose one of {sorted(points)}")
+    point = points[args.point]
+    if args.stage == "train":
+        print(f"[sweeps] {point.name}: stage-1 policy in {train_point(profile, args.root, point)}")
+        return 0
+    if point not in sweep_points(profile)["backbone"] or not profile.sweeps.backbone_ppr:
+        raise SystemExit(f"--stage {args.stage}: {point.name} gets no PPR (only Figure 5 points, with "
+                         f"sweeps.backbone_ppr on)")
+    place = point_ppr_place(profile, args.root, point)
+    sized = point_profile(profile, point)
+    if args.stage == "ppr-mine":
+        if rta.n_processes() > 1:
+            raise SystemExit("--stage ppr-mine runs on one process; under accelerate launch use --stage ppr-train")
+        folder = ppr.mine_stage(sized, args.root, sweep_dataset(profile), folder=place["folder"],
+                                start=place["start"])
+        print(f"[sweeps] {point.name}: PPR pairs in {folder}")
+    else:
+        trained = ppr.train_stage(sized, args.root, sweep_dataset(profile), **place)
+        print(f"[sweeps] {point.name}: PPR policy in {trained['final']}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

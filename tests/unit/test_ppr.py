@@ -251,7 +251,7 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
 
     def fake_train_round(profile, ctx, paths, rows, stamp, log=print):
         trained.append((str(paths.start), str(paths.final), len(rows), stamp["round"]))
-        assert stamp["start"] == str(paths.start) and paths.checkpoints.parent.name == f"round{stamp['round']}"
+        assert stamp["start"] == str(paths.start.resolve()) and paths.checkpoints.parent.name == f"round{stamp['round']}"
         paths.final.mkdir(parents=True)
         (paths.final / "config.json").write_text("{}")
         return {"final": str(paths.final), "wall_s": 0.0, "resumed_from": None, "trained": True}
@@ -317,3 +317,16 @@ def test_a_round_finished_by_a_launched_run_is_reused(monkeypatch, tmp_path):
     monkeypatch.setattr(rta, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
     out = ppr.train_round(PROFILE, None, paths, [{"x": 1}], stamp, log=lambda _: None)
     assert out == {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}
+
+
+def test_stamps_do_not_depend_on_how_the_root_is_spelled(monkeypatch, tmp_path):
+    """The CLI's ``--root .`` and the notebook's absolute root must agree, or launched runs retrain."""
+    final = tmp_path / "runs" / "smoke" / "rta" / "ml-100k" / "tirr" / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    relative = ppr.run_stamp(PROFILE, ".", "ml-100k")
+    absolute = ppr.run_stamp(PROFILE, tmp_path, "ml-100k")
+    assert relative == absolute and relative["start_model"]["path"] == str(final.resolve())
+    rel_paths, abs_paths = ppr.round_paths(PROFILE, ".", "ml-100k", 1), ppr.round_paths(PROFILE, tmp_path, "ml-100k", 1)
+    assert ppr.round_stamp(relative, 1, rel_paths) == ppr.round_stamp(absolute, 1, abs_paths)

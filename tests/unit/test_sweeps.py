@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -107,3 +109,47 @@ def test_without_backbone_ppr_figure_5_is_stage_1_only(tmp_path, monkeypatch):
     monkeypatch.setattr(sweeps, "run_point_ppr", lambda *a, **k: pytest.fail("PPR ran with backbone_ppr off"))
     out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
     assert set(out["backbone"]["stage"]) == {"RTA"}
+
+
+def test_cli_lists_points_and_trains_one_by_name(monkeypatch, tmp_path, capsys):
+    assert sweeps.main(["--list"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row[0] for row in listed] == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2",
+                                          "tiny-qwen3-l-G2"]
+    assert listed[1][3] == "Figure 4" and listed[3][3] == "Figure 5 (+PPR)"
+    trained = []
+    monkeypatch.setattr(sweeps, "train_point", lambda profile, root, point: trained.append(
+        (point, profile.sweeps.max_steps)) or tmp_path)
+    assert sweeps.main(["--point", "tiny-qwen3-s-G4", "--set", "sweeps.max_steps=3"]) == 0
+    assert trained == [(SweepPoint("tiny-qwen3-s", 4), 3)]
+    with pytest.raises(SystemExit, match="'Qwen3-8B-G8' is not a sweep point of profile smoke"):
+        sweeps.main(["--point", "Qwen3-8B-G8"])
+    with pytest.raises(SystemExit, match="tiny-qwen3-s-G4 gets no PPR"):
+        sweeps.main(["--point", "tiny-qwen3-s-G4", "--stage", "ppr-mine"])
+
+
+def test_cli_ppr_stages_use_the_notebooks_folder_start_and_sizes(monkeypatch, tmp_path):
+    from recrepro.rl import ppr
+
+    point = SweepPoint("tiny-qwen3-m", 2)
+    with pytest.raises(FileNotFoundError, match="tiny-qwen3-m-G2/final: train the point's stage 1 first"):
+        sweeps.main(["--root", str(tmp_path), "--point", point.name, "--stage", "ppr-mine"])
+    final = tmp_path / "runs/smoke/sweeps/ml-100k/tiny-qwen3-m-G2/final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(ppr, "mine_stage", lambda profile, root, dataset, folder, start: calls.append(
+        ("mine", profile.ppr.train_instances, dataset, folder, start)) or folder)
+    monkeypatch.setattr(ppr, "train_stage", lambda profile, root, dataset, folder, start, row_name: calls.append(
+        ("train", profile.ppr.max_steps, dataset, folder, start, row_name)) or {"final": folder / "final"})
+    for stage in ("ppr-mine", "ppr-train"):
+        assert sweeps.main(["--root", str(tmp_path), "--point", point.name, "--stage", stage]) == 0
+    folder = final.parent / "ppr"
+    assert calls == [("mine", 16, "ml-100k", folder, final),
+                     ("train", 2, "ml-100k", folder, final, "sweep tiny-qwen3-m-G2+PPR")]
+    # run_point_ppr (notebook 07) uses the same folder, start and row name.
+    seen = {}
+    monkeypatch.setattr(ppr, "run_dataset", lambda profile, root, dataset, **kw: seen.update(kw) or {
+        "rounds": [{"mining": {}}], "rows": [{}], "skipped": True, "final": str(folder / "final")})
+    sweeps.run_point_ppr(load_profile("smoke"), tmp_path, "ml-100k", point, {"final": str(final), "parameters": 1})
+    assert (seen["folder"], Path(seen["start"]), seen["row_name"]) == (folder, final, "sweep tiny-qwen3-m-G2+PPR")
