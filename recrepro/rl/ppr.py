@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -85,8 +84,9 @@ def ppr_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
     return profile.run_dir(root) / "ppr" / dataset
 
 
-def round_dir(profile: Profile, root: Path | str, dataset: str, k: int) -> Path:
-    return ppr_dir(profile, root, dataset) / f"round{k}"
+def round_dir(profile: Profile, root: Path | str, dataset: str, k: int, folder: Path | None = None) -> Path:
+    """Round ``k``'s folder in the main PPR run, or in ``folder`` (a sweep point's run)."""
+    return (Path(folder) if folder is not None else ppr_dir(profile, root, dataset)) / f"round{k}"
 
 
 @dataclass(frozen=True)
@@ -105,15 +105,14 @@ def round_paths(profile: Profile, root: Path | str, dataset: str, k: int, folder
     """Round ``k`` of the main PPR run, or of a run in ``folder`` starting from ``start`` (a sweep point)."""
     if not 1 <= k <= profile.ppr.rounds:
         raise ValueError(f"round {k} outside 1..ppr.rounds={profile.ppr.rounds}")
-    folder = Path(folder) if folder is not None else ppr_dir(profile, root, dataset)
-    here, last = folder / f"round{k}", k == profile.ppr.rounds
+    here, last = round_dir(profile, root, dataset, k, folder), k == profile.ppr.rounds
     if k > 1:
-        start = folder / f"round{k - 1}" / "final"
+        start = round_dir(profile, root, dataset, k - 1, folder) / "final"
     elif start is None:
         start = stage1_policy(profile, root, dataset)
     return RoundPaths(start=start, pairs=here / "pairs", checkpoints=here / "checkpoints",
-                      final=folder / "final" if last else here / "final",
-                      train_log=folder / "train_log.csv" if last else here / "train_log.csv")
+                      final=here.parent / "final" if last else here / "final",
+                      train_log=here.parent / "train_log.csv" if last else here / "train_log.csv")
 
 
 def stage1_policy(profile: Profile, root: Path | str, dataset: str) -> Path:
@@ -418,45 +417,24 @@ def grpo_overrides(profile: Profile) -> dict[str, Any]:
 
 def train_round(profile: Profile, ctx: DatasetContext, paths: RoundPaths, rows: list[dict[str, Any]],
                 stamp: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One PPR round of GRPO on ``rows`` from ``paths.start``; resumes checkpoints of the same stamp.
+    """One PPR round of GRPO on ``rows`` from ``paths.start``, through stage 1's training routine.
 
-    Runs as one process or under ``accelerate launch`` (only the main process touches the folders,
-    as :func:`recrepro.rl.rta.train_policy`). A policy already trained to the end with this stamp
-    (e.g. by a launched ``--stage train``) is reused, so notebook 05 then only measures and evaluates.
+    Runs as one process or under ``accelerate launch``; resumes checkpoints of the same stamp, and
+    reuses a policy already trained to the end with it (e.g. by a launched ``--stage train``), so
+    notebook 05 then only measures and evaluates (:func:`recrepro.rl.rta.run_training`).
     """
-    from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if rta.finished_policy(paths.final, stamp):
-        log(f"[ppr] {paths.final} was trained with this config; reusing it")
-        return {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}
-    out_dir, state = paths.checkpoints, PartialState()
-    if state.is_main_process:
-        if out_dir.exists() and rta._read_json(out_dir / "run_stamp.json") != dict(stamp):
-            shutil.rmtree(out_dir, ignore_errors=True)  # checkpoints of another config must not be resumed
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "run_stamp.json", dict(stamp))
-        if get_last_checkpoint(str(out_dir)) is None and paths.train_log.is_file():
-            paths.train_log.unlink()
-    state.wait_for_everyone()
-    last = get_last_checkpoint(str(out_dir))
-    if last:
-        log(f"[ppr] {ctx.dataset}: resuming from {last}")
     setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(paths.start), train_rows=rows,
-                              env_factory=ctx.env_factory, valid=None, output_dir=out_dir, log_path=paths.train_log,
-                              dataset=ctx.dataset)
-    trainer, _ = rta.build_trainer(setup, reward_class=PreferenceRewardFunc, **grpo_overrides(profile))
-    began = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - began
-    rta.save_final(trainer, paths.final, stamp)
-    del trainer
-    return {"final": str(paths.final), "wall_s": wall, "resumed_from": last, "trained": True}
+                              env_factory=ctx.env_factory, valid=None, output_dir=paths.checkpoints,
+                              log_path=paths.train_log, dataset=ctx.dataset)
+    trained = rta.run_training(setup, stamp, paths.final, log=log, reward_class=PreferenceRewardFunc,
+                               **grpo_overrides(profile))
+    del trained["trainer"]  # free the training copy before the next round or the evaluation loads a policy
+    return {**trained, "final": str(paths.final), "trained": True}
 
 
 def round_stamp(stamp: Mapping[str, Any], k: int, paths: RoundPaths) -> dict[str, Any]:
     """The checkpoints' stamp: the stage's stamp, the round and its starting policy."""
-    return {**stamp, "round": k, "start": str(Path(paths.start).resolve())}
+    return {**stamp, "round": k, "start": str(paths.start.resolve())}
 
 
 def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
@@ -529,10 +507,10 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
 
     samples = eval_subset(profile, ctx.bench.samples["test"])
     factory = toolkit_env_factory(profile, ctx.bench, root, samples)
+    result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr",
+                            row_name or TABLE2_NAME, extra_names=() if row_name else (TABLE1_NAME,))
     if row_name is not None:
-        return [evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr", row_name).row]
-    result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr", TABLE2_NAME,
-                            extra_names=(TABLE1_NAME,))
+        return [result.row]
     return [chance_row(ctx.dataset, profile.data.n_candidates, len(samples), profile), result.row,
             {**result.row, "model": TABLE1_NAME}]
 
@@ -601,7 +579,7 @@ def mine_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
                log: Callable[[str], None] = print, folder: Path | None = None, start: Path | None = None) -> Path:
     """Mine round ``k``'s pairs with the round's starting policy (``--stage mine``, one process)."""
     paths = round_paths(profile, root, dataset, k, folder, start)
-    if not (Path(paths.start) / "config.json").is_file():
+    if not (paths.start / "config.json").is_file():
         raise FileNotFoundError(f"{paths.start}: round {k}'s starting policy is missing; train round {k - 1} first")
     return mine_round(profile, root, dataset_context(profile, root, dataset), paths, k, log=log)
 

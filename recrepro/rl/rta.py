@@ -562,28 +562,39 @@ def train_policy(setup: TrainingSetup, force: bool = False, log: Callable[[str],
     Returns ``{"final": path, "wall_s": seconds, "resumed_from": checkpoint or None, "trainer": ...}``.
     Only the main process touches the folders; the others wait.
     """
+    stamp = config_stamp(setup.profile, setup.variant, setup.model_path, setup.dataset)
+    final = setup.output_dir.parent / "final"  # runs/<profile>/rta/<dataset>/<variant>/final
+    return run_training(setup, stamp, final, force=force, log=log)
+
+
+def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, force: bool = False,
+                 log: Callable[[str], None] = print, **trainer_kwargs: Any) -> dict[str, Any]:
+    """The one training routine of stage 1 and PPR: reuse, resume or start, then save ``final``.
+
+    A policy already trained to the end with ``stamp`` is reused (``trainer`` None). Otherwise the
+    main process clears checkpoints of another config and records ``stamp``, every process resumes
+    from the last checkpoint if any, and the final policy is saved with ``stamp``.
+    ``trainer_kwargs`` go to :func:`build_trainer`.
+    """
     from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
-    out = setup.output_dir
-    stamp = config_stamp(setup.profile, setup.variant, setup.model_path, setup.dataset)
-    final = out.parent / "final"  # runs/<profile>/rta/<dataset>/<variant>/final
     if not force and finished_policy(final, stamp):
-        log(f"[rta] {final} was trained with this config (e.g. by `accelerate launch ... --stage train`); reusing it")
+        log(f"{final} was trained with this config (e.g. by `accelerate launch ... --stage train`); reusing it")
         return {"final": final, "wall_s": None, "resumed_from": None, "trainer": None}
-    state = PartialState()
+    out, state = setup.output_dir, PartialState()
     if state.is_main_process:
-        if force or (out.exists() and _read_json(out / "run_stamp.json") != stamp):
+        if force or (out.exists() and _read_json(out / "run_stamp.json") != dict(stamp)):
             shutil.rmtree(out, ignore_errors=True)  # checkpoints of another config must not be resumed
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run_stamp.json", stamp)
+        write_json_atomic(out / "run_stamp.json", dict(stamp))
         if get_last_checkpoint(str(out)) is None and setup.log_path.is_file():
             setup.log_path.unlink()  # a fresh run starts a fresh log
     state.wait_for_everyone()
     last = get_last_checkpoint(str(out))
-    trainer, _ = build_trainer(setup)
+    trainer, _ = build_trainer(setup, **trainer_kwargs)
     if last:
-        log(f"[rta] resuming from {last}")
+        log(f"resuming from {last}")
     began = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - began

@@ -55,7 +55,6 @@ SWEEPS = ("group_size", "backbone")
 RESULT_STEMS = {"group_size": "fig4_group_size", "backbone": "fig5_backbone_size"}
 RESULT_COLUMNS = ("profile", "dataset", "sweep", "name", "stage", "backbone", "parameters", "group_size", "metric",
                   "value", "lo", "hi", "n", "valid_share", "wall_s_train", "skipped")
-STAGES = ("RTA", "RTA+PPR")  # stage 1 only; stage 1 then PPR (Figure 5 with sweeps.backbone_ppr)
 
 
 @dataclass(frozen=True)

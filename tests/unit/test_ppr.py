@@ -315,7 +315,8 @@ def test_a_round_finished_by_a_launched_run_is_reused(monkeypatch, tmp_path):
     stamp = ppr.round_stamp({"config": "c"}, 1, paths)
     (paths.final / rta.TRAINED_STAMP).write_text(json.dumps(stamp))
     monkeypatch.setattr(rta, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
-    out = ppr.train_round(PROFILE, None, paths, [{"x": 1}], stamp, log=lambda _: None)
+    ctx = ppr.DatasetContext("ml-100k", None, {}, pd.DataFrame(), pd.DataFrame(), af.env_factory())
+    out = ppr.train_round(PROFILE, ctx, paths, [{"x": 1}], stamp, log=lambda _: None)
     assert out == {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}
 
 
