@@ -2,6 +2,11 @@
 
 Per-instance metrics are kept (``runs/<profile>/eval/<dataset>/<model>.parquet``) so that paired
 significance tests between any two rows can be run later on exactly the same instances.
+
+Reference rows beside the measured ones: ``Chance`` (source ``analytic``, the exact expectation)
+and ``First ten candidates`` (source ``reference``: the fixed answer [1, ..., 10] scored like an LLM
+answer on the LLM rows' test lists). The second one is the target-position distribution itself; an
+LLM row that does not beat it may be reading positions rather than items.
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ def chance_row(dataset: str, n_candidates: int, n: int, profile: Profile) -> dic
     for name in metric_names(profile.eval.ks):
         row[f"{name}_lo"] = row[f"{name}_hi"] = values[name]
     return row
+
+
+FIRST_TEN = "First ten candidates"
+FIRST_TEN_K = 10  # the agent answers with ten positions (agent.top_k); this row names them in order
+REFERENCE = "reference"  # source of rows that score a fixed rule, not a model
+
+
+def first_ten_row(profile: Profile, dataset: str, samples: pd.DataFrame, root: Path | str = ".") -> dict:
+    """``First ten candidates``: the answer [1, ..., 10] for every sample, scored and saved like any list row."""
+    answer = list(range(1, FIRST_TEN_K + 1))
+    row = evaluate_lists(profile, dataset, FIRST_TEN, samples, [answer] * len(samples), root)
+    return {**row, "source": REFERENCE}
 
 
 def per_instance_path(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> Path:

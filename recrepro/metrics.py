@@ -13,15 +13,24 @@ Two kinds of prediction are scored:
 
 With one relevant item the ideal DCG is 1, so NDCG@K = 1/log2(rank + 1) when rank <= K, else 0;
 N@1 equals H@1 (PAPER.md 1.1).
+
+Also here, because every table and card shares them: the paired bootstrap of a difference of means
+(interval and two-sided p-value with its resolution floor, :func:`paired_bootstrap`) and the
+target-position buckets (:func:`position_buckets`, :func:`bucket_means`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10)
+# Target positions are grouped 1-5, 6-10, 11-15, 16-20 (20 candidates) in the position-bias tables.
+POSITION_BUCKET_WIDTH = 5
+# Resample indices held in memory at once (int64: 16 MiB); chunking does not change the draws.
+BOOTSTRAP_CHUNK_ELEMENTS = 1 << 21
 
 
 def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
@@ -125,13 +134,92 @@ def bootstrap_ci(per_instance: dict[str, np.ndarray], reps: int, seed: int,
     return out
 
 
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Paired bootstrap of mean(a) - mean(b) over the same instances.
+
+    ``p_value`` = (resamples at least as extreme + 1) / (reps + 1), so it is never below ``p_floor``
+    = 1 / (reps + 1); ``at_floor`` says no resample was as extreme (the true p may be far smaller).
+    """
+
+    diff: float
+    lo: float
+    hi: float
+    p_value: float
+    p_floor: float
+    at_floor: bool
+    reps: int
+    n: int
+
+
+def _resample_counts(n: int, reps: int, seed: int) -> Iterator[np.ndarray]:
+    """How often each instance is drawn [rows, n] in each of ``reps`` resamples, in chunks.
+
+    The index sets are ``default_rng(seed).integers(0, n, size=(reps, n))`` (chunking does not
+    change the draws); counting them lets one matrix product give every resample's sum.
+    """
+    rng = np.random.default_rng(seed)
+    rows = max(1, BOOTSTRAP_CHUNK_ELEMENTS // max(1, n))
+    done = 0
+    while done < reps:
+        size = min(rows, reps - done)
+        draws = rng.integers(0, n, size=(size, n))
+        flat = (draws + np.arange(size)[:, None] * n).ravel()
+        yield np.bincount(flat, minlength=size * n).reshape(size, n).astype(np.float64)
+        done += size
+
+
+def paired_bootstrap_columns(diffs: np.ndarray, reps: int, seed: int, level: float = 0.95) -> list[PairedBootstrap]:
+    """:class:`PairedBootstrap` of each column of ``diffs`` [n, m] (per-instance a - b), one draw for all.
+
+    Two-sided test of a zero mean difference: the differences are centred on zero and a resample
+    counts as extreme when its mean is at least as far from zero as the observed mean. Resample sums
+    are compared rather than means so that integer differences (hit metrics) compare exactly; a
+    relative tolerance of 1e-9 absorbs float rounding for the NDCG columns. The interval is the
+    percentile interval of the uncentred resample means. 10,000 resamples of 400 instances and five
+    metrics take about 0.05 s (one thread).
+    """
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n, m = diffs.shape
+    floor = 1.0 / (reps + 1)
+    if n == 0:
+        nan = float("nan")
+        return [PairedBootstrap(nan, nan, nan, nan, floor, False, reps, 0) for _ in range(m)]
+    total = diffs.sum(axis=0)
+    tolerance = 1e-9 * (np.abs(diffs).sum(axis=0) + 1.0)
+    sums = np.concatenate([counts @ diffs for counts in _resample_counts(n, reps, seed)])
+    extreme = (np.abs(sums - total) >= np.abs(total) - tolerance).sum(axis=0)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(sums / n, [alpha, 1.0 - alpha], axis=0)
+    return [PairedBootstrap(float(total[j] / n), float(lo[j]), float(hi[j]), float((extreme[j] + 1) / (reps + 1)),
+                            floor, bool(extreme[j] == 0), reps, n) for j in range(m)]
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int, seed: int, level: float = 0.95) -> PairedBootstrap:
+    """Paired bootstrap of mean(a) - mean(b) over the same instances (see :func:`paired_bootstrap_columns`)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return paired_bootstrap_columns(diff[:, None], reps, seed, level)[0]
+
+
 def paired_bootstrap_pvalue(a: np.ndarray, b: np.ndarray, reps: int, seed: int) -> float:
     """Two-sided paired bootstrap p-value for mean(a) - mean(b) = 0 over the same instances."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(diff) == 0:
-        return float("nan")
-    observed = diff.mean()
-    rng = np.random.default_rng(seed)
-    centred = diff - observed
-    means = centred[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
-    return float((np.sum(np.abs(means) >= abs(observed)) + 1) / (reps + 1))
+    return paired_bootstrap(a, b, reps, seed).p_value
+
+
+def position_buckets(n_candidates: int, width: int = POSITION_BUCKET_WIDTH) -> list[tuple[int, int]]:
+    """Consecutive 1-based position ranges of ``width`` (the last one cut at ``n_candidates``)."""
+    return [(lo, min(lo + width - 1, n_candidates)) for lo in range(1, n_candidates + 1, width)]
+
+
+def bucket_means(positions: Sequence[int] | np.ndarray, values: Mapping[str, Sequence[float] | np.ndarray],
+                 n_candidates: int, width: int = POSITION_BUCKET_WIDTH) -> list[dict]:
+    """Per target-position bucket: its label ("1-5"), instance count and the mean of each value (NaN if empty)."""
+    positions = np.asarray(positions)
+    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in values.items()}
+    rows = []
+    for lo, hi in position_buckets(n_candidates, width):
+        inside = (positions >= lo) & (positions <= hi)
+        count = int(inside.sum())
+        rows.append({"positions": f"{lo}-{hi}", "n": count,
+                     **{name: float(v[inside].mean()) if count else float("nan") for name, v in arrays.items()}})
+    return rows

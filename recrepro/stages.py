@@ -97,3 +97,40 @@ def _device(profile: Profile) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:
+    """The LLM rows of ``dataset``: measured Table 2 / Table 1 rows with an evaluation card.
+
+    Every agent-style evaluation (frozen, trained, TALLRec-like) writes a card under its main name;
+    its Table 1 alias ("AgenticRec (RTA)") has none and sweep points are in neither table, so each
+    LLM evaluation is listed once, in table order.
+    """
+    from recrepro.agent.card import load_eval_cards
+
+    results = profile.results_dir(root)
+    carded = {c["model"] for c in load_eval_cards(results).values() if c["dataset"] == dataset}
+    names: list[str] = []
+    for stem in ("table2", "table1"):
+        path = results / f"{stem}.csv"
+        if path.is_file():
+            table = pd.read_csv(path)
+            rows = table[(table["dataset"] == dataset) & (table["source"] == "measured")]
+            names += [m for m in rows["model"] if m in carded]
+    return list(dict.fromkeys(names))
+
+
+def run_eval_reports(profile: Profile, root: Path | str = ".") -> dict[str, pd.DataFrame]:
+    """Notebook 06's last step: H@10 by target position of every LLM row and of ``First ten candidates``
+    (``position_buckets.csv``/``.md``) and the paired ablation comparisons (``comparisons.csv``/``.md``)."""
+    from recrepro.data.pipeline import load_benchmark
+    from recrepro.evaluation import FIRST_TEN
+    from recrepro.positions import dataset_position_rows, write_position_buckets
+    from recrepro.significance import run_comparisons
+
+    rows: list[dict] = []
+    for dataset in profile.data.datasets:
+        test = load_benchmark(profile, dataset, root).samples["test"]
+        rows += dataset_position_rows(profile, root, dataset, [*llm_rows(profile, root, dataset), FIRST_TEN], test)
+    return {"position_buckets": write_position_buckets(profile, root, rows),
+            "comparisons": run_comparisons(profile, root)}

@@ -3,7 +3,8 @@
 ``results/<profile>/table1.csv`` is long-format: one row per (dataset, model, source). Columns:
 dataset, model, H@1, H@5, H@10, N@5, N@10, n, profile, source, then the 95% bootstrap bounds
 (``<metric>_lo``, ``<metric>_hi``) and ``paper_marks`` (the PAPER.md mark of each paper value).
-``source`` is ``measured`` (our run), ``analytic`` (the exact chance level), ``paper`` (reported
+``source`` is ``measured`` (our run), ``analytic`` (the exact chance level), ``reference`` (a fixed
+rule scored on the LLM rows' test lists: "First ten candidates"), ``paper`` (reported
 by the paper; dataset uses the paper's short names) or ``not run`` (a paper baseline the kit does
 not run, listed per profile dataset with empty metrics; see :func:`not_run_rows`). Stages add
 their rows with :func:`upsert_rows`, so re-running one stage replaces only its own rows.
@@ -22,11 +23,11 @@ from recrepro.paper import reported_values
 
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
-    "Chance", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
+    "Chance", "First ten candidates", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
     "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA)", "AgenticRec (RTA+PPR)",
     "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
-SOURCE_ORDER = {"analytic": 0, "measured": 1, "paper": 2, "not run": 3}
+SOURCE_ORDER = {"analytic": 0, "reference": 1, "measured": 2, "paper": 3, "not run": 4}
 # Table 1 rows of PAPER.md 1.6 the kit does not run. They are listed for every dataset of the profile
 # as source "not run" (metrics empty, never invented) so that none is silently left out; the paper's
 # values, where it reports that dataset, stay in the source "paper" rows.

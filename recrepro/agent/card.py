@@ -26,8 +26,7 @@ import numpy as np
 from recrepro.agent.parser import InvalidReason
 from recrepro.agent.rollout import TrajectoryRecord
 from recrepro.io import write_json_atomic, write_text_atomic
-
-POSITION_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20))
+from recrepro.metrics import bucket_means, list_metrics
 
 
 def _share(count: int, total: int) -> float:
@@ -43,15 +42,11 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def _position_table(records: Sequence[TrajectoryRecord], n_candidates: int) -> list[dict[str, Any]]:
-    buckets = [b for b in POSITION_BUCKETS if b[0] <= n_candidates] or [(1, n_candidates)]
-    rows = []
-    for lo, hi in buckets:
-        chosen = [r for r in records if r.target_index is not None and lo <= r.target_index <= hi]
-        hit10 = sum(1 for r in chosen if r.answer and r.target_index in r.answer)
-        hit1 = sum(1 for r in chosen if r.answer and r.answer[0] == r.target_index)
-        rows.append({"positions": f"{lo}-{hi}", "n": len(chosen), "H@1": _share(hit1, len(chosen)),
-                     "H@10": _share(hit10, len(chosen))})
-    return rows
+    """H@1 and H@10 by target-position bucket (:func:`recrepro.metrics.bucket_means`, as the position table)."""
+    scored = [r for r in records if r.target_index is not None]
+    targets = [r.target_index for r in scored]
+    values = list_metrics([list(r.answer) if r.answer else None for r in scored], targets, (1, 10))
+    return bucket_means(targets, {"H@1": values["H@1"], "H@10": values["H@10"]}, n_candidates)
 
 
 def build_card(records: Sequence[TrajectoryRecord], *, dataset: str, model: str, variant: str, profile: str,

@@ -9,6 +9,9 @@ training-free rows of Table 1):
 * ``frozen-TIRR`` / "InteRecAgent-like (frozen TIRR)": the same backbone with the seven tools in the
   ReAct loop (InteRecAgent's setting, again on our backbone, not GPT-4).
 
+Beside them, on the same instances, the ``First ten candidates`` reference row (the answer
+[1, ..., 10]) that every LLM row should beat.
+
 Both use greedy decoding by default [G] (one trajectory per instance; sampling is for training),
 the same environment, parser and metrics as training (DESIGN.md 2), and score invalid answers as
 misses. Rows go to ``results/<profile>/table1.csv`` and ``table2.csv`` through
@@ -187,9 +190,12 @@ def save_trajectories(path: Path, records: Sequence[TrajectoryRecord]) -> Path:
 
 def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
                   variants: Sequence[str] = ("r", "tirr")) -> dict[str, Any]:
-    """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards."""
+    """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards.
+
+    Also the ``First ten candidates`` reference row (:func:`recrepro.evaluation.first_ten_row`) on
+    the same lists, in both tables."""
     from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import chance_row
+    from recrepro.evaluation import chance_row, first_ten_row
     from recrepro.stages import TABLE1_TITLE
     from recrepro.tables import write_table
 
@@ -202,6 +208,10 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
         views = item_views(bench.items)
         factory = toolkit_env_factory(profile, bench, root, samples)
         rows2.append(chance_row(dataset, profile.data.n_candidates, len(samples), profile))
+        # The position reference on the same test lists as every LLM row (Tables 1 and 2).
+        first_ten = first_ten_row(profile, dataset, samples, root)
+        rows1.append(first_ten)
+        rows2.append(first_ten)
         for variant in variants:
             name2, name1 = FROZEN_LABELS[variant]
             result = evaluate_agent(profile, root, dataset, samples, views, backend, factory, variant, name2,
