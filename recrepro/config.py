@@ -95,6 +95,9 @@ class ToolsConfig:
     neighbour_recent_items: int  # recent purchases listed per similar user
     user_snapshots: int  # fixed time points at which all users' SASRec states are stored
     sasrec_model: str  # which exported RecBole model powers the collaborative tools
+    # [G] candidates_analyze also lists this many candidates by popularity before now (0 = off,
+    # the paper's description); written in the answer's list syntax so a small model can copy it
+    popularity_order: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ class WarmStartConfig:
     batch_size: int
     learning_rate: float
     ppr_share: float  # share of the scripted examples in the PPR (A/B) format; 0 = ranking only [G]
+    # [G] "category": one rule for every example; "mixed": each tool-using example follows one of
+    # several target-blind strategies (recrepro.agent.warmstart.STRATEGIES), so the warm policy is a
+    # mixture that RL can sharpen
+    teacher: str = "category"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from recrepro.agent.parser import InvalidReason, TrajectoryVerdict, judge_trajectory, with_reason
+from recrepro.agent.parser import CHOICE_LETTERS, InvalidReason, TrajectoryVerdict, judge_trajectory, with_reason
 from recrepro.tools.base import AGENT_ERROR_KINDS, ToolResult
 from recrepro.tools.registry import TOOL_NAMES, ToolMethods
 
@@ -166,6 +166,16 @@ def tool_schemas(env: RecAgentEnv) -> dict[str, dict[str, Any]]:
     from transformers.utils import get_json_schema
 
     return {tool.__name__: get_json_schema(tool) for tool in env_tools(env)}
+
+
+def pair_columns(item_a: str, item_b: str) -> dict[str, Any]:
+    """The columns that bind an environment to a pairwise (PPR) question, for ``reset(**row)``.
+
+    The two shown items become the candidates, named by their letters, so the tools write them
+    ``[A]`` and ``[B]`` as the prompt does instead of ``[1]`` and ``[2]`` (``Instance.candidate_labels``).
+    PPR's training and evaluation rows and the PPR warm-start transcripts all bind through this.
+    """
+    return {"candidates": [str(item_a), str(item_b)], "candidate_labels": list(CHOICE_LETTERS)}
 
 
 def make_env_factory(binder: Callable[[Mapping[str, Any]], Any], max_tool_calls: int = 10,

@@ -35,12 +35,13 @@ tokens carry no loss, as in GRPO (PAPER.md 1.4).
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from recrepro.agent.env import RecAgentEnv, env_tools
+from recrepro.agent.env import RecAgentEnv, env_tools, pair_columns
 from recrepro.agent.parser import format_answer, format_tool_call
 from recrepro.agent.prompt import AgentInstance, PromptSpec, build_messages, render_prompt
 from recrepro.agent.rollout import tool_suffix_text
@@ -109,8 +110,14 @@ def _thought(text: str) -> str:
     return f"<think>\n{text}\n</think>\n\n"
 
 
-def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentEnv | None = None) -> Transcript:
-    """The teacher's trajectory for ``instance``; ``env`` (reset to the instance) answers the calls."""
+def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentEnv | None = None,
+                       strategy: str = "category") -> Transcript:
+    """The teacher's trajectory for ``instance``; ``env`` (reset to the instance) answers the calls.
+
+    ``strategy`` "category" is the v1 teacher; the mixed teacher's strategies are in :data:`STRATEGIES`.
+    """
+    if strategy != "category":
+        return _mixed_transcript(instance, spec, env, strategy)
     fav = _favourites(instance)
     messages = build_messages(instance, spec)
     turns: list[str] = []
@@ -130,6 +137,62 @@ def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentE
     tool_messages.append([])
     messages.append({"role": "assistant", "content": final})
     return Transcript(messages, turns, tool_messages, spec.uses_tools)
+
+
+# The mixed teacher [G] (``warmstart.teacher: mixed``). Each tool-using example follows one strategy,
+# drawn with the run seed, never from the target, so the warm policy is a mixture whose first
+# generated words ("I rank the candidates by ...") choose the strategy. Stage 1 can then show that
+# it learns: the strategies differ in quality, and GRPO has to find and amplify the better one.
+#   "history":    no tool call; the category-overlap ranking of the v1 teacher (what R can do too);
+#   "popularity": one candidates_analyze call; the answer copies its popularity line.
+STRATEGIES = ("history", "popularity")
+MIXED_TEACHER_VERSION = "mixed-v1"
+_MIXED_OPENING = {"history": "I rank the candidates by the categories in the history: {fav} first.",
+                  "popularity": "I rank the candidates by popularity; candidates_analyze lists it."}
+_MIXED_FINAL = "The most popular candidates before now go first."
+_POPULARITY_LIST = re.compile(r"\{\[([0-9, ]+)\]\}")
+
+
+def popularity_from_tool(text: str, top_k: int) -> list[int]:
+    """The candidate numbers of candidates_analyze's popularity line (``{[a, b, ...]}``)."""
+    found = _POPULARITY_LIST.search(text)
+    if found is None:
+        raise ValueError("candidates_analyze shows no popularity line; set tools.popularity_order > 0 "
+                         "for warmstart.teacher: mixed")
+    numbers = [int(x) for x in found.group(1).split(",")]
+    if len(numbers) < top_k:
+        raise ValueError(f"the popularity line lists {len(numbers)} candidates, fewer than top_k = {top_k}")
+    return numbers[:top_k]
+
+
+def _mixed_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentEnv | None,
+                      strategy: str) -> Transcript:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown teacher strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    messages = build_messages(instance, spec)
+    opening = _thought(_MIXED_OPENING[strategy].format(fav=_favourites(instance)))
+    if strategy == "history":
+        final = opening + format_answer(teacher_ranking(instance, spec.top_k))
+        messages.append({"role": "assistant", "content": final})
+        return Transcript(messages, [final], [[]], spec.uses_tools)
+    if env is None:
+        raise ValueError("the popularity strategy needs an environment reset to the instance")
+    first = opening + format_tool_call("candidates_analyze", {})
+    tool = [{"role": "tool", "name": "candidates_analyze", "content": str(env.candidates_analyze())}]
+    final = _thought(_MIXED_FINAL) + format_answer(popularity_from_tool(tool[0]["content"], spec.top_k))
+    messages += [{"role": "assistant", "content": first}, *tool, {"role": "assistant", "content": final}]
+    return Transcript(messages, [first, final], [tool, []], True)
+
+
+def teacher_strategies(n: int, teacher: str, seed: int) -> list[str]:
+    """The strategy of each of ``n`` tool-using examples: all "category", or a seeded balanced mix."""
+    if teacher == "category":
+        return ["category"] * n
+    if teacher != "mixed":
+        raise ValueError(f"unknown warmstart.teacher {teacher!r}; known: category, mixed")
+    drawn = [STRATEGIES[i % len(STRATEGIES)] for i in range(n)]
+    random.Random(seed).shuffle(drawn)
+    return drawn
 
 
 def encode_transcript(tokenizer: Any, transcript: Transcript, tools: Sequence[Callable] | None
@@ -205,8 +268,8 @@ def ppr_teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], row
         positions = tuple(rng.sample(range(1, instance.n_candidates + 1), 2))
         direction = ("more", "less")[i % 2]
         env = env_factory()
-        # Bound to the two shown items, as PPR rollouts are (candidates_analyze then describes A and B).
-        env.reset(**{**row, "candidates": [instance.candidates[p - 1].item_id for p in positions]})
+        # Bound to the two shown items, as PPR rollouts are (the tools then name them [A] and [B]).
+        env.reset(**{**row, **pair_columns(*(instance.candidates[p - 1].item_id for p in positions))})
         transcript = ppr_teacher_transcript(instance, positions, direction, max_tool_calls, env)
         examples.append(encode_transcript(tokenizer, transcript, probe_tools))
     return examples
@@ -314,17 +377,23 @@ def _warm_start_trainer_class() -> type:
 
 
 def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
-                     env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec]) -> list[tuple[list[int], list[int]]]:
-    """Encoded teacher transcripts: every instance under every spec (tool variants get a fresh env)."""
+                     env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
+                     teacher: str = "category", seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Encoded teacher transcripts: every instance under every spec (tool variants get a fresh env).
+
+    With ``teacher="mixed"`` the tool-using examples follow :func:`teacher_strategies`; the
+    reasoning-only (R) examples always use the category rule, the only one R's prompt supports.
+    """
     examples = []
     probe_tools = env_tools(env_factory())
-    for instance, row in zip(instances, rows):
+    strategies = teacher_strategies(len(instances), teacher, seed)
+    for instance, row, strategy in zip(instances, rows, strategies):
         for spec in specs:
             env = None
             if spec.uses_tools:
                 env = env_factory()
                 env.reset(**row)
-            transcript = teacher_transcript(instance, spec, env)
+            transcript = teacher_transcript(instance, spec, env, strategy if spec.uses_tools else "category")
             examples.append(encode_transcript(tokenizer, transcript, probe_tools))
     return examples
 
@@ -332,7 +401,8 @@ def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: S
 def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
                      rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
                      settings: WarmStartSettings, progress: bool = True,
-                     extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0) -> tuple[Path, list[float]]:
+                     extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0,
+                     teacher: str = "category") -> tuple[Path, list[float]]:
     """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
 
     ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
@@ -343,7 +413,7 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     from recrepro.models import load_causal_lm
 
     loaded = load_causal_lm(base_dir, device="cpu")
-    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs)
+    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed)
     n_ppr = n_ppr_examples(len(examples), ppr_share)
     max_calls = specs[0].max_tool_calls if specs else 10
     examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls)
@@ -352,7 +422,7 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     with atomic_dir(out_dir) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
-        info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "settings": settings.__dict__,
+        info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "teacher": teacher, "settings": settings.__dict__,
                 "examples": len(examples), "ppr_examples": n_ppr, "specs": [s.__dict__ for s in specs],
                 "loss_first": losses[0], "loss_last": losses[-1], "losses": losses, **(extra_info or {})}
         (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -400,6 +470,9 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
               "instances": n_instances, "settings": settings.__dict__, "specs": [s.__dict__ for s in specs],
               "base_build": json.loads((base / "build_info.json").read_text())}
+    if profile.warmstart.teacher != "category":  # recorded only when used, so v1 recipes keep their cache
+        recipe["teacher"] = {"name": profile.warmstart.teacher, "version": MIXED_TEACHER_VERSION,
+                             "popularity_order": profile.tools.popularity_order}
     if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
         from recrepro.rl.ppr import ppr_prompt_fingerprint
 
@@ -418,5 +491,6 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     factory = toolkit_env_factory(profile, bench, root, chosen)
     instances = [instance_from_sample(row, views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
-                              extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share)
+                              extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share,
+                              teacher=profile.warmstart.teacher)
     return out

@@ -13,8 +13,9 @@ One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's
    it), items labelled A and B (which is A was drawn in mining): "MORE likely" (answer: the target)
    and "LESS likely" (answer: the negative); texts in ``recrepro/prompts/ppr_{more,less}_v1.txt``.
    Tools stay available through the same :class:`~recrepro.agent.env.RecAgentEnv`; the environment is
-   bound to the instance with the two shown items as its candidates (``candidates_analyze`` then
-   describes A and B) [G].
+   bound to the instance with the two shown items as its candidates, labelled A and B
+   (:func:`~recrepro.agent.env.pair_columns`: ``candidates_analyze`` then describes ``[A]`` and
+   ``[B]``, never ``[1]`` and ``[2]``) [G].
 3. **Training.** The stage-1 GRPO machinery unchanged (:func:`recrepro.rl.rta.build_trainer`: groups of
    ``rta.group_size``, reward minus group mean, masks, all-negative groups dropped) with the pairwise
    reward: ``ppr.correct_reward`` (1) for the right letter, ``ppr.wrong_reward`` (0) for the wrong
@@ -55,6 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro.agent.env import pair_columns
 from recrepro.agent.parser import ChoiceVerdict, choice_verdict
 from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item
 from recrepro.config import Profile, RewardConfig
@@ -62,7 +64,7 @@ from recrepro.io import write_json_atomic, write_text_atomic
 from recrepro.rl import rta
 from recrepro.rl.mining import PolicyOutput, correct_letter, mine_pairs
 
-PPR_VERSION = 1  # bump when the recipe in this file changes (part of the skip stamp)
+PPR_VERSION = 2  # bump when the recipe changes (part of the skip stamp); 2: tools name the items [A], [B]
 PROMPT_VERSION = "v1"
 DIRECTIONS = ("more", "less")
 QUESTION_MARK = "=== question ==="  # separates the system text from the question line in the prompt files
@@ -182,7 +184,8 @@ def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, It
         history = [_view(views, i) for i in rta._plain(sample["history_items"])]
         for direction in DIRECTIONS:
             row = {key: rta._plain(sample[key]) for key in ENV_COLUMNS if key in sample}
-            row.update(candidates=[a, b], pair_id=int(pair["pair_id"]), direction=direction,
+            row.update(pair_columns(a, b))  # the tools name the two items A and B, as the prompt does
+            row.update(pair_id=int(pair["pair_id"]), direction=direction,
                        answer_letter=correct_letter(bool(pair["a_is_target"]), direction),
                        prompt=ppr_messages(history, _view(views, a), _view(views, b), direction, max_tool_calls))
             rows.append(row)

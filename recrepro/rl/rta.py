@@ -20,7 +20,8 @@ How each point is realised with TRL 1.16 ``GRPOTrainer`` (read in ``trl/trainer/
   dr_grpo each still counts as a row of the normaliser (B, or B x max_completion_length), with bnpo
   or dapo its tokens still count in the token normaliser, so the kept groups' gradient is scaled by
   the kept share, exactly as if the dropped groups had zero advantage; with ``beta > 0`` a dropped
-  completion would still carry its KL term (the profiles use beta 0). The dropped share is logged.
+  completion would still carry its KL term (the profiles use beta 0). Every step logs the dropped
+  share and the effective batch: groups kept / total and the trajectories of the kept groups.
 * **Masking.** Tools run through TRL's ``environment_factory`` with the kit's own
   :class:`~recrepro.agent.env.RecAgentEnv` (the object evaluation uses). TRL builds a ``tool_mask``
   (0 on the chat-template tokens of tool results, up to and including the next assistant header)
@@ -358,21 +359,49 @@ class ListwiseRewardFunc:
 # Trainer
 # ------------------------------------------------------------------------------------------------
 
-def drop_negative_groups(rewards_per_func: Any, group_size: int, weights: Any | None = None) -> tuple[Any, float]:
-    """Rewards with every all-negative group set to NaN (unscorable for TRL), and the dropped share.
+@dataclass(frozen=True)
+class GroupDrop:
+    """What the all-negative rule (PAPER.md 1.4) left of one generation batch: the effective batch."""
+
+    groups_total: int
+    groups_kept: int
+    group_size: int
+
+    @property
+    def dropped_share(self) -> float:
+        return 1.0 - self.groups_kept / self.groups_total if self.groups_total else 0.0
+
+    @property
+    def effective_batch(self) -> int:
+        """Trajectories of the kept groups: the only ones whose advantage can be non-zero."""
+        return self.groups_kept * self.group_size
+
+    def metrics(self) -> dict[str, float]:
+        """The training-log keys (``rta/...``, see :mod:`recrepro.rl.rta_log`)."""
+        return {"rta/dropped_group_share": self.dropped_share, "rta/groups_kept": float(self.groups_kept),
+                "rta/groups_total": float(self.groups_total), "rta/effective_batch": float(self.effective_batch)}
+
+
+def drop_negative_groups(rewards_per_func: Any, group_size: int, weights: Any | None = None,
+                         enabled: bool = True) -> tuple[Any, GroupDrop]:
+    """Rewards with every all-negative group set to NaN (unscorable for TRL), and what was kept.
 
     A group is all-negative when the weighted total of each of its completions is < 0 (PAPER.md 1.4);
-    completions already unscorable (NaN) do not make a group negative.
+    completions already unscorable (NaN) do not make a group negative. With ``enabled`` False the
+    rewards are returned unchanged and every group counts as kept.
     """
     import torch
 
+    n_groups = rewards_per_func.shape[0] // group_size
+    if not enabled:
+        return rewards_per_func, GroupDrop(n_groups, n_groups, group_size)
     rewards = rewards_per_func.clone()
     w = torch.ones(rewards.shape[1], device=rewards.device) if weights is None else weights.to(rewards.device)
     totals = (rewards * w.unsqueeze(0)).nansum(dim=1)
     negative = (totals < 0) & ~torch.isnan(rewards).all(dim=1)
     dropped = negative.view(-1, group_size).all(dim=1)
     rewards[dropped.repeat_interleave(group_size)] = torch.nan
-    return rewards, float(dropped.float().mean().item()) if dropped.numel() else 0.0
+    return rewards, GroupDrop(n_groups, n_groups - int(dropped.sum().item()), group_size)
 
 
 @functools.lru_cache(maxsize=1)
@@ -395,13 +424,14 @@ def _grpo_trainer_class():
             return out
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            # TRL returns the rewards of the whole generation batch, gathered over processes, so the
+            # counts below are global (the same on every process) and per optimiser step.
             rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-            if not self.drop_all_negative_groups:
-                return rewards
             mode = "train" if self.model.training else "eval"
             group = self.num_generations if mode == "train" else self.num_generations_eval
-            rewards, share = drop_negative_groups(rewards, group, self.reward_weights)
-            self._metrics[mode]["rta/dropped_group_share"].append(share)
+            rewards, drop = drop_negative_groups(rewards, group, self.reward_weights, self.drop_all_negative_groups)
+            for key, value in drop.metrics().items():  # logged even when nothing can be dropped
+                self._metrics[mode][key].append(value)
             return rewards
 
     return RTATrainer

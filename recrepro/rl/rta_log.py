@@ -8,7 +8,9 @@ interrupted run leaves a readable file and a resumed run continues it:
   through TRL's ``log_metric`` hook): reward and its components (ranking, invalid, tool bonus), share
   of valid answers, tool calls per trajectory, share of positively rewarded trajectories that called
   at least one tool (Figure 3a, PAPER.md 1.6), calls per tool, share of dropped all-negative groups
-  (PAPER.md 1.4), loss, learning rate, completion length, seconds;
+  (PAPER.md 1.4) and the effective batch left after the drop (``groups_kept`` of ``groups_total``
+  groups, ``effective_batch`` trajectories; means over the logged steps when ``rta.logging_steps`` >
+  1), loss, learning rate, completion length, seconds;
 * every ``rta.eval_every`` steps (and before the first step and after the last): H@1, H@10, N@5 and
   N@10 on a fixed seeded slice of ``rta.eval_instances`` validation instances, rolled out greedily by
   the kit's own :class:`~recrepro.agent.rollout.RolloutEngine` and scored by :mod:`recrepro.metrics`
@@ -45,6 +47,9 @@ TRAIN_COLUMNS: dict[str, str] = {
     "rta/positive_with_tool": "positive_with_tool_share",
     "rta/positive": "positive_share",
     "rta/dropped_group_share": "dropped_group_share",
+    "rta/groups_kept": "groups_kept",  # the effective batch after the all-negative drop (PAPER.md 1.4)
+    "rta/groups_total": "groups_total",
+    "rta/effective_batch": "effective_batch",  # trajectories of the kept groups
     "loss": "loss",
     "learning_rate": "learning_rate",
     "grad_norm": "grad_norm",
@@ -182,14 +187,23 @@ class RTALogCallback(TrainerCallback):
                 row[column] = float(logs[key])
         row["wall_s"] = self.offset_s + time.perf_counter() - self.began
         self._write()
-        shown = {k: row.get(k) for k in ("reward", "valid_share", "tool_calls_mean", "dropped_group_share", "loss")}
-        self.log(f"[rta] step {step}: " + ", ".join(f"{k} {v:.3g}" for k, v in shown.items() if v is not None))
+        self.log(progress_line(step, row))
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         self._evaluate(int(state.global_step))  # the final policy, "after"
         self._write()
         return control
+
+
+def progress_line(step: int, row: dict[str, Any]) -> str:
+    """The console line of one logged step: the main curves and the effective batch."""
+    shown = {k: row.get(k) for k in ("reward", "valid_share", "tool_calls_mean", "dropped_group_share", "loss")}
+    parts = [f"{k} {v:.3g}" for k, v in shown.items() if v is not None]
+    if all(row.get(k) is not None for k in ("groups_kept", "groups_total", "effective_batch")):
+        parts.append(f"groups kept {row['groups_kept']:g}/{row['groups_total']:g} "
+                     f"(effective batch {row['effective_batch']:g} trajectories)")
+    return f"[rta] step {step}: " + ", ".join(parts)
 
 
 def _gather_objects(rows: list, accelerator: Any) -> list[list]:

@@ -5,7 +5,8 @@ and returns plain text; the dispatcher bounds its size and turns :class:`ToolErr
 result. Conventions shared by all tools so the model can cross-reference them:
 
 * a candidate is always written ``[k] "Title"`` (k = its 1-based number in the prompt's list), so a
-  candidate's title never appears without its number;
+  candidate's title never appears without its number; where the prompt names the candidates by
+  labels instead (PPR's A and B), its tag is the label, ``[A] "Title"`` (``tools.tags``);
 * "now" is the instance's target time; every count, mean and list uses interactions dated
   strictly before it;
 * category aggregates use an item's labels minus the dataset-wide root labels (see
@@ -15,7 +16,7 @@ result. Conventions shared by all tools so the model can cross-reference them:
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from recrepro.tools import render
 from recrepro.tools.base import RECENT_DAYS
@@ -80,8 +81,8 @@ def item_info_search(tools: "InstanceTools", item_name: str) -> str:
     return "\n".join(lines)
 
 
-def _numbers(ks: list[int]) -> str:
-    tags = render.NUMBER_TAGS
+def _numbers(ks: list[int], tags: Sequence[str]) -> str:
+    """Candidates ``ks`` by their tags (``tools.tags``: numbers, or PPR's [A] [B])."""
     return tags[ks[0]] if len(ks) == 1 else " ".join([tags[k] for k in ks])
 
 
@@ -108,23 +109,44 @@ def candidates_analyze(tools: "InstanceTools") -> str:
 
     n = len(tools.candidate_rows)
     lines = [f"{n} candidates by category (* = category also in the user's history):"]
-    lines += [f"{star(label)} ({len(ks)}): {_numbers(ks)}" for label, ks in ordered[:MAX_CATEGORY_LINES]]
+    lines += [f"{star(label)} ({len(ks)}): {_numbers(ks, tools.tags)}" for label, ks in ordered[:MAX_CATEGORY_LINES]]
     rest = ordered[MAX_CATEGORY_LINES:]
     if rest:
-        entries = [f"{star(label)} {_numbers(ks)}" for label, ks in rest[:MAX_FOLDED_CATEGORIES]]
+        entries = [f"{star(label)} {_numbers(ks, tools.tags)}" for label, ks in rest[:MAX_FOLDED_CATEGORIES]]
         if len(rest) > MAX_FOLDED_CATEGORIES:
             entries.append(f"{len(rest) - MAX_FOLDED_CATEGORIES} more")
         lines += render.wrap_entries(f"Other categories ({len(rest)}): ", entries)
     if uncategorised:
-        lines.append(f"No category ({len(uncategorised)}): {_numbers(uncategorised)}")
+        lines.append(f"No category ({len(uncategorised)}): {_numbers(uncategorised, tools.tags)}")
     if kit.has_prices:
         lines.append(_price_line(tools))
     line = f"Sharing a category with the history: {len(shared)} of {n}"
     if shared and unshared:
-        line += f"; sharing none: {_numbers(unshared)}"
+        line += f"; sharing none: {_numbers(unshared, tools.tags)}"
     lines.append(line)
+    if kit.config.popularity_order > 0:
+        lines.append(_popularity_line(tools, kit.config.popularity_order))
     lines += render.wrap_entries("Titles: ", _candidate_titles(tools, lines))
     return "\n".join(lines)
+
+
+def popularity_order(tools: "InstanceTools") -> list[int]:
+    """Candidate numbers by interactions dated before now, most first; ties keep candidate order."""
+    kit, now = tools.toolkit, tools.instance.target_time
+    counts = [kit.item_stats(row, now).n_before for row in tools.candidate_rows]
+    return sorted(range(1, len(counts) + 1), key=lambda k: (-counts[k - 1], k))
+
+
+def _popularity_line(tools: "InstanceTools", top: int) -> str:
+    """The ``top`` most popular candidates before now, in the answer's list syntax ``{[a, b, ...]}``.
+
+    [G] The paper's candidates_analyze aggregates by category and price (PAPER.md 1.3); this line
+    adds the popularity that item_info_search reports item by item, over the whole list. The braces
+    make its first number the same token as an answer's first number (BPE merges ``{[``), so a small
+    model can copy it (DESIGN.md 5: with ``[`` alone, tiny models failed to copy the first element).
+    """
+    order = popularity_order(tools)[:top]
+    return "Most popular before now, most interactions first: {[" + ", ".join(map(tools.candidate_name, order)) + "]}"
 
 
 def _candidate_titles(tools: "InstanceTools", lines: list[str]) -> list[str]:
@@ -135,7 +157,7 @@ def _candidate_titles(tools: "InstanceTools", lines: list[str]) -> list[str]:
     """
     kit = tools.toolkit
     rows = tools.candidate_rows
-    tags = render.NUMBER_TAGS
+    tags = tools.tags
     # Besides its title an entry takes "[k] ", two quotes and "; " (a cut title's "..." is counted
     # inside its limit).
     budget = kit.config.max_chars - len("\n".join(lines)) - TITLE_LIST_MARGIN \
@@ -175,7 +197,7 @@ def _price_line(tools: "InstanceTools") -> str:
     band_of = kit.price_band_index
     for k, row in enumerate(tools.candidate_rows, start=1):
         buckets[band_of[row]].append(k)
-    parts = [f"{name}: {_numbers(ks)}" for name, ks in zip(kit.band_names, buckets) if ks]
+    parts = [f"{name}: {_numbers(ks, tools.tags)}" for name, ks in zip(kit.band_names, buckets) if ks]
     if buckets[-1]:
         parts.append(f"unknown: {len(buckets[-1])}")
     return "Price bands: " + "; ".join(parts)
@@ -287,7 +309,7 @@ def get_similar_items(tools: "InstanceTools", item_title: str) -> str:
     for rank, (row, sim) in enumerate(neighbours, start=1):
         lines.append(f"{rank}. {tools.label(row)} {sim:.2f}" + (" (in the user's history)" if row in history else ""))
     numbers = [tools.candidate_number[row] for row, _ in neighbours if row in tools.candidate_number]
-    lines.append("Candidates among them: " + " ".join(f"[{k}]" for k in numbers) if numbers
+    lines.append("Candidates among them: " + " ".join(tools.tags[k] for k in numbers) if numbers
                  else "No candidate among them.")
     return "\n".join(lines)
 
@@ -320,7 +342,8 @@ def get_similar_users(tools: "InstanceTools") -> str:
         lines += render.wrap_entries(f"{rank}. similarity {neighbour.similarity:.2f}: ", entries)
     if bought:
         lines.append("Candidates among their recent items: " + ", ".join(
-            f"[{k}] ({n} user{'s' if n > 1 else ''})" for k, n in sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))))
+            f"{tools.tags[k]} ({n} user{'s' if n > 1 else ''})"
+            for k, n in sorted(bought.items(), key=lambda kv: (-kv[1], kv[0]))))
     else:
         lines.append("No candidate among their recent items.")
     return "\n".join(lines)

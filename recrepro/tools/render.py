@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 LIST_TITLE_CHARS = 48  # [G] titles inside lists are cut to this length so 20 items fit max_chars
 LINE_WIDTH = 150  # [G] wrapped lists start a new line past this many characters
 ELLIPSIS = "..."
 SECONDS_PER_DAY = 86_400
 NUMBER_TAGS = tuple(f"[{k}]" for k in range(1_000))  # "[k]": how every answer names candidate k
+
+
+def candidate_tags(labels: Sequence[str] = ()) -> tuple[str, ...]:
+    """The tag of candidate k at index k: ``NUMBER_TAGS``, or ``[label]`` for candidates the prompt
+    names by ``labels`` instead of by number (PPR's two items: "A", "B"), so tool outputs and prompt agree."""
+    if not labels:
+        return NUMBER_TAGS
+    return ("",) + tuple(f"[{label}]" for label in labels)  # index 0 unused, as "[0]" is
 
 
 @lru_cache(maxsize=65_536)

@@ -57,10 +57,17 @@ class Instance:
     candidates: tuple[str, ...]
     sample_id: int = -1
     split: str = ""
+    # How the prompt names the candidates when not by number (PPR: ("A", "B")); empty: [1] .. [n].
+    candidate_labels: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Instance":
-        """From a ``samples_<split>`` row (a dict or a pandas row); target columns are ignored."""
+        """From a ``samples_<split>`` row (a dict or a pandas row); target columns are ignored.
+
+        An optional ``candidate_labels`` column names the candidates in the tools' outputs
+        (:func:`recrepro.agent.env.pair_columns` sets it for PPR's A/B questions).
+        """
+        labels = row.get("candidate_labels")
         return cls(
             user_id=str(row["user_id"]),
             target_time=int(row["target_time"]),
@@ -70,6 +77,7 @@ class Instance:
             candidates=tuple(str(c) for c in row["candidates"]),
             sample_id=int(row.get("sample_id", -1)),
             split=str(row.get("split", "")),
+            candidate_labels=() if labels is None else tuple(str(label) for label in labels),
         )
 
     @property
@@ -379,6 +387,7 @@ class InstanceTools(ToolMethods):
         self._check(instance)
         self.candidate_rows = [toolkit.row_of[c] for c in instance.candidates]
         self.candidate_number = {row: k for k, row in reversed(list(enumerate(self.candidate_rows, start=1)))}
+        self.tags = render.candidate_tags(instance.candidate_labels)  # tags[k] names candidate k in every output
         self.history_rows = [toolkit.row_of[i] for i in instance.history_items]
         self.history_recent_first = list(dict.fromkeys(reversed(self.history_rows)))
 
@@ -391,6 +400,10 @@ class InstanceTools(ToolMethods):
         unknown = [i for i in instance.candidates + instance.history_items if i not in kit.row_of]
         if unknown:
             raise ValueError(f"instance {instance.sample_id}: item {unknown[0]!r} is not in the catalogue")
+        labels = instance.candidate_labels
+        if labels and (len(labels) != len(instance.candidates) or len(set(labels)) != len(labels)):
+            raise ValueError(f"instance {instance.sample_id}: candidate_labels {labels} do not name the "
+                             f"{len(instance.candidates)} candidates one to one")
 
     # ------------------------------------------------------------------ dispatch and counters
 
@@ -433,17 +446,38 @@ class InstanceTools(ToolMethods):
     # ------------------------------------------------------------------ helpers for the implementations
 
     def label(self, row: int, limit: int = render.LIST_TITLE_CHARS) -> str:
-        """``[k] "Title"`` for candidate k, ``"Title"`` otherwise: every candidate mention carries its number."""
+        """``[k] "Title"`` for candidate k, ``"Title"`` otherwise: every candidate mention carries its tag."""
         number = self.candidate_number.get(row)
         title = self.toolkit.list_titles[row] if limit == render.LIST_TITLE_CHARS else self.toolkit.short_title(row, limit)
-        return f"{render.NUMBER_TAGS[number]} {title}" if number is not None else title
+        return f"{self.tags[number]} {title}" if number is not None else title
+
+    def candidate_name(self, k: int) -> str:
+        """Candidate k as the prompt names it, without brackets: its label ("A") or its number ("3")."""
+        labels = self.instance.candidate_labels
+        return labels[k - 1] if labels else str(k)
 
     def resolve(self, name: str) -> Resolution:
         try:
-            return self.toolkit.resolver.resolve(name, self.candidate_rows, self.history_recent_first)
+            return self.toolkit.resolver.resolve(self._numbered(name), self.candidate_rows, self.history_recent_first)
         except NotFound as exc:
             suggestions = "; ".join(self.label(row) for row in exc.suggestion_rows)
             hint = f" Closest titles here: {suggestions}." if suggestions else ""
+            example = f"a candidate label such as {self.tags[1]}" if self.instance.candidate_labels \
+                else "a candidate number such as [3]"
             raise ToolError("unknown_item", f'Error: no item titled "{render.shorten(exc.name, 80)}" was found.'
                                             f"{hint} Use a title from the history or the candidate list, "
-                                            "or a candidate number such as [3].") from None
+                                            f"or {example}.") from None
+
+    def _numbered(self, name: str) -> str:
+        """A leading label tag ("[A] ...") or a bare label ("A") as the resolver's number reference ("[1]"),
+        so the names the outputs and the prompt use resolve; numbers keep working too."""
+        labels = self.instance.candidate_labels
+        if not labels or not isinstance(name, str):
+            return name
+        stripped = name.strip().strip("\"'").strip()
+        for k, label in enumerate(labels, start=1):
+            if stripped == label:
+                return render.NUMBER_TAGS[k]
+            if stripped.startswith(self.tags[k]):
+                return render.NUMBER_TAGS[k] + stripped[len(self.tags[k]):]
+        return name

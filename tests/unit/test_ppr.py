@@ -15,7 +15,7 @@ import torch
 from recrepro.agent.env import env_tools
 from recrepro.agent.parser import (InvalidReason, choice_verdict, format_choice, format_tool_call, judge_choice,
                                    parse_choice)
-from recrepro.agent.prompt import instance_from_sample
+from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.warmstart import (encode_transcript, n_ppr_examples, ppr_teacher_letter,
                                       ppr_teacher_transcript)
 from recrepro.config import load_profile
@@ -105,6 +105,41 @@ def test_prompts_render_both_directions_with_the_right_letters():
         assert "MORE likely" in more["prompt"][0]["content"] and "LESS likely" in less["prompt"][0]["content"]
         assert "at most 10 tool calls" in more["prompt"][0]["content"]
         assert "target_index" not in more and pair["negative_item"] != pair["target_item"]
+
+
+def test_pair_rows_bind_the_tools_to_the_letters_and_ranking_rows_to_numbers():
+    samples = rf.train_samples(2)
+    rows = ppr.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)
+    env = af.env_factory()()
+    env.reset(**{k: v for k, v in rows[0].items() if k != "prompt"})  # as TRL and the rollout engine reset
+    text = env.candidates_analyze()
+    titles = text.split("Titles: ")[1]
+    a, b = rows[0]["candidates"]
+    views = af.views()
+    assert titles.startswith(f'[A] "{views[a].title[:20]}') and f'[B] "{views[b].title[:20]}' in titles
+    assert text.startswith("2 candidates") and "[1]" not in text and "[2]" not in text
+    # Ranking mode (20 candidates, no labels) is unchanged: numbered tags, no letters.
+    ranking = af.make_env(row=rta.training_rows(samples, views, PromptSpec("tirr"))[0]).candidates_analyze()
+    assert ranking.startswith("20 candidates") and "[A]" not in ranking and "[B]" not in ranking
+    assert all(f"[{k}] " in ranking.split("Titles: ")[1] for k in range(1, 21))
+
+
+def test_ppr_warm_start_transcripts_bind_the_tools_like_ppr_rollouts():
+    from recrepro.agent.warmstart import ppr_teacher_examples
+
+    made = []
+
+    def factory():
+        made.append(af.env_factory()())
+        return made[-1]
+
+    samples = rf.train_samples(2)
+    rows = [{k: rta._plain(s[k]) for k in rta.ROW_COLUMNS} for s in samples.to_dict("records")]
+    instances = [instance_from_sample(s, af.views()) for s in samples.to_dict("records")]
+    assert len(ppr_teacher_examples(af.tiny_tokenizer(), instances, rows, factory, 2, 0, 10)) == 2
+    for env in made[1:]:  # the first one only lists the tools
+        text = env.candidates_analyze()
+        assert "[A]" in text and "[B]" in text and "[1]" not in text and "[2]" not in text
 
 
 def test_no_pair_has_the_target_as_negative():

@@ -170,10 +170,15 @@ def test_an_unanswered_final_call_is_truncated_and_r_variant_calls_are_invalid()
 
 def test_drop_negative_groups_function():
     rewards = torch.tensor([[1.0], [-0.5], [-1.0], [-0.5], [float("nan")], [-1.0]])
-    out, share = rta.drop_negative_groups(rewards, 2)
-    assert share == pytest.approx(1 / 3)
+    out, drop = rta.drop_negative_groups(rewards, 2)
+    assert drop.dropped_share == pytest.approx(1 / 3)
+    assert (drop.groups_kept, drop.groups_total, drop.effective_batch) == (2, 3, 4)
     assert torch.isnan(out[2:4]).all() and out[0, 0] == 1.0 and out[1, 0] == -0.5
     assert torch.isnan(out[4, 0]) and out[5, 0] == -1.0  # an unscorable row does not make a group negative
+    same, kept_all = rta.drop_negative_groups(rewards, 2, enabled=False)
+    assert same is rewards and (kept_all.groups_kept, kept_all.groups_total, kept_all.dropped_share) == (3, 3, 0.0)
+    assert kept_all.metrics() == {"rta/dropped_group_share": 0.0, "rta/groups_kept": 3.0, "rta/groups_total": 3.0,
+                                  "rta/effective_batch": 6.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,6 +266,33 @@ def test_advantages_are_reward_minus_group_mean_and_all_negative_groups_are_drop
             assert trainer._metrics["train"]["reward"] == [pytest.approx(0.25)]  # dropped rows left out
         else:
             assert advantages[4:] == pytest.approx([-0.25, 0.25, -0.25, 0.25])
+
+
+class _PresetReward:
+    """A reward function with fixed values per completion (built like :class:`rta.ListwiseRewardFunc`)."""
+
+    __name__ = "preset"
+    values = [1.0, 0.0, -0.5, 0.5, -1.0, -0.5, -1.0, -0.5]  # group 1 mixed; group 2 all negative
+
+    def __init__(self, *args):
+        pass
+
+    def __call__(self, completions, **_):
+        return self.values[: len(completions)]
+
+
+@pytest.mark.slow
+def test_a_step_logs_the_effective_batch_after_the_drop(workdir, tmp_path, capsys):
+    setup = rf.setup(tmp_path, workdir / "model", n=2)  # one step: 2 instances x G = 4
+    trainer, _ = rta.build_trainer(setup, reward_class=_PresetReward)
+    rf.script_trainer(trainer, "tirr", 2)
+    trainer.train()
+    log = pd.read_csv(setup.log_path)
+    assert list(log["step"]) == [1]
+    row = log.iloc[0]
+    assert (row["groups_kept"], row["groups_total"], row["effective_batch"]) == (1, 2, 4)
+    assert row["dropped_group_share"] == 0.5
+    assert "groups kept 1/2 (effective batch 4 trajectories)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -361,6 +361,59 @@ def test_an_environment_class_exposes_exactly_the_tools(kit):
     assert env.item_info_search(item_name=None).startswith("Error:") and env.tools.n_errors == 1
 
 
+# ---------------------------------------------------------------------------------- labelled candidates (PPR)
+
+PAIR_EXPECTED = {  # the handmade instance bound to [2] Toy Story and [3] Sabrina, shown as A and B
+    "candidates_analyze": """\
+2 candidates by category (* = category also in the user's history):
+Comedy* (2): [A] [B]
+Animation (1): [A]
+Romance (1): [B]
+Price bands: unknown: 2
+Sharing a category with the history: 2 of 2
+Titles: [A] "Toy Story (1995)"; [B] "Sabrina (1995)\"""",
+    "get_similar_users": """\
+Users most similar to this user (SASRec representations of their histories as of 2001-09-18; cosine similarity), \
+with their most recent items before now, newest first:
+1. similarity 0.93: [A] "Toy Story (1995)" (2001-09-17); "Seven (1995)" (2001-09-12)
+2. similarity 0.73: "Balto (1995)" (2001-09-16); [B] "Sabrina (1995)" (2001-09-15)
+Candidates among their recent items: [A] (1 user), [B] (1 user)""",
+}
+
+
+@pytest.fixture
+def pair_tools(kit):
+    """Bound the way PPR binds its environment: a row whose two candidates are labelled A and B."""
+    return kit.bind({**dataclasses.asdict(handmade_instance()), "candidates": ["i3", "i8"],
+                     "candidate_labels": ["A", "B"]})
+
+
+@pytest.mark.parametrize("name", sorted(PAIR_EXPECTED))
+def test_labelled_candidates_are_tagged_by_their_labels(pair_tools, name):
+    text = pair_tools.call(name, {}).text
+    assert text == PAIR_EXPECTED[name]
+    assert "[1]" not in text and "[2]" not in text
+
+
+def test_every_tool_uses_the_labels_and_resolves_them(kit, pair_tools):
+    texts = [pair_tools.call(n, a).text for n, a in CALLS if a.get("item_title") != "[5]"]  # no [5] here
+    assert not any(f"[{k}]" in t for t in texts for k in range(1, 6))  # no candidate number anywhere
+    assert sum(t.count("[A]") + t.count("[B]") for t in texts) > 10
+    for name, expected in (("[B]", "i8"), ("A", "i3"), ('[A] "Toy Story (1995)"', "i3"), ("[2]", "i8"),
+                           ("Sabrina", "i8"), ("B", "i8")):
+        assert kit.item_ids[pair_tools.resolve(name).row] == expected
+    error = pair_tools.call("item_info_search", {"item_name": "zzzz qqq"})
+    assert error.error_kind == "unknown_item" and error.text.endswith("or a candidate label such as [A].")
+    with pytest.raises(ValueError, match="candidate_labels"):
+        kit.bind({**dataclasses.asdict(handmade_instance()), "candidate_labels": ["A", "B"]})  # 5 candidates
+
+
+def test_numbered_candidates_are_unchanged(tools):
+    assert tools.tags[1:6] == ("[1]", "[2]", "[3]", "[4]", "[5]") and tools.candidate_name(3) == "3"
+    text = tools.candidates_analyze()
+    assert text == EXPECTED["candidates_analyze"] and "[A]" not in text
+
+
 def test_candidate_titles_shrink_to_fit_instead_of_being_cut_off():
     assert impl._title_limit([10, 12, 20], 100) == 48  # everything fits whole
     assert impl._title_limit([10, 40, 60], 50) == 20  # 10 + 20 + 20
