@@ -140,6 +140,7 @@ class WarmStartConfig:
     # several target-blind strategies (recrepro.agent.warmstart.STRATEGIES), so the warm policy is a
     # mixture that RL can sharpen
     teacher: str = "category"
+    copy_tails: int = 0  # [G] extra short examples per popularity transcript (warmstart.copy_tail)
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentE
 #   "history":    no tool call; the category-overlap ranking of the v1 teacher (what R can do too);
 #   "popularity": one candidates_analyze call; the answer copies its popularity line.
 STRATEGIES = ("history", "popularity")
-MIXED_TEACHER_VERSION = "mixed-v1"
+MIXED_TEACHER_VERSION = "mixed-v2"  # v2: the popularity line is the last line of candidates_analyze
 _MIXED_OPENING = {"history": "I rank the candidates by the categories in the history: {fav} first.",
                   "popularity": "I rank the candidates by popularity; candidates_analyze lists it."}
 _MIXED_FINAL = "The most popular candidates before now go first."
@@ -376,13 +376,29 @@ def _warm_start_trainer_class() -> type:
     return WarmStartTrainer
 
 
+COPY_TAIL_TOKENS = 160  # [G] a tail holds the popularity line, the final turn and the answer
+
+
+def copy_tail(example: tuple[list[int], list[int]], tokens: int = COPY_TAIL_TOKENS) -> tuple[list[int], list[int]]:
+    """The last ``tokens`` tokens of an encoded transcript: a short, cheap example of copying the list.
+
+    Measured (cpu profile, tiny-qwen3-m): on whole transcripts, 1,000 steps did not teach the model
+    to copy the popularity line (0 of 46 sampled copies exact); on tails alone the loss fell from
+    2.6 to 0.005 in 300 steps. Mixing tails into the warm start gives the skill at a tenth of the cost.
+    """
+    ids, mask = example
+    return list(ids[-tokens:]), list(mask[-tokens:])
+
+
 def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
                      env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
-                     teacher: str = "category", seed: int = 0) -> list[tuple[list[int], list[int]]]:
+                     teacher: str = "category", seed: int = 0, copy_tails: int = 0
+                     ) -> list[tuple[list[int], list[int]]]:
     """Encoded teacher transcripts: every instance under every spec (tool variants get a fresh env).
 
     With ``teacher="mixed"`` the tool-using examples follow :func:`teacher_strategies`; the
     reasoning-only (R) examples always use the category rule, the only one R's prompt supports.
+    Each popularity transcript adds ``copy_tails`` copies of its :func:`copy_tail`.
     """
     examples = []
     probe_tools = env_tools(env_factory())
@@ -395,6 +411,8 @@ def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: S
                 env.reset(**row)
             transcript = teacher_transcript(instance, spec, env, strategy if spec.uses_tools else "category")
             examples.append(encode_transcript(tokenizer, transcript, probe_tools))
+            if spec.uses_tools and strategy == "popularity":
+                examples += [copy_tail(examples[-1])] * copy_tails
     return examples
 
 
@@ -402,7 +420,7 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
                      rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
                      settings: WarmStartSettings, progress: bool = True,
                      extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0,
-                     teacher: str = "category") -> tuple[Path, list[float]]:
+                     teacher: str = "category", copy_tails: int = 0) -> tuple[Path, list[float]]:
     """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
 
     ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
@@ -413,7 +431,8 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     from recrepro.models import load_causal_lm
 
     loaded = load_causal_lm(base_dir, device="cpu")
-    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed)
+    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed,
+                                copy_tails)
     n_ppr = n_ppr_examples(len(examples), ppr_share)
     max_calls = specs[0].max_tool_calls if specs else 10
     examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls)
@@ -472,7 +491,8 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
               "base_build": json.loads((base / "build_info.json").read_text())}
     if profile.warmstart.teacher != "category":  # recorded only when used, so v1 recipes keep their cache
         recipe["teacher"] = {"name": profile.warmstart.teacher, "version": MIXED_TEACHER_VERSION,
-                             "popularity_order": profile.tools.popularity_order}
+                             "popularity_order": profile.tools.popularity_order,
+                             "copy_tails": profile.warmstart.copy_tails, "tail_tokens": COPY_TAIL_TOKENS}
     if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
         from recrepro.rl.ppr import ppr_prompt_fingerprint
 
@@ -492,5 +512,5 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     instances = [instance_from_sample(row, views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
                               extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share,
-                              teacher=profile.warmstart.teacher)
+                              teacher=profile.warmstart.teacher, copy_tails=profile.warmstart.copy_tails)
     return out

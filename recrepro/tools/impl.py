@@ -124,10 +124,11 @@ def candidates_analyze(tools: "InstanceTools") -> str:
     if shared and unshared:
         line += f"; sharing none: {_numbers(unshared, tools.tags)}"
     lines.append(line)
-    if kit.config.popularity_order > 0:
-        lines.append(_popularity_line(tools, kit.config.popularity_order))
-    lines += render.wrap_entries("Titles: ", _candidate_titles(tools, lines))
-    return "\n".join(lines)
+    # The popularity line goes last, right before the agent's next turn: at a fixed distance from
+    # the answer it is copied into, which a small model learns far sooner than a content search.
+    popular = [_popularity_line(tools, kit.config.popularity_order)] if kit.config.popularity_order > 0 else []
+    lines += render.wrap_entries("Titles: ", _candidate_titles(tools, lines + popular))
+    return "\n".join(lines + popular)
 
 
 def popularity_order(tools: "InstanceTools") -> list[int]:

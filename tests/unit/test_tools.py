@@ -423,3 +423,19 @@ def test_candidate_titles_shrink_to_fit_instead_of_being_cut_off():
     text = handmade_kit(config).bind(handmade_instance()).candidates_analyze()
     assert len(text) <= 460 and "cut]" not in text  # only the longest title gave way
     assert text.endswith('[3] "Sabrina (1995)"; [4] "Balto (1995)"; [5] "Ace Ventura: Pet..."')
+
+
+# ---------------------------------------------------------------------------------- popularity line [G]
+
+def test_popularity_line_orders_candidates_by_interactions_strictly_before_now():
+    # Counts before the instance time: i5 2, i1 2, i10 1, i3 1 (its interaction AT the instance time is
+    # the target and must not count; counted, i3 would come second), i8 1. Ties keep candidate order.
+    kit = handmade_kit(dataclasses.replace(TEST_TOOLS, popularity_order=10))
+    instance = dataclasses.replace(handmade_instance(), candidates=("i10", "i5", "i3", "i1", "i8"))
+    text = kit.bind(instance).call("candidates_analyze", {}).text
+    assert text.splitlines()[-1] == "Most popular before now, most interactions first: {[2, 4, 1, 3, 5]}"
+    assert impl.popularity_order(kit.bind(instance)) == [2, 4, 1, 3, 5]
+    top_two = handmade_kit(dataclasses.replace(TEST_TOOLS, popularity_order=2)).bind(instance)
+    assert top_two.call("candidates_analyze", {}).text.splitlines()[-1].endswith("{[2, 4]}")
+    # TEST_TOOLS leaves it at its default, off (the paper profile's setting).
+    assert "Most popular" not in handmade_kit().bind(instance).call("candidates_analyze", {}).text

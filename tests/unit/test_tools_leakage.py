@@ -19,12 +19,17 @@ pass anyway, but only the other tools are asserted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recrepro.tools import Instance, ToolKit
 from tests.unit.tools_data import TEST_TOOLS, Synthetic, synthetic_benchmark, template_store
+
+# The popularity line of candidates_analyze ([G], tools.popularity_order) is on, so it is checked too.
+LEAK_TOOLS = dataclasses.replace(TEST_TOOLS, popularity_order=10)
 
 SASREC_TOOLS = ("get_similar_items", "get_similar_users")
 N_PER_SPLIT = {"train": 5, "valid": 7, "test": 7}
@@ -48,7 +53,7 @@ def sampled(bench: Synthetic) -> list[tuple[dict, Instance]]:
 
 def build_kit(bench: Synthetic, log: pd.DataFrame, instance: Instance) -> ToolKit:
     profiles = template_store(log, bench.items, [(instance.user_id, instance.target_time)])
-    return ToolKit(log, bench.items, TEST_TOOLS, history_max=10, space=bench.space,
+    return ToolKit(log, bench.items, LEAK_TOOLS, history_max=10, space=bench.space,
                    snapshot_times=bench.snapshot_times, profiles=profiles)
 
 
@@ -62,6 +67,7 @@ def outputs(kit: ToolKit, instance: Instance) -> dict[tuple[str, str], str]:
         calls += [("item_info_search", {"item_name": title}), ("get_similar_items", {"item_title": title})]
     texts = {(name, repr(args)): tools.call(name, args).text for name, args in calls}
     assert tools.error_counts.keys() <= {"unknown_item"}  # only the deliberately unknown name fails
+    assert "Most popular before now" in texts[("candidates_analyze", repr({}))]  # the line is under test too
     return texts
 
 
@@ -100,7 +106,7 @@ def test_the_synthetic_benchmark_covers_the_hard_cases(bench):
 
 
 def test_outputs_name_the_target_only_as_a_numbered_candidate(bench):
-    kit = ToolKit(bench.log, bench.items, TEST_TOOLS, 10, space=bench.space, snapshot_times=bench.snapshot_times,
+    kit = ToolKit(bench.log, bench.items, LEAK_TOOLS, 10, space=bench.space, snapshot_times=bench.snapshot_times,
                   profiles=template_store(bench.log, bench.items, [(i.user_id, i.target_time)
                                                                     for _, i in sampled(bench)]))
     checked = 0
@@ -124,7 +130,7 @@ def test_outputs_name_the_target_only_as_a_numbered_candidate(bench):
 
 def test_neighbours_and_profiles_use_only_the_past(bench):
     instances = [i for _, i in sampled(bench)]
-    kit = ToolKit(bench.log, bench.items, TEST_TOOLS, 10, space=bench.space, snapshot_times=bench.snapshot_times,
+    kit = ToolKit(bench.log, bench.items, LEAK_TOOLS, 10, space=bench.space, snapshot_times=bench.snapshot_times,
                   profiles=template_store(bench.log, bench.items, [(i.user_id, i.target_time) for i in instances]))
     n_neighbours = 0
     for instance in instances:
