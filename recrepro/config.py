@@ -36,6 +36,7 @@ class RunConfig:
     results_dir: str
     figures_dir: str
     device: str  # "cpu", "cuda" or "auto"
+    jobs: int = 1  # independent training jobs run side by side, one torch thread each (recrepro.jobs)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class WarmStartConfig:
     # several target-blind strategies (recrepro.agent.warmstart.STRATEGIES), so the warm policy is a
     # mixture that RL can sharpen
     teacher: str = "category"
-    copy_tails: int = 0  # [G] extra short examples per popularity transcript (warmstart.copy_tail)
+    copy_steps: int = 0  # [G] steps of each copy-curriculum phase after the warm start (0 = none)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ tokens carry no loss, as in GRPO (PAPER.md 1.4).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -376,34 +377,37 @@ def _warm_start_trainer_class() -> type:
     return WarmStartTrainer
 
 
-COPY_TAIL_TOKENS = 160  # [G] a tail holds the popularity line, the final turn and the answer
+# The copy curriculum [G] (``warmstart.copy_steps``). Measured on the cpu profile (tiny-qwen3-m,
+# teacher-forced accuracy of the ten copied numbers on 30 test transcripts): 1,000 mixed warm-start
+# steps on whole transcripts (about 1,900 tokens) did not teach the model to copy the popularity
+# line (0 of 46 sampled copies exact), with or without short tails mixed in; 300 steps on 160-token
+# tails alone copied perfectly in tails (30/30 at every position) but not in whole transcripts
+# (2-7/30); 200 more steps on tails of 320, 640, 1,280 tokens and whole transcripts copied
+# perfectly in whole transcripts too (30/30). Attention must learn to find one line among ever
+# more tokens, so the tails grow.
+COPY_SHORT_TOKENS = 160  # [G] holds the popularity line, the final turn and the answer
+COPY_LONG_TOKENS = (320, 640, 1280)  # [G] then longer tails, beside the whole transcripts
+COPY_SHORT_BATCH = 16  # [G] short tails are cheap
+COPY_LONG_BATCH = 8  # [G]
 
 
-def copy_tail(example: tuple[list[int], list[int]], tokens: int = COPY_TAIL_TOKENS) -> tuple[list[int], list[int]]:
-    """The last ``tokens`` tokens of an encoded transcript: a short, cheap example of copying the list.
-
-    Measured (cpu profile, tiny-qwen3-m): on whole transcripts, 1,000 steps did not teach the model
-    to copy the popularity line (0 of 46 sampled copies exact); on tails alone the loss fell from
-    2.6 to 0.005 in 300 steps. Mixing tails into the warm start gives the skill at a tenth of the cost.
-    """
+def copy_tail(example: tuple[list[int], list[int]], tokens: int) -> tuple[list[int], list[int]]:
+    """The last ``tokens`` tokens of an encoded transcript and their loss mask."""
     ids, mask = example
     return list(ids[-tokens:]), list(mask[-tokens:])
 
 
 def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
                      env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
-                     teacher: str = "category", seed: int = 0, copy_tails: int = 0
-                     ) -> list[tuple[list[int], list[int]]]:
+                     teacher: str = "category", seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """Encoded teacher transcripts: every instance under every spec (tool variants get a fresh env).
 
     With ``teacher="mixed"`` the tool-using examples follow :func:`teacher_strategies`; the
     reasoning-only (R) examples always use the category rule, the only one R's prompt supports.
-    Each popularity transcript adds ``copy_tails`` copies of its :func:`copy_tail`.
     """
     examples = []
     probe_tools = env_tools(env_factory())
-    strategies = teacher_strategies(len(instances), teacher, seed)
-    for instance, row, strategy in zip(instances, rows, strategies):
+    for instance, row, strategy in zip(instances, rows, teacher_strategies(len(instances), teacher, seed)):
         for spec in specs:
             env = None
             if spec.uses_tools:
@@ -411,16 +415,36 @@ def teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: S
                 env.reset(**row)
             transcript = teacher_transcript(instance, spec, env, strategy if spec.uses_tools else "category")
             examples.append(encode_transcript(tokenizer, transcript, probe_tools))
-            if spec.uses_tools and strategy == "popularity":
-                examples += [copy_tail(examples[-1])] * copy_tails
     return examples
+
+
+def copy_sources(examples: Sequence[tuple[list[int], list[int]]], n_instances: int, specs: Sequence[PromptSpec],
+                 teacher: str, seed: int) -> list[tuple[list[int], list[int]]]:
+    """The examples of :func:`teacher_examples` whose answer copies the popularity line."""
+    strategies = teacher_strategies(n_instances, teacher, seed)
+    return [examples[i * len(specs) + j] for i in range(n_instances) for j, spec in enumerate(specs)
+            if spec.uses_tools and strategies[i] == "popularity"]
+
+
+def copy_curriculum(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]],
+                    sources: Sequence[tuple[list[int], list[int]]], settings: "WarmStartSettings", steps: int,
+                    progress: bool = True) -> list[float]:
+    """Two phases after the warm start: short tails of ``sources``, then longer tails beside every example."""
+    if steps <= 0 or not sources:
+        return []
+    short = [copy_tail(e, COPY_SHORT_TOKENS) for e in sources]
+    longer = list(examples) + [copy_tail(e, n) for e in sources for n in COPY_LONG_TOKENS]
+    losses = warm_start(model, tokenizer, short, dataclasses.replace(settings, steps=steps,
+                                                                     batch_size=COPY_SHORT_BATCH), progress)
+    return losses + warm_start(model, tokenizer, longer, dataclasses.replace(settings, steps=steps,
+                                                                             batch_size=COPY_LONG_BATCH), progress)
 
 
 def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
                      rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
                      settings: WarmStartSettings, progress: bool = True,
                      extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0,
-                     teacher: str = "category", copy_tails: int = 0) -> tuple[Path, list[float]]:
+                     teacher: str = "category", copy_steps: int = 0) -> tuple[Path, list[float]]:
     """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
 
     ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
@@ -431,19 +455,21 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     from recrepro.models import load_causal_lm
 
     loaded = load_causal_lm(base_dir, device="cpu")
-    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed,
-                                copy_tails)
+    examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed)
+    sources = copy_sources(examples, len(instances), specs, teacher, settings.seed)
     n_ppr = n_ppr_examples(len(examples), ppr_share)
     max_calls = specs[0].max_tool_calls if specs else 10
     examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls)
     losses = warm_start(loaded.model, loaded.tokenizer, examples, settings, progress)
+    copy_losses = copy_curriculum(loaded.model, loaded.tokenizer, examples, sources, settings, copy_steps, progress)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "teacher": teacher, "settings": settings.__dict__,
                 "examples": len(examples), "ppr_examples": n_ppr, "specs": [s.__dict__ for s in specs],
-                "loss_first": losses[0], "loss_last": losses[-1], "losses": losses, **(extra_info or {})}
+                "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
+                "copy_losses": copy_losses, **(extra_info or {})}
         (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out_dir, losses
 
@@ -492,7 +518,8 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     if profile.warmstart.teacher != "category":  # recorded only when used, so v1 recipes keep their cache
         recipe["teacher"] = {"name": profile.warmstart.teacher, "version": MIXED_TEACHER_VERSION,
                              "popularity_order": profile.tools.popularity_order,
-                             "copy_tails": profile.warmstart.copy_tails, "tail_tokens": COPY_TAIL_TOKENS}
+                             "copy_steps": profile.warmstart.copy_steps,
+                             "copy_tails": [COPY_SHORT_TOKENS, *COPY_LONG_TOKENS]}
     if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
         from recrepro.rl.ppr import ppr_prompt_fingerprint
 
@@ -512,5 +539,5 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     instances = [instance_from_sample(row, views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
                               extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share,
-                              teacher=profile.warmstart.teacher, copy_tails=profile.warmstart.copy_tails)
+                              teacher=profile.warmstart.teacher, copy_steps=profile.warmstart.copy_steps)
     return out

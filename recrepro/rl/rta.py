@@ -79,6 +79,7 @@ from recrepro.agent.parser import check_call_against_schema, parse_tool_calls
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
 from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.io import write_json_atomic
+from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.rl.reward import listwise_reward
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice, read_train_log, summarize_log
 
@@ -739,6 +740,27 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
     return {**record, "skipped": False, "final": str(trained["final"]), "log": train_log}
 
 
+def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[str], force: bool = False,
+                       log: Callable[[str], None] = print) -> None:
+    """Train the (dataset, variant) policies that are not finished as parallel jobs (``run.jobs``).
+
+    Each job is ``python -m recrepro.rl.rta --stage train``, so it only saves its final policy with
+    its stamp; :func:`run_variant` then finds it, evaluates and writes the rows in this process.
+    The starting model is built first, here, so that no two jobs build it at once.
+    """
+    model_path = starting_model(profile, root)
+    todo = [(d, v) for d in profile.data.datasets for v in variants
+            if force or not finished_policy(variant_dir(profile, root, d, v) / "final",
+                                            config_stamp(profile, v, model_path, d))]
+    if len(todo) < 2:
+        return
+    settings = profile_file(profile, root)
+    jobs = [Job(f"rta-{d}-{v}", "recrepro.rl.rta",
+                ("--profile", str(settings), "--root", str(Path(root).resolve()), "--dataset", d, "--variant", v,
+                 "--stage", "train", *(("--force",) if force else ()))) for d, v in todo]
+    run_jobs(jobs, profile.run.jobs, profile.run_dir(root) / "jobs", cwd=root, log=log)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
@@ -760,6 +782,8 @@ def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", for
     holds the final policy folder, the training log (a frame), its summary, the table rows and
     whether the work was skipped (outputs present, config unchanged).
     """
+    if profile.run.jobs > 1 and on_cpu(profile):
+        train_side_by_side(profile, root, _variants(variant), force=force, log=log)
     runs = {f"{dataset}/{v}": run_variant(profile, root, dataset, v, force=force, log=log)
             for dataset in profile.data.datasets for v in _variants(variant)}
     results_dir = profile.results_dir(root)

@@ -1,0 +1,128 @@
+"""Independent jobs side by side: subprocesses with one torch thread each, a log file each, live progress.
+
+The CPU profiles run on two cores. Training the R and TIRR policies, or the sweep points, are
+independent jobs; run one after the other in one process they leave a core idle, and two torch
+processes with two threads each thrash (README, "The agent runtime"). So each job is a subprocess of
+``python -m <module> ...`` with ``OMP_NUM_THREADS=1``, at most ``run.jobs`` at a time. A job's output
+goes to its own log file; its progress lines (those starting with ``[``) are echoed as they appear,
+prefixed by the job's name, so the console and the notebook show live progress with the ETA the job
+prints. A failed job stops the batch with an error naming the job and its log, and shows its last lines.
+
+Jobs write only their own outputs (a policy folder and its stamp); whatever several jobs would share,
+such as a table, is written afterwards by the calling process, which finds the finished work and
+reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from recrepro.config import Profile
+from recrepro.io import write_text_atomic
+
+POLL_S = 2.0  # how often running jobs are checked and their new progress lines echoed
+TAIL_LINES = 25  # lines of a failed job's log shown in the error
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # shown in progress lines and the log file's name
+    module: str  # run as ``python -m module``
+    args: tuple[str, ...]
+
+
+class JobFailed(RuntimeError):
+    """A job exited with a non-zero status; the message names it, its log and its last lines."""
+
+
+def profile_file(profile: Profile, root: Path | str) -> Path:
+    """The resolved profile (overrides applied) as YAML under ``runs/<profile>/jobs/``, for ``--profile``."""
+    text = yaml.safe_dump(profile.to_dict(), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = profile.run_dir(root) / "jobs" / f"profile-{digest}.yaml"
+    if not path.is_file():
+        write_text_atomic(path, text)
+    return path
+
+
+def job_environment() -> dict[str, str]:
+    """The parent's environment with one thread per numeric library."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = "1"
+    env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    return env
+
+
+class _Running:
+    def __init__(self, job: Job, log_path: Path, cwd: Path) -> None:
+        self.job = job
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "w", encoding="utf-8")
+        self.began = time.monotonic()
+        self.process = subprocess.Popen([sys.executable, "-m", job.module, *job.args], cwd=cwd,
+                                        stdout=self._log, stderr=subprocess.STDOUT, env=job_environment())
+        self._echoed = 0
+
+    def new_progress_lines(self) -> list[str]:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(self._echoed)
+            text = handle.read()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written waits for the next poll
+        self._echoed += len(complete.encode("utf-8"))
+        return [line for line in complete.replace("\r", "\n").split("\n") if line.startswith("[")]
+
+    def close(self) -> None:
+        self._log.close()
+
+    def tail(self) -> str:
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-TAIL_LINES:])
+
+
+def run_jobs(jobs: Sequence[Job], max_parallel: int, log_dir: Path, cwd: Path | str = ".",
+             log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run ``jobs``, at most ``max_parallel`` at a time; returns each job's wall seconds.
+
+    Raises :class:`JobFailed` on the first failure, after stopping the jobs still running.
+    """
+    if max_parallel < 1:
+        raise ValueError(f"run.jobs must be at least 1, got {max_parallel}")
+    waiting, running, walls = list(jobs), [], {}
+    log(f"[jobs] {len(waiting)} job(s), {max_parallel} at a time; logs in {log_dir}")
+    try:
+        while waiting or running:
+            while waiting and len(running) < max_parallel:
+                job = waiting.pop(0)
+                running.append(_Running(job, Path(log_dir) / f"{job.name}.log", Path(cwd)))
+                log(f"[jobs] started {job.name}")
+            time.sleep(POLL_S)
+            for item in list(running):
+                for line in item.new_progress_lines():
+                    log(f"[{item.job.name}] {line}")
+                status = item.process.poll()
+                if status is None:
+                    continue
+                item.close()
+                running.remove(item)
+                walls[item.job.name] = time.monotonic() - item.began
+                if status != 0:
+                    raise JobFailed(f"job {item.job.name} failed (exit {status}); log {item.log_path}; "
+                                    f"last lines:\n{item.tail()}")
+                log(f"[jobs] finished {item.job.name} in {walls[item.job.name]:.0f} s")
+    finally:
+        for item in running:
+            item.process.kill()
+            item.process.wait()
+            item.close()
+    return walls
