@@ -27,7 +27,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from recrepro.metrics import chance_metrics  # noqa: E402
+
 METRICS = ["H@1", "H@5", "H@10", "N@5", "N@10"]
+CHANCE_N10 = chance_metrics(20, [10])["N@10"]  # PAPER.md 1.1: 20 candidates, one positive
 
 
 def _save(fig: plt.Figure, out_dir: Path | str, stem: str) -> list[Path]:
@@ -59,9 +62,16 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
     ax_a.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
     ax_a.set_title("(a) tool usage during stage-1 training")
     evals = log.dropna(subset=[hit10])
-    ax_b.plot(evals["step"], evals[hit10], marker="o", color="tab:green", label="H@10 (validation slice)")
-    ax_b.axhline(0.5, color="grey", ls="--", lw=1, label="chance (0.5)")
-    ax_b.set(xlabel="training step", ylabel="HitRate@10", ylim=(0, 1), title="(b) H@10 over training steps")
+    for column, color, chance in ((hit10, "tab:green", 0.5), ("val_N@10", "tab:purple", CHANCE_N10)):
+        if column not in evals or evals[column].isna().all():
+            continue
+        metric = column.removeprefix("val_")
+        ax_b.plot(evals["step"], evals[column], marker="o", color=color, label=f"{metric} (validation slice)")
+        if f"{column}_lo" in evals and evals[f"{column}_lo"].notna().any():  # logs before the interval had none
+            ax_b.fill_between(evals["step"], evals[f"{column}_lo"], evals[f"{column}_hi"], color=color, alpha=0.15,
+                              label=f"{metric} 95% bootstrap interval")
+        ax_b.axhline(chance, color=color, ls="--", lw=1, alpha=0.6, label=f"{metric} chance ({chance:.3f})")
+    ax_b.set(xlabel="training step", ylabel="validation metric", ylim=(0, 1), title="(b) H@10 and N@10 over training steps")
     ax_b.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_b.legend(fontsize=8)
     fig.suptitle(f"Figure 3 — stage-1 (RTA) training, {profile} profile", fontsize=11)

@@ -38,6 +38,7 @@ class Job:
     name: str  # shown in progress lines and the log file's name
     module: str  # run as ``python -m module``
     args: tuple[str, ...]
+    after: str | None = None  # the name of a job that must have finished first (e.g. it builds a shared model)
 
 
 class JobFailed(RuntimeError):
@@ -98,12 +99,20 @@ def run_jobs(jobs: Sequence[Job], max_parallel: int, log_dir: Path, cwd: Path | 
     """
     if max_parallel < 1:
         raise ValueError(f"run.jobs must be at least 1, got {max_parallel}")
+    names = {job.name for job in jobs}
+    unknown = [job.after for job in jobs if job.after is not None and job.after not in names]
+    if unknown:
+        raise ValueError(f"jobs wait for unknown job(s): {unknown}")
     waiting, running, walls = list(jobs), [], {}
     log(f"[jobs] {len(waiting)} job(s), {max_parallel} at a time; logs in {log_dir}")
     try:
         while waiting or running:
-            while waiting and len(running) < max_parallel:
-                job = waiting.pop(0)
+            while len(running) < max_parallel:
+                ready = [job for job in waiting if job.after is None or job.after in walls]
+                if not ready:
+                    break
+                job = ready[0]
+                waiting.remove(job)
                 running.append(_Running(job, Path(log_dir) / f"{job.name}.log", Path(cwd)))
                 log(f"[jobs] started {job.name}")
             time.sleep(POLL_S)

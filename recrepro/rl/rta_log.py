@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from recrepro.agent.rollout import AgentTask, HFGenerator, RolloutEngine, RolloutSettings
 from recrepro.io import write_text_atomic
-from recrepro.metrics import list_metrics
+from recrepro.metrics import bootstrap_ci, list_metrics
 from recrepro.tools import TOOL_NAMES
 
 # TRL / Trainer log key -> our column. The rta/* keys are logged by the reward function and the trainer.
@@ -58,7 +58,10 @@ TRAIN_COLUMNS: dict[str, str] = {
 }
 TOOL_COLUMNS = {f"rta/calls/{name}": f"calls_{name}" for name in TOOL_NAMES}
 EVAL_KS = (1, 5, 10)
-EVAL_COLUMNS = ("val_H@1", "val_H@10", "val_N@5", "val_N@10", "val_valid_share", "val_tool_calls")
+EVAL_COLUMNS = ("val_H@1", "val_H@10", "val_N@5", "val_N@10", "val_valid_share", "val_tool_calls",
+                "val_H@10_lo", "val_H@10_hi", "val_N@10_lo", "val_N@10_hi")
+VAL_CI_REPS = 1000  # [G] bootstrap resamples of the validation interval (Figure 3b's error bars)
+VAL_CI_SEED = 7  # [G] fixed, so the interval is a function of the answers only
 LOG_COLUMNS = (["step", "epoch", *TRAIN_COLUMNS.values(), *TOOL_COLUMNS.values(), *EVAL_COLUMNS, "wall_s"])
 
 
@@ -96,10 +99,13 @@ def evaluate_slice(model: Any, tokenizer: Any, valid: ValidationSlice, rank: int
     if not rows:
         return {}
     values = list_metrics([r[0] for r in rows], [r[1] for r in rows], EVAL_KS)
+    ci = bootstrap_ci({"H@10": values["H@10"], "N@10": values["N@10"]}, VAL_CI_REPS, VAL_CI_SEED)
     return {"val_H@1": float(np.mean(values["H@1"])), "val_H@10": float(np.mean(values["H@10"])),
             "val_N@5": float(np.mean(values["N@5"])), "val_N@10": float(np.mean(values["N@10"])),
             "val_valid_share": float(np.mean([r[2] for r in rows])),
-            "val_tool_calls": float(np.mean([r[3] for r in rows]))}
+            "val_tool_calls": float(np.mean([r[3] for r in rows])),
+            "val_H@10_lo": ci["H@10"][0], "val_H@10_hi": ci["H@10"][1],
+            "val_N@10_lo": ci["N@10"][0], "val_N@10_hi": ci["N@10"][1]}
 
 
 class RTALogCallback(TrainerCallback):

@@ -203,6 +203,61 @@ def write_results(profile: Profile, root: Path | str, sweep: str, rows: list[dic
     return frame
 
 
+def adopt_main_policy(profile: Profile, root: Path | str, dataset: str, point: SweepPoint) -> bool:
+    """Copy the main stage-1 TIRR policy into ``point``'s folder when the point IS the main run.
+
+    A point whose backbone, G, steps, sizes and start model equal notebook 04's TIRR run has the
+    same training stamp; retraining it would repeat the same deterministic work. Its training log
+    is copied beside it. Returns whether the policy was adopted.
+    """
+    import shutil
+
+    from recrepro.rl import rta
+
+    if canonical_backbone(point.backbone) != canonical_backbone(profile.agent.model_name_or_path):
+        return False  # another backbone: never the main run (and its warm start is not built here)
+    folder = sweep_dir(profile, root, dataset) / point.name
+    main = rta.variant_dir(profile, root, dataset, "tirr") / "final"
+    sized = point_profile(profile, point)
+    stamp = rta.config_stamp(sized, "tirr", rta.starting_model(sized, root, progress=False), dataset)
+    if (folder / "final").exists() or not rta.finished_policy(main, stamp):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(main, folder / "final")
+    log_path = rta.train_log_path(profile, root, dataset, "tirr")
+    if log_path.is_file():
+        shutil.copy2(log_path, folder / "train_log.csv")
+    return True
+
+
+def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, points: list[SweepPoint],
+                              force: bool = False, log: Callable[[str], None] = print) -> None:
+    """Train the unfinished points as parallel jobs (``run.jobs``), ``--stage train`` each.
+
+    The first job of another backbone builds its warm start; that backbone's other jobs wait for it.
+    The profile's own backbone was warm-started by notebook 04.
+    """
+    from recrepro.jobs import Job, profile_file, run_jobs
+    from recrepro.rl import rta
+
+    settings, todo, first_of = profile_file(profile, root), [], {}
+    own = canonical_backbone(profile.agent.model_name_or_path)
+    for point in points:
+        if not force and adopt_main_policy(profile, root, dataset, point):
+            log(f"[sweeps] {point.name}: the main stage-1 TIRR run has this exact config; its policy is reused")
+            continue
+        folder = sweep_dir(profile, root, dataset) / point.name
+        if not force and (folder / "final" / rta.TRAINED_STAMP).is_file():
+            continue  # finished; run_point checks the stamp and retrains in process if it is stale
+        backbone = canonical_backbone(point.backbone)
+        todo.append(Job(f"sweep-{point.name}", "recrepro.rl.sweeps",
+                        ("--profile", str(settings), "--root", str(Path(root).resolve()), "--point", point.name,
+                         "--stage", "train"), after=None if backbone == own else first_of.get(backbone)))
+        first_of.setdefault(backbone, todo[-1].name)
+    if len(todo) > 1:
+        run_jobs(todo, profile.run.jobs, profile.run_dir(root) / "jobs", cwd=root, log=log)
+
+
 def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both sweeps (each distinct run once), their result CSVs; returns the frames and the runs.
@@ -216,6 +271,9 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                 "backbone": pd.DataFrame(columns=list(RESULT_COLUMNS)), "runs": {}, "dataset": None}
     dataset = sweep_dataset(profile)
     points = sweep_points(profile)
+    if profile.run.jobs > 1 and profile.run.device == "cpu":
+        distinct = list({p.name: p for sweep in SWEEPS for p in points[sweep]}.values())
+        train_points_side_by_side(profile, root, dataset, distinct, force=force, log=log)
     runs: dict[str, dict[str, Any]] = {}
     out: dict[str, Any] = {"runs": runs, "dataset": dataset}
     for sweep in SWEEPS:

@@ -26,6 +26,9 @@ def _training_log() -> pd.DataFrame:
     log.loc[1:, "tool_calls_mean"] = np.linspace(1, 3, 8)
     log.loc[1:, "positive_with_tool_share"] = np.linspace(0.5, 1, 8)
     log.loc[[0, 4, 8], "val_H@10"] = [0.5, 0.6, 0.7]
+    log.loc[[0, 4, 8], "val_N@10"] = [0.2, 0.3, 0.4]
+    log.loc[[0, 4, 8], "val_N@10_lo"] = [0.15, 0.25, 0.35]
+    log.loc[[0, 4, 8], "val_N@10_hi"] = [0.25, 0.35, 0.45]
     return log
 
 
@@ -34,7 +37,9 @@ def test_fig3_from_a_training_log(tmp_path):
     _check(paths, fig, "smoke")
     assert [p.name for p in paths] == ["fig3_tool_usage.png", "fig3_tool_usage.pdf"]
     assert [ax.get_title() for ax in fig.axes[:2]] == ["(a) tool usage during stage-1 training",
-                                                       "(b) H@10 over training steps"]
+                                                       "(b) H@10 and N@10 over training steps"]
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert "N@10 95% bootstrap interval" in labels and "H@10 95% bootstrap interval" not in labels  # H@10 has none here
     calls = fig.axes[0].get_lines()[0]
     assert list(calls.get_xdata()) == list(range(1, 9))  # the validation-only step 0 has no training data
     assert calls.get_ydata()[-1] == pytest.approx(3.0)

@@ -59,3 +59,14 @@ def test_the_resolved_profile_file_loads_back_to_the_same_profile(tmp_path):
     assert again.to_dict() == profile.to_dict()
     assert again.section_hash("rta", "agent", "warmstart") == profile.section_hash("rta", "agent", "warmstart")
     assert profile_file(profile, tmp_path) == path  # same content, same file
+
+
+def test_a_job_waits_for_the_job_it_comes_after(workdir):
+    lines: list[str] = []
+    run_jobs([Job("first", "jobworker", ("first", "1.0", "0")),
+              Job("second", "jobworker", ("second", "0", "0"), after="first")],
+             max_parallel=2, log_dir=workdir / "logs", cwd=workdir, log=lines.append)
+    order = [line for line in lines if line.startswith("[jobs] started") or line.startswith("[jobs] finished")]
+    assert order.index("[jobs] started second") > next(i for i, line in enumerate(order) if "finished first" in line)
+    with pytest.raises(ValueError, match="unknown job"):
+        run_jobs([Job("x", "jobworker", ("x", "0", "0"), after="nobody")], 1, workdir / "logs", cwd=workdir)
