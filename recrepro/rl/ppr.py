@@ -28,6 +28,13 @@ One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's
    with both right; beside the paper's Games numbers (0.190 -> 0.240, ``figure_ppr`` in
    ``paper_reported.csv``; the paper does not define the measure further, we compare it with the
    share of all judgements).
+   Self-mined pairs are biased by construction (the negatives are those the stage-1 policy
+   preferred), so the same accuracy is also measured on **uniformly random pairs**
+   (:func:`random_pairs`): for every held-out validation instance (``ppr.valid_instances``, so as
+   many random pairs as held-out instances, not as mined validation pairs) the target and one
+   negative drawn uniformly from its other candidates, A/B drawn with the same generator (seeded
+   with ``run.seed``). Before vs after is tested per pair kind with a two-sided exact McNemar test on
+   the same judgements (:func:`paired_test`, joined on pair and direction).
 5. The PPR policy is evaluated on the frozen test lists exactly like stage 1's policies: Table 2 row
    ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
 
@@ -54,6 +61,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from recrepro.agent.env import pair_columns
@@ -62,7 +70,8 @@ from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item
 from recrepro.config import Profile, RewardConfig
 from recrepro.io import write_json_atomic, write_text_atomic
 from recrepro.rl import rta
-from recrepro.rl.mining import PolicyOutput, correct_letter, mine_pairs
+from recrepro.rl.mining import PAIR_COLUMNS, PolicyOutput, correct_letter, mine_pairs
+from recrepro.significance import mcnemar_exact
 
 PPR_VERSION = 2  # bump when the recipe changes (part of the skip stamp); 2: tools name the items [A], [B]
 PROMPT_VERSION = "v1"
@@ -73,6 +82,7 @@ TABLE1_NAME = "AgenticRec (RTA+PPR)"
 PAPER_MODELS = {"before": "AgenticRec-RTA", "after": "AgenticRec-RTA+PPR"}  # figure_ppr rows
 STAMP_SECTIONS = (*rta.STAMP_SECTIONS, "ppr")
 PAIR_SPLITS = ("train", "valid")
+PAIR_KINDS = ("mined held-out", "random")  # the ``pairs`` column of the accuracy table
 # Columns env.reset(**row) reads (the target item and its index stay out of the prompt rows).
 ENV_COLUMNS = ("sample_id", "user_id", "split", "target_time", "history_items", "history_times", "history_ratings")
 
@@ -190,6 +200,31 @@ def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, It
                        prompt=ppr_messages(history, _view(views, a), _view(views, b), direction, max_tool_calls))
             rows.append(row)
     return rows
+
+
+def random_pairs(samples: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One control pair per instance (in the mined pairs' format): the target and a uniform negative.
+
+    The negative is drawn uniformly from the instance's other candidates (never the target's
+    position, nor another position holding the target item), then which of the two is shown as A,
+    with one generator seeded with ``seed`` over the instances in ``sample_id`` order (as
+    :func:`~recrepro.rl.mining.mine_pairs` draws). No policy is involved: ``target_rank`` is -1 and
+    ``policy_ranking`` empty; ``pool_size`` is the number of candidates the negative was drawn from.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for sample in samples.sort_values("sample_id", kind="stable").to_dict("records"):
+        candidates = [str(c) for c in rta._plain(sample["candidates"])]
+        target = int(sample["target_index"])
+        pool = [i for i, item in enumerate(candidates, start=1) if i != target and item != candidates[target - 1]]
+        if not pool:
+            raise ValueError(f"sample {sample['sample_id']}: no candidate other than the target to draw from")
+        negative = pool[int(rng.integers(0, len(pool)))]
+        rows.append({"pair_id": len(rows), "sample_id": int(sample["sample_id"]), "user_id": str(sample["user_id"]),
+                     "target_index": target, "negative_index": negative, "target_item": candidates[target - 1],
+                     "negative_item": candidates[negative - 1], "target_rank": -1, "pool_size": len(pool),
+                     "policy_ranking": [], "a_is_target": bool(rng.integers(0, 2))})
+    return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
 
 
 def pair_tasks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -377,6 +412,28 @@ def summarize_judgements(judged: pd.DataFrame) -> dict[str, Any]:
             "both": float(both.mean()), "valid_share": float(judged["valid"].mean())}
 
 
+def paired_test(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
+    """Exact two-sided McNemar test of before vs after on the same judgements.
+
+    The judgement frames of :func:`judge_records` are joined on (``pair_id``, ``direction``): each
+    prompt's 0/1 correctness before and after is one paired item. ``n`` is the number of paired
+    judgements (2 per pair), ``n_before_only`` / ``n_after_only`` the discordant counts. Frames that
+    do not hold the same judgements raise.
+    """
+    keys = ["pair_id", "direction"]
+    if before.empty and after.empty:
+        return {"n": 0, "n_before_only": 0, "n_after_only": 0, "p_mcnemar": float("nan")}
+    joined = before[[*keys, "correct"]].merge(after[[*keys, "correct"]], on=keys, how="inner",
+                                              suffixes=("_before", "_after"), validate="one_to_one")
+    if not len(joined) == len(before) == len(after):
+        raise ValueError(f"before ({len(before)}) and after ({len(after)}) judgements do not pair up "
+                         f"({len(joined)} common)")
+    b = joined["correct_before"].astype(int).to_numpy()
+    a = joined["correct_after"].astype(int).to_numpy()
+    return {"n": int(len(joined)), "n_before_only": int(np.sum((b == 1) & (a == 0))),
+            "n_after_only": int(np.sum((b == 0) & (a == 1))), "p_mcnemar": mcnemar_exact(a, b)}
+
+
 def preference_accuracy(profile: Profile, backend: Any, ctx: DatasetContext, rows: Sequence[Mapping[str, Any]],
                         desc: str) -> tuple[dict[str, Any], pd.DataFrame]:
     """Greedy judgements of the held-out pairs (both directions) and their summary."""
@@ -387,18 +444,31 @@ def preference_accuracy(profile: Profile, backend: Any, ctx: DatasetContext, row
     return summarize_judgements(judged), judged
 
 
-def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, Any], profile_name: str) -> pd.DataFrame:
-    """Ours before/after beside the paper's Games numbers (the paper reports one dataset only)."""
+def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, Any], profile_name: str,
+                   random: Mapping[str, Mapping[str, Any]] | None = None,
+                   tests: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Ours before/after beside the paper's Games numbers (the paper reports one dataset only).
+
+    ``before``/``after``: the summaries on the mined held-out pairs; ``random``: ``{"before": ...,
+    "after": ...}`` on the random pairs (absent in records written before they were measured);
+    ``tests``: :func:`paired_test` per pair kind (columns ``n``, ``n_before_only``, ``n_after_only``,
+    ``p_mcnemar`` on both of its rows). Column ``pairs``: ``"mined held-out"``, ``"random"``, or
+    ``"paper"`` for the paper's rows.
+    """
     from recrepro.paper import reported_values
 
-    rows = [{"dataset": dataset, "stage": stage, "source": "measured", "profile": profile_name, **dict(values)}
-            for stage, values in (("RTA", before), ("RTA+PPR", after))]
+    kinds = [(PAIR_KINDS[0], before, after)]
+    if random:
+        kinds.append((PAIR_KINDS[1], random["before"], random["after"]))
+    rows = [{"dataset": dataset, "stage": stage, "source": "measured", "pairs": kind, "profile": profile_name,
+             **dict(values), **dict((tests or {}).get(kind, {}))}
+            for kind, b, a in kinds for stage, values in (("RTA", b), ("RTA+PPR", a))]
     paper = reported_values()
     paper = paper[(paper["table"] == "figure_ppr") & (paper["metric"] == "preference_accuracy")]
     stage_of = {v: k for k, v in PAPER_MODELS.items()}
     for rec in paper.to_dict("records"):
         stage = "RTA" if stage_of.get(rec["model"]) == "before" else "RTA+PPR"
-        rows.append({"dataset": rec["dataset"], "stage": stage, "source": "paper", "profile": "paper",
+        rows.append({"dataset": rec["dataset"], "stage": stage, "source": "paper", "pairs": "paper", "profile": "paper",
                      "all": float(rec["value"]), "mark": rec["mark"]})
     return pd.DataFrame(rows)
 
@@ -518,8 +588,8 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
             {**result.row, "model": TABLE1_NAME}]
 
 
-def _save_accuracy(folder: Path, before: Mapping, after: Mapping, judged: Mapping[str, pd.DataFrame]) -> None:
-    write_json_atomic(folder / "preference_accuracy.json", {"before": dict(before), "after": dict(after)})
+def _save_accuracy(folder: Path, accuracy: Mapping[str, Any], judged: Mapping[str, pd.DataFrame]) -> None:
+    write_json_atomic(folder / "preference_accuracy.json", json.loads(json.dumps(accuracy, default=rta._json_default)))
     for stage, frame in judged.items():
         write_text_atomic(folder / f"judgements_{stage}.csv", frame.to_csv(index=False))
 
@@ -550,6 +620,9 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
         shutil.rmtree(folder, ignore_errors=True)
     ctx = dataset_context(profile, root, dataset)
     rounds, valid_rows, before = [], None, None
+    # Control pairs: every held-out instance's target against a uniformly drawn other candidate.
+    control_rows = pair_rows(random_pairs(ctx.valid, profile.run.seed), ctx.valid, ctx.views,
+                             profile.agent.max_tool_calls)
     for k in range(1, profile.ppr.rounds + 1):
         paths = round_paths(profile, root, dataset, k, folder, start)
         backend = load_backend(profile, root, model_path=paths.start)
@@ -557,6 +630,8 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
         if k == 1:  # the held-out pairs are the stage-1 policy's mistakes, fixed for before and after
             valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls)
             before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
+            random_before, judged_random_before = preference_accuracy(profile, backend, ctx, control_rows,
+                                                                      f"{dataset} random-pair accuracy before")
         del backend
         rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
         if rows:
@@ -569,11 +644,17 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
         rounds.append({"round": k, "mining": stats, "train_rows": len(rows), **trained})
     backend = load_backend(profile, root, model_path=final)
     after, judged_after = preference_accuracy(profile, backend, ctx, valid_rows or [], f"{dataset} accuracy after")
-    _save_accuracy(folder, before, after, {"before": judged_before, "after": judged_after})
+    random_after, judged_random_after = preference_accuracy(profile, backend, ctx, control_rows,
+                                                            f"{dataset} random-pair accuracy after")
+    accuracy = {"before": before, "after": after, "random": {"before": random_before, "after": random_after},
+                "tests": {PAIR_KINDS[0]: paired_test(judged_before, judged_after),
+                          PAIR_KINDS[1]: paired_test(judged_random_before, judged_random_after)}}
+    _save_accuracy(folder, accuracy, {"before": judged_before, "after": judged_after,
+                                      "random_before": judged_random_before, "random_after": judged_random_after})
     rows = evaluate_test(profile, root, ctx, backend, row_name)
     if row_name is None:
         write_rows(profile, root, rows)
-    record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": {"before": before, "after": after}}
+    record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": accuracy}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=rta._json_default)))
     return {**record, "skipped": False, "final": str(final)}
 
@@ -593,7 +674,8 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
     "table1": frame, "table2": frame}``; the accuracy frame (ours before/after beside the paper) is
     also written to ``results/<profile>/preference_accuracy.csv``."""
     runs = {dataset: run_dataset(profile, root, dataset, force=force, log=log) for dataset in profile.data.datasets}
-    accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name)
+    accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name,
+                                         r["accuracy"].get("random"), r["accuracy"].get("tests"))
                           for d, r in runs.items()], ignore_index=True)
     results_dir = profile.results_dir(root)
     write_text_atomic(results_dir / "preference_accuracy.csv", accuracy.to_csv(index=False, float_format="%.4f"))

@@ -153,6 +153,73 @@ def test_no_pair_has_the_target_as_negative():
     assert (pairs["negative_item"] != pairs["target_item"]).all()
 
 
+def _control_samples() -> pd.DataFrame:
+    cands = [f"i{k}" for k in range(1, 21)]
+    return pd.DataFrame({"sample_id": [7, 3, 5], "user_id": ["u7", "u3", "u5"],
+                         "candidates": [cands, cands[::-1], cands], "target_index": [20, 1, 4]})
+
+
+def test_random_pairs_are_seeded_uniform_negatives_in_the_mined_format():
+    samples = _control_samples()
+    pairs = ppr.random_pairs(samples, seed=42)
+    assert list(pairs.columns) == list(ppr.PAIR_COLUMNS)
+    # Replay of default_rng(42) over sample_id order 3, 5, 7: (negative draw among 19, A/B draw) =
+    # (1, True), (12, False), (8, True); the pool skips the target's position.
+    assert pairs[["pair_id", "sample_id", "user_id", "target_index", "negative_index", "target_item",
+                  "negative_item", "target_rank", "pool_size", "a_is_target"]].to_dict("list") == {
+        "pair_id": [0, 1, 2], "sample_id": [3, 5, 7], "user_id": ["u3", "u5", "u7"], "target_index": [1, 4, 20],
+        "negative_index": [3, 14, 9], "target_item": ["i20", "i4", "i20"], "negative_item": ["i18", "i14", "i9"],
+        "target_rank": [-1, -1, -1], "pool_size": [19, 19, 19], "a_is_target": [True, False, True]}
+    assert pairs.equals(ppr.random_pairs(samples.iloc[::-1], seed=42))  # deterministic, order-free
+    assert not pairs["negative_index"].equals(ppr.random_pairs(samples, seed=43)["negative_index"])
+
+
+def test_random_pairs_never_pair_the_target_with_itself_and_stay_in_the_candidates():
+    rng = np.random.default_rng(0)
+    cands = [f"i{k}" for k in range(1, 21)]
+    samples = pd.DataFrame({"sample_id": range(400), "user_id": "u",
+                            "candidates": [list(rng.permutation(cands)) for _ in range(400)],
+                            "target_index": rng.integers(1, 21, 400)})
+    pairs = ppr.random_pairs(samples, seed=1)
+    assert len(pairs) == len(samples)  # one control pair per held-out instance
+    assert (pairs["negative_index"] != pairs["target_index"]).all()
+    assert (pairs["negative_item"] != pairs["target_item"]).all()
+    by_id = samples.set_index("sample_id")
+    for pair in pairs.to_dict("records"):
+        own = list(by_id.loc[pair["sample_id"], "candidates"])
+        assert own[pair["negative_index"] - 1] == pair["negative_item"]
+        assert own[pair["target_index"] - 1] == pair["target_item"]
+    assert set(pairs["negative_index"]) == set(range(1, 21))  # every position can be drawn
+    assert 0.4 < pairs["a_is_target"].mean() < 0.6
+    # A candidate list holding the target item twice: the duplicate is never the negative.
+    dup = pd.DataFrame({"sample_id": [0], "user_id": ["u"], "candidates": [["x", "x", "y"]], "target_index": [1]})
+    assert all(ppr.random_pairs(dup, seed=s)["negative_item"].item() == "y" for s in range(20))
+
+
+def test_random_pairs_feed_pair_rows_unchanged():
+    samples = rf.train_samples(3)
+    pairs = ppr.random_pairs(samples, seed=0)
+    rows = ppr.pair_rows(pairs, samples, af.views(), 3)
+    assert len(rows) == 6 and [r["direction"] for r in rows] == ["more", "less"] * 3
+    for row, pair in zip(rows[::2], pairs.to_dict("records")):
+        assert row["answer_letter"] == ("A" if pair["a_is_target"] else "B")
+
+
+def test_paired_test_joins_before_and_after_on_pair_and_direction():
+    before = pd.DataFrame({"pair_id": [0, 0, 1, 1, 2, 2, 3, 3], "direction": ["more", "less"] * 4,
+                           "correct": [True, False, False, False, True, True, False, True]})
+    # Same judgements in another order: 0/less and 1/more and 1/less and 3/more flip 0 -> 1, 2/more 1 -> 0.
+    after = pd.DataFrame({"pair_id": [3, 3, 2, 2, 1, 1, 0, 0], "direction": ["less", "more"] * 4,
+                          "correct": [True, True, True, False, True, True, True, True]})
+    test = ppr.paired_test(before, after)
+    assert test == {"n": 8, "n_before_only": 1, "n_after_only": 4, "p_mcnemar": pytest.approx(0.375)}  # 2*P(X<=1), X~Bin(5,.5)
+    assert ppr.paired_test(before, before) == {"n": 8, "n_before_only": 0, "n_after_only": 0, "p_mcnemar": 1.0}
+    empty = ppr.judge_records([], [])
+    assert ppr.paired_test(empty, empty)["n"] == 0
+    with pytest.raises(ValueError, match="do not pair up"):
+        ppr.paired_test(before, after.iloc[:6])
+
+
 def test_pairs_artifact_round_trips_and_refuses_tampering(tmp_path):
     samples = rf.train_samples(4)
     pairs = {"train": _pairs(samples), "valid": _pairs(samples.head(2))}
@@ -182,6 +249,15 @@ def test_accuracy_summary_is_exact():
     table = ppr.accuracy_table("ml-100k", summary, summary, "smoke")
     paper = table[table["source"] == "paper"].set_index("stage")["all"]
     assert paper.to_dict() == {"RTA": 0.19, "RTA+PPR": 0.24}
+    assert table[table["source"] == "measured"]["pairs"].tolist() == ["mined held-out"] * 2  # old records
+    low = {**summary, "all": 0.25}
+    tests = {"mined held-out": {"n": 6, "p_mcnemar": 1.0}, "random": {"n": 8, "p_mcnemar": 0.5}}
+    table = ppr.accuracy_table("ml-100k", summary, summary, "smoke", {"before": low, "after": summary}, tests)
+    measured = table[table["source"] == "measured"]
+    assert measured[["pairs", "stage", "all", "n", "p_mcnemar"]].to_dict("list") == {
+        "pairs": ["mined held-out", "mined held-out", "random", "random"], "stage": ["RTA", "RTA+PPR"] * 2,
+        "all": [0.5, 0.5, 0.25, 0.5], "n": [6, 6, 8, 8], "p_mcnemar": [1.0, 1.0, 0.5, 0.5]}
+    assert set(table[table["source"] == "paper"]["pairs"]) == {"paper"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +389,10 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     round1 = str(ppr.round_dir(profile, tmp_path, "d", 1) / "final")
     assert mined == [(str(stage1), 1, str(stage1)), (round1, 2, round1)]
     assert trained == [(str(stage1), round1, 8, 1), (round1, str(folder / "final"), 8, 2)]  # 4 pairs x 2 directions
-    assert judged == [(str(stage1), 4), (str(folder / "final"), 4)]  # the round-1 held-out pairs, both times
+    # the round-1 held-out pairs (2 x 2 directions), then the random pairs (4 instances x 2), both times
+    assert judged == [(str(stage1), 4), (str(stage1), 8), (str(folder / "final"), 4), (str(folder / "final"), 8)]
+    assert set(result["accuracy"]) == {"before", "after", "random", "tests"}
+    assert set(json.loads((folder / "preference_accuracy.json").read_text())) == {"before", "after", "random", "tests"}
     assert [r["round"] for r in result["rounds"]] == [1, 2] and result["final"] == str(folder / "final")
 
 
