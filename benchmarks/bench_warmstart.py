@@ -83,7 +83,8 @@ def main() -> int:
 
     profile = load_profile("smoke")
     root = Path(args.root)
-    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed)
+    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
+                             corpus_tools=profile.tools)
     bench = load_benchmark(profile, profile.data.datasets[0], root)
     chosen = bench.samples["train"].sample(n=args.instances, random_state=profile.run.seed).sort_values("sample_id")
     rows = chosen.to_dict("records")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -173,12 +173,13 @@ def _corpus_digest(corpus: Sequence[str]) -> str:
 
 
 def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | None = None, seed: int = 0,
-                     vocab_size: int = TINY_VOCAB_SIZE) -> Path:
+                     vocab_size: int = TINY_VOCAB_SIZE, corpus_tools: Any = None) -> Path:
     """Build, save (``save_pretrained``) and return the folder of a tiny Qwen3 model and tokenizer.
 
     Deterministic for a given (size, corpus, seed): the tokenizer training is deterministic and the
     weights are drawn under a forked, seeded torch RNG. ``corpus`` defaults to the kit's own prompt
-    material (:func:`recrepro.agent.corpus.tokenizer_corpus`). Load the result with
+    material (:func:`recrepro.agent.corpus.tokenizer_corpus`, whose tool answers follow
+    ``corpus_tools``, a profile's ``tools`` section; None = the smoke profile's). Load the result with
     :func:`load_causal_lm` like any real model.
     """
     import json
@@ -193,7 +194,7 @@ def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | Non
     if corpus is None:
         from recrepro.agent.corpus import corpus_version as default_corpus_version, tokenizer_corpus
 
-        corpus, corpus_version = tokenizer_corpus(seed=seed), default_corpus_version()
+        corpus, corpus_version = tokenizer_corpus(seed=seed, tools=corpus_tools), default_corpus_version()
     corpus = list(corpus)
     spec = TINY_SIZES[size]
     tokenizer = train_tiny_tokenizer(corpus, vocab_size)
@@ -212,7 +213,7 @@ def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | Non
                                                pad_token_id=tokenizer.pad_token_id, do_sample=False)
     info = {"builder_version": TINY_BUILD_VERSION, "size": size, "spec": spec.__dict__, "seed": seed,
             "vocab_size": len(tokenizer), "corpus_sha256": _corpus_digest(corpus), "corpus_texts": len(corpus),
-            "corpus_version": corpus_version,
+            "corpus_version": corpus_version, **_corpus_tools_key(corpus_tools),
             "parameters": sum(p.numel() for p in model.parameters())}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -222,7 +223,12 @@ def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | Non
     return out_dir
 
 
-def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 0) -> Path:
+def _corpus_tools_key(corpus_tools: Any) -> dict[str, Any]:
+    """Recorded only when given, so models built before the key existed keep their cache."""
+    return {} if corpus_tools is None else {"corpus_tools": dict(sorted(vars(corpus_tools).items()))}
+
+
+def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 0, corpus_tools: Any = None) -> Path:
     """The folder of a built tiny model for ``name``, building it first when absent or stale (another
     builder version, spec, seed, or default corpus version, which follows the agent prompt version)."""
     import json
@@ -235,7 +241,8 @@ def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 
     if info_path.is_file():
         info = json.loads(info_path.read_text())
         # The spec is compared too, so resizing one size rebuilds only that size (s caches stay valid).
-        if (info.get("builder_version"), info.get("seed"), info.get("corpus_version"), info.get("spec")) == \
-                (TINY_BUILD_VERSION, seed, corpus_version(), TINY_SIZES[size].__dict__):
+        if (info.get("builder_version"), info.get("seed"), info.get("corpus_version"), info.get("spec"),
+                info.get("corpus_tools")) == (TINY_BUILD_VERSION, seed, corpus_version(), TINY_SIZES[size].__dict__,
+                                              _corpus_tools_key(corpus_tools).get("corpus_tools")):
             return folder
-    return build_tiny_qwen3(size, folder, seed=seed)
+    return build_tiny_qwen3(size, folder, seed=seed, corpus_tools=corpus_tools)

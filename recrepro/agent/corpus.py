@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pandas as pd
 
@@ -90,8 +91,12 @@ def corpus_version() -> str:
     return f"corpus-{CORPUS_VERSION}/prompt-{PROMPT_VERSION}"
 
 
-def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS) -> list[str]:
-    """The texts a tiny tokenizer is trained on (deterministic for ``seed``)."""
+def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS, tools: Any = None) -> list[str]:
+    """The texts a tiny tokenizer is trained on (deterministic for ``seed`` and ``tools``).
+
+    ``tools`` (a profile's ``tools`` section) decides what the tool answers in the corpus look like,
+    e.g. whether candidates_analyze ends with the popularity line; None = the smoke profile's.
+    """
     from recrepro.config import load_profile
     from recrepro.tools import ToolKit
 
@@ -102,7 +107,8 @@ def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS) -> list[
     texts.append(tool_block)
     log, items = _ml100k()
     views = item_views(items)
-    kit = ToolKit(log, items, load_profile("smoke").tools, history_max=10, dataset="ml-100k")
+    kit = ToolKit(log, items, tools if tools is not None else load_profile("smoke").tools, history_max=10,
+                  dataset="ml-100k")
     env = RecAgentEnv(kit.bind, max_tool_calls=10)
     from recrepro.agent.prompt import instance_from_sample
 

@@ -503,7 +503,8 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     from recrepro.models import ensure_tiny_qwen3
 
     root = Path(root)
-    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed)
+    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
+                             corpus_tools=profile.tools)
     if not profile.warmstart.enabled:
         return base
     out = warm_model_dir(base)

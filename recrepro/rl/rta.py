@@ -526,7 +526,7 @@ def starting_model(profile: Profile, root: Path | str = ".", progress: bool = Tr
             from recrepro.agent.warmstart import ensure_warm_tiny_model
 
             return str(ensure_warm_tiny_model(profile, root, progress=progress))
-        return str(ensure_tiny_qwen3(profile.run_dir(root), name, seed=profile.run.seed))
+        return str(ensure_tiny_qwen3(profile.run_dir(root), name, seed=profile.run.seed, corpus_tools=profile.tools))
     if profile.warmstart.enabled:
         print("[rta] warmstart.enabled is ignored for a hub backbone: the paper starts RL from the instruct model")
     return name

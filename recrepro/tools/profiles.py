@@ -417,7 +417,7 @@ def make_generator(profile: "Profile", root: Path | str = ".") -> ProfileGenerat
 
     if getattr(models, "is_tiny_name", lambda _: False)(model):
         # The tiny offline model is built on demand (DESIGN.md 4); the cache key keeps its name.
-        path = models.ensure_tiny_qwen3(profile.run_dir(root), model, seed=profile.run.seed)
+        path = models.ensure_tiny_qwen3(profile.run_dir(root), model, seed=profile.run.seed, corpus_tools=profile.tools)
         generator = LLMProfileGenerator(path, cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size,
                                         profile.run.device)
         generator.model = model
