@@ -42,3 +42,14 @@ def make_log(n_users: int = 12, n_items: int = 60, per_user: int = 6, seed: int 
         "price": float("nan"), "avg_rating": float("nan"), "rating_count": float("nan"), "store": "",
     })
     return interactions, items
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the same float results, so the same samples, on every machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -87,13 +87,6 @@ def target_probability(model, tokenizer) -> float:
     return float(torch.softmax(logits.float(), dim=-1)[:, tokenizer.convert_tokens_to_ids(TARGET)].mean())
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _trainer(tmp_path, learning_rate: float):
     """The kit's trainer class and GRPO config, cut to one-token completions: 8 prompts x G = 8 per step."""

@@ -85,14 +85,6 @@ EVAL_SEEDS = (1, 2)  # sampling seeds of the measurements before and after train
 P_MAX = 0.01
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: the same float results, so the same samples, on every machine with this torch build."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _samples() -> pd.DataFrame:
     samples = af.synthetic().samples
