@@ -79,12 +79,13 @@ def main() -> int:
     from recrepro.agent.prompt import PromptSpec, instance_from_sample, item_views
     from recrepro.config import load_profile
     from recrepro.data.pipeline import load_benchmark
-    from recrepro.models import ensure_tiny_qwen3, load_causal_lm
+    from recrepro.agent.corpus import ensure_tiny_agent_model
+    from recrepro.models import load_causal_lm
 
     profile = load_profile("smoke")
     root = Path(args.root)
-    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
-                             corpus_tools=profile.tools)
+    base = ensure_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
+                                   tools=profile.tools)
     bench = load_benchmark(profile, profile.data.datasets[0], root)
     chosen = bench.samples["train"].sample(n=args.instances, random_state=profile.run.seed).sort_values("sample_id")
     rows = chosen.to_dict("records")

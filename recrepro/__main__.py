@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from recrepro.config import ConfigError, parse_overrides
+from recrepro.runner import run_chain
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recrepro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -20,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a profile value, e.g. --set data.max_users=50")
     args = parser.parse_args(argv)
 
-    from recrepro.config import ConfigError, parse_overrides
-    from recrepro.runner import run_chain
 
     began = time.perf_counter()
     try:

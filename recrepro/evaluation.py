@@ -20,6 +20,7 @@ import pandas as pd
 from recrepro.config import Profile
 from recrepro.io import read_parquet, write_parquet
 from recrepro.metrics import bootstrap_ci, chance_metrics, list_metrics, metric_names, score_metrics, summarize
+from recrepro.tables import TABLE1_TITLE, not_run_rows, write_table
 
 
 def metrics_row(dataset: str, model: str, per_instance: dict[str, np.ndarray], profile: Profile,
@@ -99,8 +100,6 @@ def write_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame
     They get source "not run" and empty metrics (never invented); the rendered table shows each
     beside the paper's values on the same dataset where the paper reports one.
     """
-    from recrepro.stages import TABLE1_TITLE
-    from recrepro.tables import not_run_rows, write_table
 
     rows = not_run_rows(list(profile.data.datasets), profile.run.name, profile.eval.ks)
     return write_table(profile.results_dir(root), "table1", rows.to_dict("records"), TABLE1_TITLE,

@@ -27,7 +27,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from recrepro.metrics import chance_metrics  # noqa: E402
+from recrepro.metrics import chance_metrics
+from recrepro.rl.rta import train_log_path
+from recrepro.rl.rta_log import read_train_log
 
 METRICS = ["H@1", "H@5", "H@10", "N@5", "N@10"]
 CHANCE_N10 = chance_metrics(20, [10])["N@10"]  # PAPER.md 1.1: 20 candidates, one positive
@@ -174,8 +176,6 @@ def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
 
 def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) -> tuple[plt.Figure, list[Path]]:
     """Figure 3 from the main TIRR run's log (``runs/<profile>/rta/<dataset>/train_log.csv``, notebook 04)."""
-    from recrepro.rl.rta import train_log_path
-    from recrepro.rl.rta_log import read_train_log
 
     dataset = dataset or (profile.sweeps.dataset or profile.data.datasets[0])
     path = train_log_path(profile, root, dataset, "tirr")
@@ -186,7 +186,6 @@ def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) ->
 
 def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFrame]) -> dict[str, tuple]:
     """Figures 4 and 5 from :func:`recrepro.rl.sweeps.run_sweeps`'s frames, chance lines included."""
-    from recrepro.metrics import chance_metrics
 
     chance = chance_metrics(profile.data.n_candidates, profile.eval.ks)
     out_dir = profile.figures_dir(root)

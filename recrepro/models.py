@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from recrepro.io import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -172,29 +174,23 @@ def _corpus_digest(corpus: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Sequence[str] | None = None, seed: int = 0,
-                     vocab_size: int = TINY_VOCAB_SIZE, corpus_tools: Any = None) -> Path:
+def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Iterable[str], seed: int = 0,
+                     vocab_size: int = TINY_VOCAB_SIZE, corpus_version: str = "custom", corpus_tools: Any = None
+                     ) -> Path:
     """Build, save (``save_pretrained``) and return the folder of a tiny Qwen3 model and tokenizer.
 
     Deterministic for a given (size, corpus, seed): the tokenizer training is deterministic and the
-    weights are drawn under a forked, seeded torch RNG. ``corpus`` defaults to the kit's own prompt
-    material (:func:`recrepro.agent.corpus.tokenizer_corpus`, whose tool answers follow
-    ``corpus_tools``, a profile's ``tools`` section; None = the smoke profile's). Load the result with
-    :func:`load_causal_lm` like any real model.
+    weights are drawn under a forked, seeded torch RNG. The agent builds its models on its own prompt
+    material (:func:`recrepro.agent.corpus.ensure_tiny_agent_model`), recording ``corpus_version``
+    and ``corpus_tools`` (the profile's ``tools`` section its tool answers follow) in
+    ``build_info.json``. Load the result with :func:`load_causal_lm` like any real model.
     """
     import json
 
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    from recrepro.io import atomic_dir
-
     if size not in TINY_SIZES:
         raise ValueError(f"unknown tiny size {size!r}; known: {sorted(TINY_SIZES)}")
-    corpus_version = "custom"
-    if corpus is None:
-        from recrepro.agent.corpus import corpus_version as default_corpus_version, tokenizer_corpus
-
-        corpus, corpus_version = tokenizer_corpus(seed=seed, tools=corpus_tools), default_corpus_version()
     corpus = list(corpus)
     spec = TINY_SIZES[size]
     tokenizer = train_tiny_tokenizer(corpus, vocab_size)
@@ -228,12 +224,11 @@ def _corpus_tools_key(corpus_tools: Any) -> dict[str, Any]:
     return {} if corpus_tools is None else {"corpus_tools": dict(sorted(vars(corpus_tools).items()))}
 
 
-def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 0, corpus_tools: Any = None) -> Path:
-    """The folder of a built tiny model for ``name``, building it first when absent or stale (another
-    builder version, spec, seed, or default corpus version, which follows the agent prompt version)."""
+def ensure_tiny_qwen3(run_dir: Path | str, name: str, corpus: Callable[[], Iterable[str]], corpus_version: str,
+                      seed: int = 0, corpus_tools: Any = None) -> Path:
+    """The folder of a built tiny model for ``name``, building it first (tokenizer on ``corpus()``)
+    when absent or stale: another builder version, spec, seed, ``corpus_version`` or ``corpus_tools``."""
     import json
-
-    from recrepro.agent.corpus import corpus_version
 
     size = tiny_size_of(name)
     folder = tiny_model_dir(run_dir, size)
@@ -242,7 +237,7 @@ def ensure_tiny_qwen3(run_dir: Path | str, name: str = TINY_PREFIX, seed: int = 
         info = json.loads(info_path.read_text())
         # The spec is compared too, so resizing one size rebuilds only that size (s caches stay valid).
         if (info.get("builder_version"), info.get("seed"), info.get("corpus_version"), info.get("spec"),
-                info.get("corpus_tools")) == (TINY_BUILD_VERSION, seed, corpus_version(), TINY_SIZES[size].__dict__,
+                info.get("corpus_tools")) == (TINY_BUILD_VERSION, seed, corpus_version, TINY_SIZES[size].__dict__,
                                               _corpus_tools_key(corpus_tools).get("corpus_tools")):
             return folder
-    return build_tiny_qwen3(size, folder, seed=seed, corpus_tools=corpus_tools)
+    return build_tiny_qwen3(size, folder, corpus(), seed=seed, corpus_version=corpus_version, corpus_tools=corpus_tools)

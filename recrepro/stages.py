@@ -13,11 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from recrepro.agent.card import load_eval_cards
+from recrepro.agent.corpus import ensure_tiny_agent_model
+from recrepro.baselines.sequential import load_sequential, train_sequential
+from recrepro.baselines.simple import popularity_scores, random_scores
 from recrepro.config import Profile
+from recrepro.data.pipeline import load_benchmark, prepare_dataset, stats_table
+from recrepro.evaluation import FIRST_TEN, chance_row, evaluate_scores
 from recrepro.io import write_json_atomic, write_text_atomic
-from recrepro.tables import write_table
+from recrepro.positions import dataset_position_rows, write_position_buckets
+from recrepro.significance import run_comparisons
+from recrepro.tables import TABLE1_TITLE, write_table
+from recrepro.tools.profiles import ProfileGenerator, write_user_profiles
 
-TABLE1_TITLE = "Table 1: top-K accuracy on the frozen test lists (20 candidates)"
 KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "recbole", "numpy", "pandas", "papermill")
 
 
@@ -52,7 +60,6 @@ def run_setup(profile: Profile, root: Path | str = ".") -> dict:
 
 def run_data(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
     """Build every dataset of the profile and write ``results/<profile>/dataset_stats.csv``."""
-    from recrepro.data.pipeline import prepare_dataset, stats_table
 
     rows = [prepare_dataset(profile, dataset, root) for dataset in profile.data.datasets]
     table = stats_table(rows, profile.run.name)
@@ -63,10 +70,6 @@ def run_data(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
 
 def run_classic_baselines(profile: Profile, root: Path | str = ".", models: list[str] | None = None) -> pd.DataFrame:
     """Chance, Random, MostPop and the RecBole models on every dataset's test split -> table1."""
-    from recrepro.baselines.simple import popularity_scores, random_scores
-    from recrepro.baselines.sequential import load_sequential, train_sequential
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import chance_row, evaluate_scores
 
     root = Path(root)
     rows: list[dict] = []
@@ -91,6 +94,19 @@ def run_classic_baselines(profile: Profile, root: Path | str = ".", models: list
     return write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
 
 
+def run_user_profiles(profile: Profile, root: Path | str = ".", generator: ProfileGenerator | None = None,
+                      progress: bool = True) -> pd.DataFrame:
+    """Notebook 03: a profile for every instance (:func:`recrepro.tools.profiles.write_user_profiles`).
+
+    A tiny offline profile writer is built here, with the agent's tokenizer corpus, because the
+    tools layer below cannot build agent models.
+    """
+    def tiny_model(name: str) -> Path:
+        return ensure_tiny_agent_model(profile.run_dir(root), name, seed=profile.run.seed, tools=profile.tools)
+
+    return write_user_profiles(profile, root, generator, progress=progress, tiny_model=tiny_model)
+
+
 def _device(profile: Profile) -> str:
     if profile.run.device != "auto":
         return profile.run.device
@@ -106,7 +122,6 @@ def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:
     its Table 1 alias ("AgenticRec (RTA)") has none and sweep points are in neither table, so each
     LLM evaluation is listed once, in table order.
     """
-    from recrepro.agent.card import load_eval_cards
 
     results = profile.results_dir(root)
     carded = {c["model"] for c in load_eval_cards(results).values() if c["dataset"] == dataset}
@@ -123,10 +138,6 @@ def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:
 def run_eval_reports(profile: Profile, root: Path | str = ".") -> dict[str, pd.DataFrame]:
     """Notebook 06's last step: H@10 by target position of every LLM row and of ``First ten candidates``
     (``position_buckets.csv``/``.md``) and the paired ablation comparisons (``comparisons.csv``/``.md``)."""
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import FIRST_TEN
-    from recrepro.positions import dataset_position_rows, write_position_buckets
-    from recrepro.significance import run_comparisons
 
     rows: list[dict] = []
     for dataset in profile.data.datasets:

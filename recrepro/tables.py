@@ -19,8 +19,10 @@ import pandas as pd
 
 from recrepro.io import write_text_atomic
 from recrepro.metrics import metric_names
-from recrepro.paper import reported_values
+from recrepro.paper import paper_name, reported_values
 
+TABLE1_TITLE = "Table 1: top-K accuracy on the frozen test lists (20 candidates)"
+TABLE2_TITLE = "Table 2: ablation of tools and training (R = reasoning only, TIRR = tool-integrated)"
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
     "Chance", "First ten candidates", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
@@ -68,7 +70,6 @@ def not_run_rows(datasets: list[str], profile_name: str, ks: list[int]) -> pd.Da
     ``paper_marks`` holds the marks of the paper's values for that model on that dataset (via the
     paper's short dataset name), empty where the paper reports none (always so for ml-100k).
     """
-    from recrepro.paper import paper_name
 
     reported = paper_rows("table1", profile_name, ks).set_index(["dataset", "model"])
     rows = []
@@ -140,7 +141,6 @@ def render_markdown(table: pd.DataFrame, title: str, ks: list[int]) -> str:
 
 def _not_run_section(table: pd.DataFrame, names: list[str]) -> list[str]:
     """Markdown lines for the "not run" rows, each beside the paper's values on that dataset (if any)."""
-    from recrepro.paper import paper_name
 
     skipped = table[table["source"] == NOT_RUN]
     if not len(skipped):

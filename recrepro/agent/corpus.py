@@ -1,6 +1,6 @@
 """Training text for the tiny models' tokenizer: the kit's own prompt material, built offline.
 
-The tiny Qwen3 models of the smoke profile (``recrepro.models.build_tiny_qwen3``) need a tokenizer
+The tiny Qwen3 models of the smoke and cpu profiles (:func:`ensure_tiny_agent_model`) need a tokenizer
 whose merges fit what the agent reads and writes, so prompts stay short and CPU rollouts fast. The
 corpus is: every system prompt variant, the tool schemas, and synthetic conversations over
 ml-100k (RecBole's packaged copy, no download): a user turn built from a real user's history and
@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.parser import format_answer, format_tool_call
-from recrepro.agent.prompt import (STYLES, VARIANTS, AgentInstance, PromptSpec, item_views, system_prompt,
-                                   user_prompt)
+from recrepro.agent.prompt import (PROMPT_VERSION, STYLES, VARIANTS, AgentInstance, PromptSpec, instance_from_sample,
+                                   item_views, system_prompt, user_prompt)
+from recrepro.config import load_profile
+from recrepro.data.movielens import load_interactions, load_items, packaged_dir
+from recrepro.models import ensure_tiny_qwen3
+from recrepro.tools import ToolKit
 
 CORPUS_VERSION = "v1"  # bump when the corpus recipe changes (tiny models are then rebuilt)
 CHAT_OPEN, CHAT_CLOSE = "<|im_start|>", "<|im_end|>"
@@ -33,8 +38,6 @@ def _turn(role: str, text: str) -> str:
 
 
 def _ml100k() -> tuple[pd.DataFrame, pd.DataFrame]:
-    from recrepro.data.movielens import load_interactions, load_items, packaged_dir
-
     folder = packaged_dir()
     return load_interactions(folder), load_items(folder)
 
@@ -86,8 +89,6 @@ def _conversation(rng: random.Random, row: dict, instance: AgentInstance, spec: 
 
 def corpus_version() -> str:
     """Recorded in a tiny model's build_info.json: the corpus recipe and the prompt texts it used."""
-    from recrepro.agent.prompt import PROMPT_VERSION
-
     return f"corpus-{CORPUS_VERSION}/prompt-{PROMPT_VERSION}"
 
 
@@ -97,9 +98,6 @@ def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS, tools: A
     ``tools`` (a profile's ``tools`` section) decides what the tool answers in the corpus look like,
     e.g. whether candidates_analyze ends with the popularity line; None = the smoke profile's.
     """
-    from recrepro.config import load_profile
-    from recrepro.tools import ToolKit
-
     rng = random.Random(seed)
     schemas = tool_schemas(RecAgentEnv())
     tool_block = "\n".join(json.dumps(s, ensure_ascii=False) for s in schemas.values())
@@ -110,8 +108,6 @@ def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS, tools: A
     kit = ToolKit(log, items, tools if tools is not None else load_profile("smoke").tools, history_max=10,
                   dataset="ml-100k")
     env = RecAgentEnv(kit.bind, max_tool_calls=10)
-    from recrepro.agent.prompt import instance_from_sample
-
     for row in _instance_rows(log, list(views), rng, documents):
         spec = PromptSpec(rng.choice(VARIANTS), rng.choice(STYLES))
         instance = instance_from_sample(row, views)
@@ -119,3 +115,10 @@ def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS, tools: A
         texts.append(_turn("system", system) + _turn("user", user_prompt(instance, spec))
                      + _conversation(rng, row, instance, spec, env, schemas))
     return texts
+
+
+def ensure_tiny_agent_model(run_dir: Path | str, name: str, seed: int = 0, tools: Any = None) -> Path:
+    """The folder of the tiny model ``name`` (``tiny-qwen3[-s|-m|-l]``) under ``run_dir``, built first
+    when absent or stale, with a tokenizer trained on :func:`tokenizer_corpus` (``seed``, ``tools``)."""
+    return ensure_tiny_qwen3(run_dir, name, corpus=lambda: tokenizer_corpus(seed=seed, tools=tools),
+                             corpus_version=corpus_version(), seed=seed, corpus_tools=tools)

@@ -35,15 +35,19 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from recrepro.agent.card import build_card, write_eval_card
-from recrepro.agent.env import RecAgentEnv, make_env_factory
-from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views, \
-    prompt_fingerprint
+from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
+from recrepro.agent.prompt import (PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views,
+                                   prompt_fingerprint)
 from recrepro.agent.rollout import (AgentTask, HFGenerator, RolloutEngine, RolloutSettings, TrajectoryRecord,
                                     VLLMGenerator, vllm_available)
+from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
+from recrepro.data.pipeline import load_benchmark
+from recrepro.evaluation import chance_row, evaluate_lists, first_ten_row
 from recrepro.io import write_text_atomic
+from recrepro.models import is_tiny_name, load_causal_lm
+from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 
-TABLE2_TITLE = "Table 2: ablation of tools and training (R = reasoning only, TIRR = tool-integrated)"
 FROZEN_LABELS = {  # variant -> (table 2 model name, table 1 model name)
     "r": ("frozen-R", "LLMRank-like (frozen R)"),
     "tirr": ("frozen-TIRR", "InteRecAgent-like (frozen TIRR)"),
@@ -93,13 +97,10 @@ class AgentBackend:
 
 def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Path | None = None) -> AgentBackend:
     """The profile's agent backbone; vLLM when installed with a GPU, else transformers."""
-    from recrepro.models import is_tiny_name, load_causal_lm
 
     if model_path is None:
         name = profile.agent.model_name_or_path
         if is_tiny_name(name):
-            from recrepro.agent.warmstart import ensure_warm_tiny_model
-
             model_path = ensure_warm_tiny_model(profile, root)
         else:
             model_path = name
@@ -111,17 +112,6 @@ def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Pat
     loaded = load_causal_lm(model_path, device=profile.run.device)
     context = getattr(loaded.model.config, "max_position_embeddings", None)
     return AgentBackend(HFGenerator(loaded.model, loaded.tokenizer), loaded.tokenizer, str(model_path), context)
-
-
-def toolkit_env_factory(profile: Profile, bench: Any, root: Path | str, samples: pd.DataFrame | None = None
-                        ) -> Callable[[], RecAgentEnv]:
-    """Environments bound through a ToolKit on ``bench`` (SASRec space and profiles when written)."""
-    from recrepro.tools import ToolKit
-
-    kit = ToolKit.from_benchmark(bench, profile, root)
-    if samples is not None:
-        kit.prepare(kit.instances(samples))  # batch the slow neighbour search once
-    return make_env_factory(kit.bind, profile.agent.max_tool_calls)
 
 
 @dataclass
@@ -153,7 +143,6 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
     ``model`` names the row (e.g. ``frozen-TIRR``); ``extra_names`` are further names under which
     the same per-instance scores are saved (the Table 1 name of the same run).
     """
-    from recrepro.evaluation import evaluate_lists
 
     spec = PromptSpec(variant=variant, style=profile.agent.prompt_style, top_k=profile.agent.top_k,
                       max_tool_calls=profile.agent.max_tool_calls)
@@ -194,10 +183,6 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
 
     Also the ``First ten candidates`` reference row (:func:`recrepro.evaluation.first_ten_row`) on
     the same lists, in both tables."""
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import chance_row, first_ten_row
-    from recrepro.stages import TABLE1_TITLE
-    from recrepro.tables import write_table
 
     root = Path(root)
     backend = backend or load_backend(profile, root)

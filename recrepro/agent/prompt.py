@@ -28,7 +28,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Callable, Mapping, Sequence
 
-from recrepro.data.schema import CATEGORY_SEPARATOR
+from recrepro.data.labels import catalogue_labels
 
 PROMPT_VERSION = "v1"
 VARIANTS = ("tirr", "r")
@@ -153,22 +153,13 @@ def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
                                          add_generation_prompt=True, tokenize=False)
 
 
-def split_categories(value: Any) -> tuple[str, ...]:
-    """The items table's ``"a|b|c"`` category string as a tuple (empty for missing values)."""
-    if not isinstance(value, str) or not value:
-        return ()
-    return tuple(part.strip() for part in value.split(CATEGORY_SEPARATOR) if part.strip())
-
-
 def item_views(items: Any) -> dict[str, ItemView]:
     """item_id -> ItemView from the canonical items table (recrepro.data.schema).
 
-    Categories are the ones the tools use in their aggregates (``recrepro.tools.toolkit.
+    Categories are the ones the tools use in their aggregates (``recrepro.data.labels.
     catalogue_labels``: dataset-wide root labels dropped, the most specific three kept), so the
     prompt and the tool outputs name an item's categories the same way.
     """
-    from recrepro.tools.toolkit import catalogue_labels
-
     _, shown, _ = catalogue_labels(items["categories"])
     return {str(i): ItemView(str(i), str(t), tuple(labels))
             for i, t, labels in zip(items["item_id"], items["title"], shown)}

@@ -42,10 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from recrepro.agent.env import RecAgentEnv, env_tools, pair_columns
-from recrepro.agent.parser import format_answer, format_tool_call
-from recrepro.agent.prompt import AgentInstance, PromptSpec, build_messages, render_prompt
+from recrepro.agent.corpus import ensure_tiny_agent_model
+from recrepro.agent.env import RecAgentEnv, env_tools, pair_columns, toolkit_env_factory
+from recrepro.agent.pairwise import ppr_messages, ppr_prompt_fingerprint
+from recrepro.agent.parser import format_answer, format_choice, format_tool_call
+from recrepro.agent.prompt import (PROMPT_VERSION, AgentInstance, PromptSpec, build_messages, instance_from_sample,
+                                   item_views, render_prompt)
 from recrepro.agent.rollout import tool_suffix_text
+from recrepro.data.pipeline import load_benchmark
+from recrepro.io import atomic_dir
+from recrepro.models import load_causal_lm
 
 TEACHER_VERSION = "v1"
 
@@ -241,8 +247,6 @@ def ppr_teacher_letter(instance: AgentInstance, item_a: Any, item_b: Any, direct
 def ppr_teacher_transcript(instance: AgentInstance, positions: tuple[int, int], direction: str,
                            max_tool_calls: int, env: RecAgentEnv) -> Transcript:
     """A pairwise (PPR) trajectory on candidates ``positions`` (1-based, shown as A and B)."""
-    from recrepro.agent.parser import format_choice
-    from recrepro.rl.ppr import ppr_messages
 
     item_a, item_b = (instance.candidates[p - 1] for p in positions)
     fav = _favourites(instance)
@@ -451,8 +455,6 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     """
     import json
 
-    from recrepro.io import atomic_dir
-    from recrepro.models import load_causal_lm
 
     loaded = load_causal_lm(base_dir, device="cpu")
     examples = teacher_examples(loaded.tokenizer, instances, rows, env_factory, specs, teacher, settings.seed)
@@ -498,13 +500,10 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     """
     import json
 
-    from recrepro.agent.prompt import PROMPT_VERSION, instance_from_sample, item_views
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.models import ensure_tiny_qwen3
 
     root = Path(root)
-    base = ensure_tiny_qwen3(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
-                             corpus_tools=profile.tools)
+    base = ensure_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
+                                   tools=profile.tools)
     if not profile.warmstart.enabled:
         return base
     out = warm_model_dir(base)
@@ -522,15 +521,11 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
                              "copy_steps": profile.warmstart.copy_steps,
                              "copy_tails": [COPY_SHORT_TOKENS, *COPY_LONG_TOKENS]}
     if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
-        from recrepro.rl.ppr import ppr_prompt_fingerprint
-
         recipe["ppr"] = {"share": profile.warmstart.ppr_share, "teacher_version": PPR_TEACHER_VERSION,
                          "prompts": ppr_prompt_fingerprint()}
     info = out / "warmstart_info.json"
     if not force and info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
         return out
-    from recrepro.agent.evaluate import toolkit_env_factory
-
     bench = load_benchmark(profile, dataset, root)
     train = bench.samples["train"]
     chosen = train.sample(n=min(n_instances, len(train)), random_state=profile.run.seed).sort_values("sample_id")

@@ -37,7 +37,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, toolkit_env_factory
+from recrepro.agent.parser import format_answer
+from recrepro.agent.prompt import build_messages, instance_from_sample, item_views
+from recrepro.agent.warmstart import Transcript, encode_transcript
 from recrepro.config import Profile
+from recrepro.data.pipeline import load_benchmark
+from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
+from recrepro.io import atomic_dir, sha256_file, write_json_atomic
+from recrepro.models import load_causal_lm, resolve_device
+from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model
+from recrepro.tables import TABLE1_TITLE, write_table
 
 SFT_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
 TABLE1_NAME = "TALLRec-like (SFT)"
@@ -54,9 +64,6 @@ def target_ranking(n_candidates: int, target_index: int, top_k: int) -> list[int
 def encode_example(tokenizer: Any, row: Mapping[str, Any], views: Mapping[str, Any], spec: Any,
                    top_k: int) -> dict[str, list[int]]:
     """Token ids and completion mask of one training instance (prompt masked, answer + end-of-turn trained)."""
-    from recrepro.agent.parser import format_answer
-    from recrepro.agent.prompt import build_messages, instance_from_sample
-    from recrepro.agent.warmstart import Transcript, encode_transcript
 
     instance = instance_from_sample(row, views)
     answer = format_answer(target_ranking(instance.n_candidates, int(instance.target_index), top_k))
@@ -72,7 +79,6 @@ def sft_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
 
 def sft_stamp(profile: Profile, dataset: str, start_model: str) -> dict[str, Any]:
     """What decides whether a trained adapter is still valid: recipe, config, dataset, start model."""
-    from recrepro.io import sha256_file
 
     origin: dict[str, Any] = {"path": str(start_model)}
     for name in ("warmstart_info.json", "build_info.json", "config.json"):
@@ -125,11 +131,6 @@ def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
 def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str, force: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune ``start_model`` with LoRA on the training subset; save the merged model (cached)."""
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.agent.prompt import item_views
-    from recrepro.io import atomic_dir
-    from recrepro.models import load_causal_lm, resolve_device
-    from recrepro.rl.rta import prompt_spec, seeded_subset
 
     final = sft_dir(profile, root, dataset) / "final"
     stamp = sft_stamp(profile, dataset, start_model)
@@ -171,11 +172,6 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
 def evaluate_sft(profile: Profile, root: Path | str, dataset: str, model_path: str, train_stamp: dict,
                  force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Greedy one-turn answers on the agent's test subset -> the Table 1 row (cached with the model)."""
-    from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, \
-        toolkit_env_factory
-    from recrepro.agent.prompt import item_views
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
 
     bench = load_benchmark(profile, dataset, root)
     samples = eval_subset(profile, bench.samples["test"])
@@ -200,7 +196,6 @@ def evaluate_sft(profile: Profile, root: Path | str, dataset: str, model_path: s
                             TABLE1_NAME, settings=settings)
     info = {"stamp": stamp, "wall_s_eval": round(time.perf_counter() - began, 2),
             "valid_share": result.card["valid_share"], "invalid_reasons": result.card["invalid_reasons"]}
-    from recrepro.io import write_json_atomic
 
     write_json_atomic(info_path, info)
     return {**info, "row": result.row, "skipped": False}
@@ -213,9 +208,6 @@ def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = Fal
     Returns ``{"rows": [...], "runs": {dataset: {...timings, losses, valid share}}, "table1": frame}``
     (``table1`` absent and nothing run when ``sft.enabled`` is false).
     """
-    from recrepro.rl.rta import starting_model
-    from recrepro.stages import TABLE1_TITLE
-    from recrepro.tables import write_table
 
     if not profile.sft.enabled:
         log("[sft] sft.enabled is false: the TALLRec-like baseline is not run")

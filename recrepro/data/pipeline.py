@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from recrepro.config import Profile
+from recrepro.data.amazon import fetch_category, load_category
+from recrepro.data.movielens import load_ml100k
 from recrepro.data.samples import add_candidates, build_samples, filter_interactions, iso_to_ts, split_samples
 from recrepro.data.schema import SPLITS, DataError
 from recrepro.io import atomic_dir, read_parquet, verify_manifest, write_json_atomic, write_manifest, write_parquet
@@ -56,11 +58,8 @@ def dataset_dir(profile: Profile, dataset: str, root: Path | str = ".") -> Path:
 def _load_raw(profile: Profile, dataset: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Counter]:
     cfg = profile.data
     if cfg.source == "movielens":
-        from recrepro.data.movielens import load_ml100k
-
         interactions, items, users = load_ml100k()
         return interactions, items, users, Counter()
-    from recrepro.data.amazon import fetch_category, load_category
 
     # Skips files whose SHA-256 matches downloads.json, so a rerun needs no network.
     fetch_category(root / cfg.raw_dir, cfg.base_url, dataset)

@@ -53,30 +53,35 @@ reproduction of the paper.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from recrepro.agent.env import pair_columns
+from recrepro.agent.env import make_env_factory, pair_columns
+from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
+                                     toolkit_env_factory)
+from recrepro.agent.pairwise import DIRECTIONS, ppr_messages, ppr_prompt_fingerprint
 from recrepro.agent.parser import ChoiceVerdict, choice_verdict
-from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item
-from recrepro.config import Profile, RewardConfig
-from recrepro.io import write_json_atomic, write_text_atomic
+from recrepro.agent.prompt import ItemView, item_views
+from recrepro.agent.rollout import AgentTask, RolloutEngine
+from recrepro.config import Profile, RewardConfig, load_profile, parse_overrides
+from recrepro.data.pipeline import load_benchmark
+from recrepro.evaluation import chance_row
+from recrepro.io import (ManifestError, atomic_dir, read_manifest, read_parquet, verify_manifest, write_json_atomic,
+                         write_manifest, write_parquet, write_text_atomic)
+from recrepro.paper import reported_values
 from recrepro.rl import rta
 from recrepro.rl.mining import PAIR_COLUMNS, PolicyOutput, correct_letter, mine_pairs
 from recrepro.significance import mcnemar_exact
+from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
+from recrepro.tools import ToolKit
 
 PPR_VERSION = 2  # bump when the recipe changes (part of the skip stamp); 2: tools name the items [A], [B]
-PROMPT_VERSION = "v1"
-DIRECTIONS = ("more", "less")
-QUESTION_MARK = "=== question ==="  # separates the system text from the question line in the prompt files
 TABLE2_NAME = "trained-TIRR-RTA+PPR"
 TABLE1_NAME = "AgenticRec (RTA+PPR)"
 PAPER_MODELS = {"before": "AgenticRec-RTA", "after": "AgenticRec-RTA+PPR"}  # figure_ppr rows
@@ -133,40 +138,6 @@ def stage1_policy(profile: Profile, root: Path | str, dataset: str) -> Path:
     if not (final / "config.json").is_file():
         raise FileNotFoundError(f"{final}: the stage-1 TIRR policy is missing; run notebook 04 (RTA) first")
     return final
-
-
-# ------------------------------------------------------------------------------------------------
-# Prompts
-# ------------------------------------------------------------------------------------------------
-
-def _prompt_parts(direction: str) -> tuple[str, str]:
-    """(system text template, question line) of ``recrepro/prompts/ppr_<direction>_v1.txt``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    path = PROMPT_DIR / f"ppr_{direction}_{PROMPT_VERSION}.txt"
-    text = path.read_text(encoding="utf-8")
-    if text.count(QUESTION_MARK) != 1:
-        raise ValueError(f"{path}: expected one '{QUESTION_MARK}' line between the system text and the question")
-    system, question = text.split(QUESTION_MARK)
-    return system.strip(), question.strip()
-
-
-def ppr_prompt_fingerprint() -> str:
-    digest = hashlib.sha256(PROMPT_VERSION.encode())
-    for direction in DIRECTIONS:
-        digest.update((PROMPT_DIR / f"ppr_{direction}_{PROMPT_VERSION}.txt").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def ppr_messages(history: Sequence[ItemView], item_a: ItemView, item_b: ItemView, direction: str,
-                 max_tool_calls: int) -> list[dict[str, str]]:
-    """System and user messages of one pairwise question (history oldest first, as the agent prompt)."""
-    system, question = _prompt_parts(direction)
-    lines = [f"The user's history, oldest first ({len(history)} items):"]
-    lines += [f"{i}. {describe_item(item)}" for i, item in enumerate(history, start=1)]
-    lines += ["", "Items:", f"A. {describe_item(item_a)}", f"B. {describe_item(item_b)}", "", question]
-    return [{"role": "system", "content": Template(system).substitute(max_tool_calls=max_tool_calls)},
-            {"role": "user", "content": "\n".join(lines)}]
 
 
 def _view(views: Mapping[str, ItemView], item_id: Any) -> ItemView:
@@ -229,7 +200,6 @@ def random_pairs(samples: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def pair_tasks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Rollout-engine tasks of pairwise rows (the tools stay available)."""
-    from recrepro.agent.rollout import AgentTask
 
     return [AgentTask(row={k: v for k, v in r.items() if k != "prompt"}, messages=list(r["prompt"]), uses_tools=True,
                       sample_id=int(r["sample_id"]), n_candidates=2) for r in rows]
@@ -302,11 +272,6 @@ class DatasetContext:
 
 
 def dataset_context(profile: Profile, root: Path | str, dataset: str) -> DatasetContext:
-    from recrepro.agent.env import make_env_factory
-    from recrepro.agent.prompt import item_views
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.tools import ToolKit
-
     bench = load_benchmark(profile, dataset, root)
     train = rta.seeded_subset(bench.samples["train"], profile.ppr.train_instances, profile.run.seed)
     valid = rta.seeded_subset(bench.samples["valid"], profile.ppr.valid_instances, profile.run.seed)
@@ -317,9 +282,6 @@ def dataset_context(profile: Profile, root: Path | str, dataset: str) -> Dataset
 
 
 def _engine(profile: Profile, backend: Any, env_factory: Callable[[], Any]) -> Any:
-    from recrepro.agent.evaluate import rollout_settings
-    from recrepro.agent.rollout import RolloutEngine
-
     return RolloutEngine(backend.generator, backend.tokenizer, env_factory,
                          rollout_settings(profile, greedy=True, progress=False), top_k=profile.agent.top_k,
                          max_tool_calls=profile.agent.max_tool_calls, max_context_tokens=backend.max_context_tokens)
@@ -327,7 +289,6 @@ def _engine(profile: Profile, backend: Any, env_factory: Callable[[], Any]) -> A
 
 def policy_outputs(profile: Profile, backend: Any, ctx: DatasetContext, samples: pd.DataFrame) -> list[PolicyOutput]:
     """The policy's greedy ranking of every instance (None where invalid), via the shared engine."""
-    from recrepro.agent.evaluate import make_tasks
 
     tasks = make_tasks(samples, ctx.views, rta.prompt_spec(profile, "tirr"))
     records = _engine(profile, backend, ctx.env_factory).run(tasks, n_samples=1, desc=f"{ctx.dataset} mining")
@@ -340,7 +301,6 @@ def policy_outputs(profile: Profile, backend: Any, ctx: DatasetContext, samples:
 def write_pairs(folder: Path, pairs: Mapping[str, pd.DataFrame], stats: Mapping[str, Any],
                 provenance: Mapping[str, Any]) -> Path:
     """The frozen pairs artifact: parquet per split, statistics JSON, manifest (written atomically)."""
-    from recrepro.io import atomic_dir, write_manifest, write_parquet
 
     with atomic_dir(folder) as tmp:
         for split, frame in pairs.items():
@@ -352,7 +312,6 @@ def write_pairs(folder: Path, pairs: Mapping[str, pd.DataFrame], stats: Mapping[
 
 def read_pairs(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Pairs per split and the mining statistics, after checking the manifest (tampering raises)."""
-    from recrepro.io import read_parquet, verify_manifest
 
     verify_manifest(folder)
     pairs = {split: read_parquet(folder / f"pairs_{split}.parquet") for split in PAIR_SPLITS}
@@ -362,8 +321,6 @@ def read_pairs(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
 def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, paths: RoundPaths, k: int,
                backend: Any | None = None, log: Callable[[str], None] = print) -> Path:
     """Mine round ``k``'s pairs with ``paths.start`` (reused when their manifest says same policy/config)."""
-    from recrepro.agent.evaluate import load_backend
-    from recrepro.io import ManifestError, read_manifest
 
     folder, model_path = paths.pairs, paths.start
     provenance = {"ppr_version": PPR_VERSION, "round": k, "dataset": ctx.dataset, "seed": profile.run.seed + k,
@@ -455,7 +412,6 @@ def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, 
     ``p_mcnemar`` on both of its rows). Column ``pairs``: ``"mined held-out"``, ``"random"``, or
     ``"paper"`` for the paper's rows.
     """
-    from recrepro.paper import reported_values
 
     kinds = [(PAIR_KINDS[0], before, after)]
     if random:
@@ -532,7 +488,6 @@ def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
 
 def _carry_forward(model_path: str, final: Path) -> None:
     """No pairs to learn from: the round's policy is the starting one (copied, so paths stay uniform)."""
-    from recrepro.io import atomic_dir
 
     with atomic_dir(final) as tmp:
         for item in Path(model_path).iterdir():
@@ -559,9 +514,6 @@ def run_stamp(profile: Profile, root: Path | str, dataset: str, start: Path | No
 
 def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str, pd.DataFrame]:
     """Table 2 gets the chance and PPR rows, Table 1 the ``AgenticRec (RTA+PPR)`` row (as rta.write_rows)."""
-    from recrepro.agent.evaluate import TABLE2_TITLE
-    from recrepro.stages import TABLE1_TITLE
-    from recrepro.tables import write_table
 
     results = profile.results_dir(root)
     rows2 = [r for r in rows if r["model"] != TABLE1_NAME]
@@ -575,8 +527,6 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
     """The PPR policy on the frozen test lists, exactly as :func:`recrepro.rl.rta.evaluate_policy`.
 
     With ``row_name`` (a sweep point) only that row, and no chance row."""
-    from recrepro.agent.evaluate import eval_subset, evaluate_agent, toolkit_env_factory
-    from recrepro.evaluation import chance_row
 
     samples = eval_subset(profile, ctx.bench.samples["test"])
     factory = toolkit_env_factory(profile, ctx.bench, root, samples)
@@ -603,7 +553,6 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     writes the Table 1/2 rows. A sweep point (Figure 5) passes its own ``folder``, its stage-1
     policy as ``start`` and a ``row_name``: its one test row is returned and no table is touched.
     """
-    from recrepro.agent.evaluate import load_backend
 
     root = Path(root)
     folder = Path(folder) if folder is not None else ppr_dir(profile, root, dataset)
@@ -693,7 +642,6 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from recrepro.config import load_profile, parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m recrepro.rl.ppr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke")

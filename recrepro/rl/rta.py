@@ -74,14 +74,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import Episode, RecAgentEnv, make_env_factory, tool_schemas
+from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
+                                     toolkit_env_factory)
 from recrepro.agent.parser import check_call_against_schema, parse_tool_calls
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
+from recrepro.agent.warmstart import ensure_warm_tiny_model
+from recrepro.agent.rollout import stop_token_ids, vllm_available
 from recrepro.config import Profile, load_profile, parse_overrides
-from recrepro.io import write_json_atomic
+from recrepro.data.pipeline import load_benchmark
+from recrepro.evaluation import chance_row
+from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
+from recrepro.models import is_tiny_name, load_causal_lm, resolve_device
 from recrepro.rl.reward import listwise_reward
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice, read_train_log, summarize_log
+from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
+from recrepro.tools import ToolKit
 
 RTA_VERSION = 1  # bump when the training recipe in this file changes (part of the skip stamp)
 VARIANTS = ("tirr", "r")
@@ -131,14 +141,11 @@ def n_processes() -> int:
 
 
 def on_cpu(profile: Profile) -> bool:
-    from recrepro.models import resolve_device
-
     return resolve_device(profile.run.device) == "cpu"
 
 
 def vllm_colocate_available(profile: Profile) -> bool:
     """vLLM colocated generation: only when vLLM imports, a CUDA GPU is visible and the profile allows it."""
-    from recrepro.agent.rollout import vllm_available
 
     return not on_cpu(profile) and vllm_available()
 
@@ -471,8 +478,6 @@ def load_policy(model_path: str | Path, profile: Profile):
     """
     import torch
 
-    from recrepro.agent.rollout import stop_token_ids
-    from recrepro.models import load_causal_lm
 
     dtype = torch.bfloat16 if profile.rta.use_lora and not on_cpu(profile) else torch.float32
     loaded = load_causal_lm(model_path, device="cpu", dtype=dtype)
@@ -489,7 +494,6 @@ def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any] | None 
     ``reward_class`` (default :class:`ListwiseRewardFunc`) is called with the same arguments
     ``(profile, tokenizer, schemas, trace, stops)``; stage 2 (PPR) passes its pairwise reward.
     """
-    from recrepro.agent.rollout import stop_token_ids
 
     profile = setup.profile
     model, tokenizer = load_policy(setup.model_path, profile)
@@ -518,15 +522,11 @@ def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any] | None 
 
 def starting_model(profile: Profile, root: Path | str = ".", progress: bool = True) -> str:
     """The policy RL starts from: the warm-started tiny model (smoke), else the profile's backbone."""
-    from recrepro.models import ensure_tiny_qwen3, is_tiny_name
-
     name = profile.agent.model_name_or_path
     if is_tiny_name(name):
         if profile.warmstart.enabled:
-            from recrepro.agent.warmstart import ensure_warm_tiny_model
-
             return str(ensure_warm_tiny_model(profile, root, progress=progress))
-        return str(ensure_tiny_qwen3(profile.run_dir(root), name, seed=profile.run.seed, corpus_tools=profile.tools))
+        return str(ensure_tiny_agent_model(profile.run_dir(root), name, seed=profile.run.seed, tools=profile.tools))
     if profile.warmstart.enabled:
         print("[rta] warmstart.enabled is ignored for a hub backbone: the paper starts RL from the instruct model")
     return name
@@ -539,9 +539,6 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
     ``out_dir`` (sweeps, :mod:`recrepro.rl.sweeps`) puts checkpoints, final policy and
     ``train_log.csv`` there instead of under ``runs/<profile>/rta/<dataset>/``.
     """
-    from recrepro.agent.evaluate import make_tasks, rollout_settings
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.tools import ToolKit
 
     _check_variant(variant)
     root = Path(root)
@@ -573,8 +570,6 @@ def config_stamp(profile: Profile, variant: str, model_path: str, dataset: str =
     origin = {"path": str(start.resolve()) if start.is_dir() else model_path}
     for name in ("warmstart_info.json", "build_info.json", "config.json"):
         if (start / name).is_file():
-            from recrepro.io import sha256_file
-
             origin[name] = sha256_file(start / name)
     return {"rta_version": RTA_VERSION, "dataset": dataset, "variant": variant, "seed": profile.run.seed,
             "config": profile.section_hash(*STAMP_SECTIONS), "start_model": origin}
@@ -649,7 +644,6 @@ def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
 def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None) -> Path:
     """``save_pretrained`` of the policy (LoRA merged into the weights) and tokenizer, atomically;
     with ``stamp``, also the config it was trained with (:func:`finished_policy`)."""
-    from recrepro.io import atomic_dir
 
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -674,9 +668,6 @@ def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: s
 
     ``row_name`` (sweeps) names the row instead of the Table 1/2 names, so per-instance scores and
     the evaluation card of the main run are not overwritten."""
-    from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, toolkit_env_factory
-    from recrepro.data.pipeline import load_benchmark
-    from recrepro.evaluation import chance_row
 
     root = Path(root)
     backend = load_backend(profile, root, model_path=model_path)
@@ -692,9 +683,6 @@ def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: s
 
 def write_rows(profile: Profile, root: Path | str, rows: list[dict]) -> dict[str, pd.DataFrame]:
     """Table 2 gets every row (chance included), Table 1 the AgenticRec (RTA) row."""
-    from recrepro.agent.evaluate import TABLE2_TITLE
-    from recrepro.stages import TABLE1_TITLE
-    from recrepro.tables import write_table
 
     results = profile.results_dir(root)
     rows2 = [r for r in rows if r["model"] not in TABLE1_NAMES]

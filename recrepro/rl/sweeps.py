@@ -47,9 +47,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from recrepro.config import Profile
+from recrepro.agent.card import load_eval_cards
+from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.io import write_text_atomic
+from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.metrics import metric_names
+from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
+from recrepro.rl import ppr, rta
+from recrepro.rl.rta import run_variant
 
 SWEEPS = ("group_size", "backbone")
 RESULT_STEMS = {"group_size": "fig4_group_size", "backbone": "fig5_backbone_size"}
@@ -72,7 +77,6 @@ class SweepPoint:
 
 def canonical_backbone(name: str) -> str:
     """``tiny-qwen3`` and ``tiny-qwen3-s`` are one model (and one warm-start cache): name it one way."""
-    from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
 
     return f"{TINY_PREFIX}-{tiny_size_of(name)}" if is_tiny_name(name) else name
 
@@ -147,7 +151,6 @@ def row_name(point: SweepPoint, stage: str = "RTA") -> str:
 def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, force: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or skip, when its stamp is unchanged) and evaluate one sweep point (stage 1)."""
-    from recrepro.rl.rta import run_variant
 
     out_dir = sweep_dir(profile, root, dataset) / point.name
     result = run_variant(point_profile(profile, point), root, dataset, "tirr", force=force, log=log,
@@ -161,7 +164,6 @@ def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoin
 def run_point_ppr(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, stage1: dict[str, Any],
                   force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 2 (PPR) on a point's stage-1 policy, in ``<point>/ppr/`` (skipped when unchanged)."""
-    from recrepro.rl import ppr
 
     folder = sweep_dir(profile, root, dataset) / point.name / "ppr"
     result = ppr.run_dataset(point_profile(profile, point), root, dataset, force=force, log=log, folder=folder,
@@ -177,7 +179,6 @@ def run_point_ppr(profile: Profile, root: Path | str, dataset: str, point: Sweep
 def _valid_share(profile: Profile, root: Path | str, dataset: str, point: SweepPoint,
                  stage: str = "RTA") -> float | None:
     """Share of valid test answers, from the evaluation card the run wrote (None when absent)."""
-    from recrepro.agent.card import load_eval_cards
 
     card = load_eval_cards(profile.results_dir(root)).get(f"{dataset}/{row_name(point, stage)}")
     return None if card is None else card.get("valid_share")
@@ -212,7 +213,6 @@ def adopt_main_policy(profile: Profile, root: Path | str, dataset: str, point: S
     """
     import shutil
 
-    from recrepro.rl import rta
 
     if canonical_backbone(point.backbone) != canonical_backbone(profile.agent.model_name_or_path):
         return False  # another backbone: never the main run (and its warm start is not built here)
@@ -237,8 +237,6 @@ def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, 
     The first job of another backbone builds its warm start; that backbone's other jobs wait for it.
     The profile's own backbone was warm-started by notebook 04.
     """
-    from recrepro.jobs import Job, profile_file, run_jobs
-    from recrepro.rl import rta
 
     settings, todo, first_of = profile_file(profile, root), [], {}
     own = canonical_backbone(profile.agent.model_name_or_path)
@@ -312,7 +310,6 @@ def all_points(profile: Profile) -> dict[str, SweepPoint]:
 
 def train_point(profile: Profile, root: Path | str, point: SweepPoint, log: Callable[[str], None] = print) -> Path:
     """Stage 1 of one point, exactly as :func:`run_point` trains it (resumable; launcher-safe)."""
-    from recrepro.rl import rta
 
     dataset = sweep_dataset(profile)
     setup = rta.prepare_setup(point_profile(profile, point), root, dataset, "tirr",
@@ -331,8 +328,6 @@ def point_ppr_place(profile: Profile, root: Path | str, point: SweepPoint) -> di
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from recrepro.config import load_profile, parse_overrides
-    from recrepro.rl import ppr, rta
 
     parser = argparse.ArgumentParser(prog="python -m recrepro.rl.sweeps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke")

@@ -32,14 +32,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
+from recrepro.data.labels import catalogue_labels
+from recrepro.data.pipeline import load_benchmark
 from recrepro.io import read_parquet, write_parquet, write_text_atomic
+from recrepro.models import is_tiny_name, load_causal_lm
 from recrepro.tools import render
-from recrepro.tools.toolkit import catalogue_labels
 
 if TYPE_CHECKING:
     from recrepro.config import Profile
@@ -230,8 +232,6 @@ class LLMProfileGenerator:
 
                 self._loaded = LLM(model=self.model, seed=0)
             else:
-                from recrepro.models import load_causal_lm
-
                 self._loaded = load_causal_lm(self.model, device=self.device, padding_side="left")
         return self._loaded
 
@@ -408,37 +408,41 @@ def load_profile_store(profile: "Profile", dataset: str, root: Path | str = ".")
     return ProfileCache(path).store(cfg.generator, cfg.prompt_version, _model_name(profile))
 
 
-def make_generator(profile: "Profile", root: Path | str = ".") -> ProfileGenerator:
+def make_generator(profile: "Profile", root: Path | str = ".",
+                   tiny_model: Callable[[str], Path] | None = None) -> ProfileGenerator:
+    """The profile writer of ``user_profile``: the template, or an LLM by name or folder.
+
+    A tiny offline model (DESIGN.md 4) is built on demand by ``tiny_model`` (name -> folder; the
+    stage passes the agent's builder, whose tokenizer follows the agent corpus); the cache key keeps
+    its name.
+    """
     cfg = profile.user_profile
     if cfg.generator == "template":
         return TemplateProfileGenerator(cfg.prompt_version, profile.tools.rating_high, profile.tools.rating_low)
     model = cfg.model_name_or_path
-    from recrepro import models
-
-    if getattr(models, "is_tiny_name", lambda _: False)(model):
-        # The tiny offline model is built on demand (DESIGN.md 4); the cache key keeps its name.
-        path = models.ensure_tiny_qwen3(profile.run_dir(root), model, seed=profile.run.seed, corpus_tools=profile.tools)
-        generator = LLMProfileGenerator(path, cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size,
+    if is_tiny_name(model):
+        if tiny_model is None:
+            raise ValueError(f"user_profile.model_name_or_path {model!r} is a tiny offline model; pass tiny_model "
+                             "(recrepro.stages.run_user_profiles does) to build it")
+        generator = LLMProfileGenerator(tiny_model(model), cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size,
                                         profile.run.device)
         generator.model = model
         return generator
     return LLMProfileGenerator(model, cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size, profile.run.device)
 
 
-def run_user_profiles(profile: "Profile", root: Path | str = ".", generator: ProfileGenerator | None = None,
-                      progress: bool = True) -> pd.DataFrame:
+def write_user_profiles(profile: "Profile", root: Path | str = ".", generator: ProfileGenerator | None = None,
+                        progress: bool = True, tiny_model: Callable[[str], Path] | None = None) -> pd.DataFrame:
     """Write a profile for every instance of every split of every dataset; returns a summary table.
 
     Also writes it to ``results/<profile>/user_profiles.csv``.
     """
-    from recrepro.data.pipeline import load_benchmark
-
     root = Path(root)
     rows = []
     for dataset in profile.data.datasets:
         began = time.perf_counter()
         bench = load_benchmark(profile, dataset, root)
-        gen = generator or make_generator(profile, root)
+        gen = generator or make_generator(profile, root, tiny_model)
         requests = HistoryIndex(bench.interactions, bench.items).requests(instance_keys(bench.samples))
         path = cache_path(profile, dataset, root, gen.name, gen.version)
         cache = ProfileCache(path)

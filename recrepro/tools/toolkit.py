@@ -29,20 +29,18 @@ import numpy as np
 import pandas as pd
 
 from recrepro.config import ToolsConfig
-from recrepro.data.schema import CATEGORY_SEPARATOR
+from recrepro.data.labels import ROOT_LABEL_SHARE, catalogue_labels
 from recrepro.tools import render
 from recrepro.tools.base import RECENT_DAYS, ToolError, ToolResult
+from recrepro.tools.profiles import ProfileStore, load_profile_store
 from recrepro.tools.registry import TOOLS, ToolMethods, tool_schemas, validate_arguments
 from recrepro.tools.resolve import NotFound, Resolution, TitleResolver
-from recrepro.tools.space import (EmbeddingSpace, UserSnapshots, build_user_snapshots, encode_batched,
-                                  item_neighbours, normalize_rows, snapshot_grid, top_k_vector)
+from recrepro.tools.space import (EmbeddingSpace, UserSnapshots, build_user_snapshots, encode_batched, item_neighbours,
+                                  load_embedding_space, normalize_rows, snapshot_grid, top_k_vector)
 
 if TYPE_CHECKING:
     from recrepro.config import Profile
     from recrepro.data.pipeline import Benchmark
-    from recrepro.tools.profiles import ProfileStore
-
-ROOT_LABEL_SHARE = 0.5  # [G] a label on more than this share of the catalogue names the dataset, not the item
 
 
 @dataclass(frozen=True)
@@ -108,28 +106,6 @@ class ItemStats:
     mean_rating: float | None
 
 
-def split_labels(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, str) or not value:
-        return ()
-    return tuple(part.strip() for part in value.split(CATEGORY_SEPARATOR) if part.strip())
-
-
-def catalogue_labels(categories: Iterable[Any], root_label_share: float = ROOT_LABEL_SHARE
-                     ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], frozenset[str]]:
-    """(all labels, labels used in aggregates, root labels) per catalogue row.
-
-    A label carried by more than ``root_label_share`` of the catalogue names the dataset ("Office
-    Products"), not the item, so aggregates leave it out; of the rest the three most specific (the
-    schema orders labels general to specific) are kept, as the agent prompt shows them.
-    """
-    labels = [split_labels(c) for c in categories]
-    share = Counter(label for item_labels in labels for label in set(item_labels))
-    limit = root_label_share * len(labels)
-    root = frozenset(label for label, n in share.items() if n > limit)
-    shown = [tuple(label for label in item_labels if label not in root)[-3:] for item_labels in labels]
-    return labels, shown, root
-
-
 def price_band_names(bands: Sequence[float]) -> list[str]:
     """Names of the bands bounded above by ``bands`` (inclusive), then the open top band."""
     names, lower = [], None
@@ -181,15 +157,12 @@ class ToolKit:
         02 wrote it (else the collaborative tools say the model is unavailable); ``profiles="auto"``
         loads the user-profile cache of notebook 03 (else get_user_profile says none was written).
         """
-        from recrepro.tools.profiles import load_profile_store
 
         cfg = profile.tools
         if isinstance(space, str):
             export = profile.run_dir(root) / "models" / bench.name / cfg.sasrec_model
             space = None
             if (export / "model_config.json").is_file():
-                from recrepro.tools.space import load_embedding_space
-
                 space = load_embedding_space(export, device=device)
         if isinstance(profiles, str):
             profiles = load_profile_store(profile, bench.name, root)

@@ -118,7 +118,7 @@ def test_llm_rows_are_the_carded_table_rows(tmp_path, smoke_profile):
 
 
 def test_run_eval_reports_writes_both_reports(tmp_path, smoke_profile, monkeypatch):
-    import recrepro.data.pipeline as pipeline
+    from recrepro import stages
     from recrepro.stages import run_eval_reports
 
     samples = _samples([1, 6, 11, 16])
@@ -127,7 +127,7 @@ def test_run_eval_reports_writes_both_reports(tmp_path, smoke_profile, monkeypat
         def __init__(self):
             self.samples = {"test": samples}
 
-    monkeypatch.setattr(pipeline, "load_benchmark", lambda profile, dataset, root: Bench())
+    monkeypatch.setattr(stages, "load_benchmark", lambda profile, dataset, root: Bench())
     first_ten_row(smoke_profile, "ml-100k", samples, tmp_path)
     save_per_instance(smoke_profile, "ml-100k", "trained-R", samples["sample_id"],
                       {m: np.array([1.0, 1.0, 1.0, 1.0]) for m in METRICS}, tmp_path)

@@ -348,7 +348,6 @@ def test_cli_passes_profile_overrides_and_force_to_run_ppr(monkeypatch, tmp_path
 
 def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_path):
     """``ppr.rounds`` = 2: round 2 mines and trains from round 1's policy; accuracy before/after on round-1 pairs."""
-    import recrepro.agent.evaluate as evaluate
 
     samples = rf.train_samples(4)
     pairs = _pairs(samples)
@@ -375,7 +374,7 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     monkeypatch.setattr(ppr, "ppr_stamp", lambda *a: {"stamp": 1})
     monkeypatch.setattr(ppr, "dataset_context", lambda profile, root, dataset: ppr.DatasetContext(
         dataset, None, af.views(), samples, samples, af.env_factory()))
-    monkeypatch.setattr(evaluate, "load_backend", lambda profile, root, model_path: Backend(model_path))
+    monkeypatch.setattr(ppr, "load_backend", lambda profile, root, model_path: Backend(model_path))
     monkeypatch.setattr(ppr, "mine_round", lambda profile, root, ctx, paths, k, backend, log: mined.append(
         (str(paths.start), k, backend.model_path)) or tmp_path)
     monkeypatch.setattr(ppr, "read_pairs", lambda folder: ({"train": pairs, "valid": pairs.iloc[:2]}, {"train": {}}))

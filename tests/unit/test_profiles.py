@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recrepro.tools.profiles import (CACHE_COLUMNS, HistoryIndex, LLMProfileGenerator, ProfileCache,
-                                     TemplateProfileGenerator, generate_profiles, instance_keys, run_user_profiles)
+                                     TemplateProfileGenerator, generate_profiles, instance_keys, write_user_profiles)
 from tests.unit.tools_data import INSTANCE_TIME, handmade_tables
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -131,7 +131,7 @@ def test_cache_skips_what_exists_and_keys_on_the_model(tiny_model_dir, tiny_load
     assert len(store) == 5 and store.get("u1", INSTANCE_TIME).n_history == 5
 
 
-def test_run_user_profiles_stage(tmp_path):
+def test_write_user_profiles_stage(tmp_path):
     from recrepro.config import load_profile
     from recrepro.data.pipeline import load_benchmark, prepare_dataset
     from recrepro.tools.profiles import load_profile_store
@@ -139,12 +139,12 @@ def test_run_user_profiles_stage(tmp_path):
     tiny_profile = load_profile("smoke", {"data.max_users": 15})
 
     prepare_dataset(tiny_profile, "ml-100k", tmp_path)
-    table = run_user_profiles(tiny_profile, tmp_path, progress=False)
+    table = write_user_profiles(tiny_profile, tmp_path, progress=False)
     row = table.iloc[0]
     assert (row["generator"], row["prompt_version"], row["reused"]) == ("template", "v1", 0)
     assert row["generated"] == row["profiles"] > 0
     assert (tmp_path / row["cache"]).is_file() and (tmp_path / "results/smoke/user_profiles.csv").is_file()
-    again = run_user_profiles(tiny_profile, tmp_path, progress=False).iloc[0]
+    again = write_user_profiles(tiny_profile, tmp_path, progress=False).iloc[0]
     assert (again["generated"], again["reused"]) == (0, row["profiles"])
 
     bench = load_benchmark(tiny_profile, "ml-100k", tmp_path)
@@ -154,3 +154,13 @@ def test_run_user_profiles_stage(tmp_path):
     for user, cutoff in keys[::20]:
         record = store.get(user, cutoff)
         assert record.last_time < cutoff and record.text.startswith("Based on")
+
+
+def test_a_tiny_llm_writer_needs_its_builder():
+    """The tools layer cannot build agent models: without ``tiny_model`` the error names the key."""
+    from recrepro.config import load_profile
+    from recrepro.tools.profiles import make_generator
+
+    profile = load_profile("smoke", {"user_profile.generator": "llm", "user_profile.model_name_or_path": "tiny-qwen3"})
+    with pytest.raises(ValueError, match="user_profile.model_name_or_path 'tiny-qwen3'"):
+        make_generator(profile)

@@ -1,0 +1,154 @@
+"""The import graph of ``recrepro``: no cycles, and every import points down the layers.
+
+Layers, lowest first (README "Layout"): base (config, io, metrics, paper) -> data (the benchmark,
+the classic models behind the SASRec tool, tables and reports over saved rows) -> tools -> agent ->
+rl and trained baselines -> stages (the notebooks' entry points and the CLIs). Function-local imports
+count like top-level ones; ``if TYPE_CHECKING:`` imports do not (they never run). A function-local
+import of a recrepro module is allowed only where it keeps a heavy dependency out of a light module
+(:data:`LAZY_ALLOWED`).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "recrepro"
+LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix wins
+    "recrepro": 0, "recrepro.config": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
+    "recrepro.data": 1, "recrepro.models": 1, "recrepro.tables": 1, "recrepro.evaluation": 1,
+    "recrepro.positions": 1, "recrepro.significance": 1, "recrepro.jobs": 1, "recrepro.baselines": 1,
+    "recrepro.baselines.recbole_compat": 1, "recrepro.baselines.sequential": 1, "recrepro.baselines.simple": 1,
+    "recrepro.tools": 2,
+    "recrepro.agent": 3,
+    "recrepro.rl": 4, "recrepro.baselines.sft": 4,
+    "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.seeds": 5, "recrepro.figures": 5, "recrepro.__main__": 5,
+}
+# (importer, imported): lazy on purpose. RecBole takes ~2 s to import; the tools load it only with a SASRec space.
+LAZY_ALLOWED = {("recrepro.tools.space", "recrepro.baselines.sequential")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in LAYERS:
+            return LAYERS[prefix]
+    raise KeyError(f"{module}: no layer assigned in LAYERS")
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skipped
+
+
+def _resolve(target: str, modules: dict[str, Path]) -> str | None:
+    while target and target not in modules:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, bool]]:
+    """(imported recrepro module, imported inside a function) for every runtime import of ``name``."""
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_nodes(tree)
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # "from pkg import sub" imports the submodule when one exists by that name
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+            targets = subs if len(subs) == len(node.names) else [node.module, *subs]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] != "recrepro":
+                continue
+            resolved = _resolve(target, modules)
+            if resolved and resolved != name:
+                found.append((resolved, id(node) in local))
+    return found
+
+
+def import_graph() -> dict[str, list[tuple[str, bool]]]:
+    modules = all_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_find_cycle_on_known_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a2"}, "a2": set(), "x": {"y"}, "y": {"x"}}) == ["x", "y", "x"]
+
+
+def test_imports_of_counts_function_local_imports_and_skips_type_checking(tmp_path):
+    modules = {"recrepro.a": tmp_path / "a.py", "recrepro.b": tmp_path / "b.py", "recrepro.c": tmp_path / "c.py"}
+    modules["recrepro.a"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recrepro.c import C\n"
+                                     "def f():\n    from recrepro.b import g\n    return g\n")
+    assert imports_of("recrepro.a", modules["recrepro.a"], modules) == [("recrepro.b", True)]
+
+
+def test_no_import_cycles():
+    edges = {name: {target for target, _ in found} for name, found in import_graph().items()}
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_imports_point_down_the_layers():
+    upward = [f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})"
+              for name, found in import_graph().items() for target, _ in found
+              if layer_of(target) > layer_of(name)]
+    assert not upward, "\n".join(upward)
+
+
+def test_function_local_imports_only_for_heavy_dependencies():
+    local = sorted({(name, target) for name, found in import_graph().items() for target, is_local in found
+                    if is_local and (name, target) not in LAZY_ALLOWED})
+    assert not local, "\n".join(f"{name}: function-local import of {target}" for name, target in local)
+
+
+@pytest.mark.parametrize("name", sorted(all_modules()))
+def test_every_module_has_a_layer(name):
+    assert layer_of(name) in range(6)
