@@ -74,7 +74,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from recrepro.agent import warmstart
+    from recrepro.agent import teacher, warmstart
     from recrepro.agent.evaluate import toolkit_env_factory
     from recrepro.agent.prompt import PromptSpec, instance_from_sample, item_views
     from recrepro.config import load_profile
@@ -94,7 +94,7 @@ def main() -> int:
     specs = [PromptSpec(variant, profile.agent.prompt_style, profile.agent.top_k, profile.agent.max_tool_calls)
              for variant in ("tirr", "r")]
     tokenizer = load_causal_lm(base, device="cpu").tokenizer
-    examples = warmstart.teacher_examples(tokenizer, instances, rows, toolkit_env_factory(profile, bench, root, chosen),
+    examples = teacher.teacher_examples(tokenizer, instances, rows, toolkit_env_factory(profile, bench, root, chosen),
                                           specs)
     settings = warmstart.WarmStartSettings(steps=args.steps, batch_size=args.batch_size,
                                            learning_rate=profile.warmstart.learning_rate, seed=profile.run.seed)

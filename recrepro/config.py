@@ -138,7 +138,7 @@ class WarmStartConfig:
     learning_rate: float
     ppr_share: float  # share of the scripted examples in the PPR (A/B) format; 0 = ranking only [G]
     # [G] "category": one rule for every example; "mixed": each tool-using example follows one of
-    # several target-blind strategies (recrepro.agent.warmstart.STRATEGIES), so the warm policy is a
+    # several target-blind strategies (recrepro.agent.teacher.STRATEGIES), so the warm policy is a
     # mixture that RL can sharpen
     teacher: str = "category"
     copy_steps: int = 0  # [G] steps of each copy-curriculum phase after the warm start (0 = none)

@@ -16,7 +16,7 @@ so that it is scored with the same parser and metrics as the agent. Choices [G]:
   answered with duplicates (87% invalid); one increasing run is learnable by any model;
 * training: TRL's ``SFTTrainer`` with a peft LoRA adapter on every linear layer, loss on the answer
   tokens only (the sequence is laid out exactly as the rollout engine renders it, via
-  :func:`recrepro.agent.warmstart.encode_transcript`), on a seeded subset of the training split;
+  :func:`recrepro.agent.teacher.encode_transcript`), on a seeded subset of the training split;
 * evaluation: greedy, one turn, through :func:`recrepro.agent.evaluate.evaluate_agent` on the same
   test subset as the agent rows; an invalid answer is a miss, as for every agent row.
 
@@ -40,7 +40,7 @@ import pandas as pd
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, toolkit_env_factory
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import build_messages, instance_from_sample, item_views
-from recrepro.agent.warmstart import Transcript, encode_transcript
+from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path

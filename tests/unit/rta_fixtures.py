@@ -26,7 +26,7 @@ import torch
 from recrepro.agent.env import env_tools
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import PromptSpec, instance_from_sample, render_prompt
-from recrepro.agent.warmstart import Transcript, teacher_transcript
+from recrepro.agent.teacher import Transcript, teacher_transcript
 from recrepro.config import load_profile
 from recrepro.rl.rta import ROW_COLUMNS, TrainingSetup, _plain, training_rows
 from tests.unit import agent_fakes as af

@@ -61,7 +61,8 @@ from recrepro.agent.env import OVER_BUDGET, Episode, env_tools, tool_schemas
 from recrepro.agent.evaluate import make_tasks, rollout_settings
 from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.rollout import HFGenerator, RolloutEngine
-from recrepro.agent.warmstart import WarmStartSettings, encode_transcript, teacher_transcript, warm_start
+from recrepro.agent.teacher import encode_transcript, teacher_transcript
+from recrepro.agent.warmstart import WarmStartSettings, warm_start
 from recrepro.models import load_causal_lm
 from recrepro.rl import rta
 from recrepro.rl.reward import listwise_reward

@@ -16,8 +16,7 @@ from recrepro.agent.env import env_tools
 from recrepro.agent.parser import (InvalidReason, choice_verdict, format_choice, format_tool_call, judge_choice,
                                    parse_choice)
 from recrepro.agent.prompt import PromptSpec, instance_from_sample
-from recrepro.agent.warmstart import (encode_transcript, n_ppr_examples, ppr_teacher_letter,
-                                      ppr_teacher_transcript)
+from recrepro.agent.teacher import encode_transcript, n_ppr_examples, ppr_teacher_letter, ppr_teacher_transcript
 from recrepro.config import load_profile
 from recrepro.io import ManifestError
 from recrepro.rl import ppr, rta
@@ -125,7 +124,7 @@ def test_pair_rows_bind_the_tools_to_the_letters_and_ranking_rows_to_numbers():
 
 
 def test_ppr_warm_start_transcripts_bind_the_tools_like_ppr_rollouts():
-    from recrepro.agent.warmstart import ppr_teacher_examples
+    from recrepro.agent.teacher import ppr_teacher_examples
 
     made = []
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from recrepro.agent.env import env_tools
-from recrepro.agent.warmstart import WarmStartSettings, encode_transcript, warm_start
+from recrepro.agent.teacher import encode_transcript
+from recrepro.agent.warmstart import WarmStartSettings, warm_start
 from recrepro.models import load_causal_lm
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
