@@ -38,8 +38,8 @@ from recrepro.agent.card import build_card, write_eval_card
 from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
 from recrepro.agent.prompt import (PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views,
                                    prompt_fingerprint)
-from recrepro.agent.rollout import (AgentTask, HFGenerator, RolloutEngine, RolloutSettings, TrajectoryRecord,
-                                    VLLMGenerator, vllm_available)
+from recrepro.agent.generators import HFGenerator, RolloutSettings, VLLMGenerator, vllm_available
+from recrepro.agent.rollout import AgentTask, RolloutEngine, TrajectoryRecord
 from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark

@@ -81,7 +81,7 @@ from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, 
 from recrepro.agent.parser import check_call_against_schema, parse_tool_calls
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
 from recrepro.agent.warmstart import ensure_warm_tiny_model
-from recrepro.agent.rollout import stop_token_ids, vllm_available
+from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row

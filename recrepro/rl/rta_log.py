@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
-from recrepro.agent.rollout import AgentTask, HFGenerator, RolloutEngine, RolloutSettings
+from recrepro.agent.generators import HFGenerator, RolloutSettings
+from recrepro.agent.rollout import AgentTask, RolloutEngine
 from recrepro.io import write_text_atomic
 from recrepro.metrics import bootstrap_ci, list_metrics
 from recrepro.tools import TOOL_NAMES

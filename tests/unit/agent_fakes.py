@@ -14,7 +14,8 @@ from typing import Sequence
 from recrepro.agent.env import RecAgentEnv, make_env_factory
 from recrepro.agent.parser import format_answer, format_tool_call
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views, system_prompt
-from recrepro.agent.rollout import AgentTask, GenOutput, GenRequest, RolloutSettings
+from recrepro.agent.generators import GenOutput, GenRequest, RolloutSettings
+from recrepro.agent.rollout import AgentTask
 from recrepro.tools import ToolKit
 from tests.unit.tools_data import TEST_TOOLS, synthetic_benchmark
 

@@ -60,7 +60,8 @@ from transformers import set_seed
 from recrepro.agent.env import OVER_BUDGET, Episode, env_tools, tool_schemas
 from recrepro.agent.evaluate import make_tasks, rollout_settings
 from recrepro.agent.prompt import PromptSpec, instance_from_sample
-from recrepro.agent.rollout import HFGenerator, RolloutEngine
+from recrepro.agent.generators import HFGenerator
+from recrepro.agent.rollout import RolloutEngine
 from recrepro.agent.teacher import encode_transcript, teacher_transcript
 from recrepro.agent.warmstart import WarmStartSettings, warm_start
 from recrepro.models import load_causal_lm

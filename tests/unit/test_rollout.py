@@ -6,8 +6,8 @@ import pytest
 
 from recrepro.agent.env import tool_schemas
 from recrepro.agent.parser import format_answer, format_tool_call
-from recrepro.agent.rollout import (HFGenerator, RolloutEngine, RolloutSettings, build_generation_config,
-                                    tool_suffix_text)
+from recrepro.agent.generators import HFGenerator, RolloutSettings, build_generation_config
+from recrepro.agent.rollout import RolloutEngine, tool_suffix_text
 from tests.unit.agent_fakes import ScriptedGenerator, env_factory, tasks, think, tiny_tokenizer
 
 VALID = think("ranked") + format_answer([3, 1, 2, 4, 5, 6, 7, 8, 9, 10])
@@ -188,7 +188,7 @@ def test_left_padded_batch_equals_single_rows(tiny_model):
     settings = RolloutSettings(reuse_cache=False, progress=False)
     torch.manual_seed(1)
     prompts = [torch.randint(10, len(tokenizer), (n,)).tolist() for n in (30, 57, 12)]
-    from recrepro.agent.rollout import GenRequest
+    from recrepro.agent.generators import GenRequest
 
     batch = generator.generate([GenRequest(i, p) for i, p in enumerate(prompts)], settings, 12, seed=0)
     alone = [generator.generate([GenRequest(9, p)], settings, 12, seed=0)[0] for p in prompts]
@@ -198,7 +198,7 @@ def test_left_padded_batch_equals_single_rows(tiny_model):
 def test_kv_cache_reuse_across_turns_matches_fresh_encoding(tiny_model):
     import torch
 
-    from recrepro.agent.rollout import GenRequest
+    from recrepro.agent.generators import GenRequest
 
     model, tokenizer = tiny_model
     settings_reuse = RolloutSettings(reuse_cache=True, progress=False)
@@ -260,7 +260,7 @@ def test_segmented_generation_gives_the_same_trajectories(tiny_model):
 
 
 def test_shared_prefix_is_encoded_once_and_changes_nothing(tiny_model):
-    from recrepro.agent.rollout import GenRequest
+    from recrepro.agent.generators import GenRequest
 
     model, tokenizer = tiny_model
     settings = RolloutSettings(reuse_cache=True, progress=False)

@@ -20,7 +20,8 @@ import yaml
 from recrepro.agent.env import Episode, env_tools
 from recrepro.agent.parser import format_answer, format_tool_call
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, render_prompt
-from recrepro.agent.rollout import stop_token_ids, tool_suffix_text
+from recrepro.agent.generators import stop_token_ids
+from recrepro.agent.rollout import tool_suffix_text
 from recrepro.config import load_profile
 from recrepro.rl import rta
 from recrepro.rl.reward import listwise_reward

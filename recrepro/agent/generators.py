@@ -1,0 +1,328 @@
+"""Generation for the rollout engine: explicit settings and the ``generate`` back ends.
+
+Generation settings are set explicitly in a :class:`transformers.GenerationConfig` built here from
+:class:`RolloutSettings`; nothing is inherited from the model's own generation config (a hub
+model's defaults, such as top_k=20, would silently change sampling). Greedy mode
+(``do_sample=False``) is for tests and benchmarks. Sampled rollouts are reproducible for the same
+seed and the same batch composition.
+
+Generators (the ``generate`` back ends): :class:`HFGenerator` (transformers ``model.generate``,
+CPU or GPU, with optional reuse of each trajectory's KV cache across turns); :class:`VLLMGenerator`
+(vLLM, used when installed and a GPU is present; code path kept, not run in CI);
+:class:`OpenAICompletionsGenerator` (an OpenAI-compatible ``/v1/completions`` endpoint; off by
+default, code path only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """Every knob of generation, set explicitly (never read from the model's generation config)."""
+
+    do_sample: bool = False  # False = greedy (tests, benchmarks, deterministic evaluation)
+    temperature: float = 0.6  # [N] PAPER.md 1.4 rollout temperature; used only when sampling
+    top_p: float = 1.0  # [G] no nucleus cut unless asked
+    top_k: int = 0  # [G] 0 = off (transformers' own default would be 50)
+    max_new_tokens_per_turn: int = 256  # [G] one assistant turn
+    max_new_tokens_total: int = 6144  # [N] PAPER.md 1.4 maximum generation, summed over turns
+    max_context_tokens: int | None = None  # None = the model's max_position_embeddings
+    seed: int = 0
+    batch_size: int | None = None  # None = every live trajectory in one generate call
+    reuse_cache: bool = True  # HFGenerator: keep each trajectory's KV cache across turns
+    # Tokens per generate call within a turn; None = a whole turn per call. With a value, turns that
+    # have ended leave the batch between calls instead of idling until the longest turn ends (a
+    # cheap form of continuous batching; with reuse_cache nothing is encoded twice). Greedy output
+    # is the same either way.
+    segment_tokens: int | None = None
+    progress: bool = True  # tqdm bar over finished trajectories
+
+
+def build_generation_config(settings: RolloutSettings, eos_token_ids: Sequence[int], pad_token_id: int,
+                            max_new_tokens: int) -> Any:
+    """A GenerationConfig from our settings only; sampling knobs are dropped in greedy mode."""
+    from transformers import GenerationConfig
+
+    common = dict(max_new_tokens=max_new_tokens, eos_token_id=list(eos_token_ids), pad_token_id=pad_token_id,
+                  use_cache=True, num_beams=1, repetition_penalty=1.0, return_dict_in_generate=True)
+    if not settings.do_sample:
+        return GenerationConfig(do_sample=False, **common)
+    return GenerationConfig(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                            top_k=settings.top_k, **common)
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """End-of-turn ids: ``<|im_end|>`` (the Qwen3 eos) and ``<|endoftext|>`` where present."""
+    ids = [tokenizer.eos_token_id]
+    extra = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(extra, int) and extra != tokenizer.unk_token_id and extra not in ids:
+        ids.append(extra)
+    return [i for i in ids if i is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# Generators
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenRequest:
+    key: int  # trajectory id, stable across turns (lets a generator keep per-trajectory state)
+    ids: list[int]  # the whole sequence so far
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    new_ids: list[int]  # up to and including the first stop token, or up to the limit
+    stopped: bool  # a stop token ended the turn
+
+
+class Generator(Protocol):
+    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
+                 seed: int) -> list[GenOutput]: ...
+
+    def release(self, key: int) -> None: ...
+
+
+def _cut_at_stop(tokens: Sequence[int], stops: set[int]) -> GenOutput:
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return GenOutput(list(tokens[: i + 1]), True)
+    return GenOutput(list(tokens), False)
+
+
+class HFGenerator:
+    """transformers ``model.generate`` on a left-padded batch, optionally reusing KV caches.
+
+    With ``settings.reuse_cache``, the keys and values a trajectory's tokens produced in earlier
+    turns are kept (compactly, without padding) and handed back as ``past_key_values``, so a turn
+    only encodes its new tokens (the tool results). Those are encoded row by row, unpadded (on a CPU
+    a padded prefill costs two to three times more per row, for the padding mask and the slower
+    masked attention kernel), all but the last token; the batched ``generate`` call then gets one
+    new token per row over a left-padded cache, ``[pad][cached tokens][new token]``, and does all
+    the decoding. transformers derives position ids from the attention mask's cumulative sum, so
+    every real token keeps the position it has in the unpadded sequence and the result equals
+    encoding the whole sequence again (up to float rounding).
+
+    A registered prefix (:meth:`register_prefix`: the system turn and tool schemas every prompt
+    shares) is encoded once, unpadded, and serves as the cached part of every trajectory's first
+    turn -- what vLLM's automatic prefix caching does on a GPU.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: str | None = None) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device or str(next(model.parameters()).device)
+        self.stops = stop_token_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stops[0]
+        self._torch = torch
+        self._kv: dict[int, tuple[int, list[tuple[Any, Any]]]] = {}  # key -> (n cached tokens, per-layer (k, v))
+        self._prefixes: list[tuple[tuple[int, ...], list[tuple[Any, Any]]]] = []
+
+    def release(self, key: int) -> None:
+        self._kv.pop(key, None)
+
+    def register_prefix(self, ids: Sequence[int]) -> None:
+        """Encode ``ids`` once; trajectories whose tokens start with it reuse its keys and values."""
+        ids = tuple(int(i) for i in ids)
+        if not ids or any(prefix == ids for prefix, _ in self._prefixes):
+            return
+        with self._torch.no_grad():
+            out = self.model(input_ids=self._torch.tensor([ids], device=self.device), use_cache=True)
+        layers = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in out.past_key_values.layers]
+        self._prefixes.append((ids, layers))
+
+    def _cached(self, request: GenRequest, settings: RolloutSettings) -> tuple[int, list] | None:
+        """(n cached tokens, per-layer keys/values) for a request: its own cache, else a prefix."""
+        if not settings.reuse_cache:
+            return None
+        own = self._kv.get(request.key)
+        if own is not None and own[0] < len(request.ids):
+            return own
+        best = None
+        for prefix, layers in self._prefixes:
+            n = len(prefix)
+            if n < len(request.ids) and tuple(request.ids[:n]) == prefix and (best is None or n > best[0]):
+                best = (n, layers)
+        return best
+
+    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
+                 seed: int) -> list[GenOutput]:
+        torch = self._torch
+        config = build_generation_config(settings, self.stops, self.pad_id, max_new_tokens)
+        cached = [self._cached(r, settings) for r in requests]
+        if settings.reuse_cache:
+            # Encode each row's new tokens but the last on its own (unpadded: the fast causal kernel,
+            # no padding mask); the batched call then starts from one new token per row.
+            cached = [self._encode_row(c, r.ids) if len(r.ids) - (c[0] if c else 0) > 1 else c
+                      for c, r in zip(cached, requests)]
+        n_cached = [c[0] if c is not None else 0 for c in cached]
+        if not any(n_cached):
+            cached = [None] * len(requests)
+        width_c = max(n_cached)
+        width_n = max(len(r.ids) - n for r, n in zip(requests, n_cached))
+        ids = torch.full((len(requests), width_c + width_n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (request, n) in enumerate(zip(requests, n_cached)):
+            new = request.ids[n:]
+            ids[row, width_c - n: width_c] = torch.tensor(request.ids[:n], dtype=torch.long)
+            ids[row, width_c + width_n - len(new):] = torch.tensor(new, dtype=torch.long)
+            mask[row, width_c - n: width_c] = 1
+            mask[row, width_c + width_n - len(new):] = 1
+        kwargs: dict[str, Any] = {}
+        if width_c:
+            kwargs["past_key_values"] = self._batch_cache(cached, n_cached, width_c)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=config, **kwargs)
+        sequences = out.sequences.cpu()
+        results = [_cut_at_stop(sequences[row, ids.shape[1]:].tolist(), set(self.stops))
+                   for row in range(len(requests))]
+        if settings.reuse_cache:
+            self._keep_cache(requests, results, mask, out.past_key_values)
+        return results
+
+    def _encode_row(self, entry: tuple[int, list] | None, ids: Sequence[int]) -> tuple[int, list]:
+        """Extend one row's cache over ``ids[n:-1]`` with a batch-of-one forward pass."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        n = entry[0] if entry is not None else 0
+        cache = DynamicCache(config=self.model.config)
+        if entry is not None:
+            for layer, (keys, values) in enumerate(entry[1]):
+                cache.update(keys[:, :n].unsqueeze(0), values[:, :n].unsqueeze(0), layer)
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([list(ids[n:-1])], device=self.device), past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        return len(ids) - 1, [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+
+    def _batch_cache(self, cached: list, n_cached: list[int], width: int) -> Any:
+        """A DynamicCache of ``width`` positions; row i holds its cached tokens right-aligned.
+
+        (A StaticCache, written in place instead of grown by concatenation, measured no faster for a
+        batch on CPU here and twice as slow for a batch of one, so the default cache stays.)
+        """
+        from transformers import DynamicCache
+
+        torch = self._torch
+        cache = DynamicCache(config=self.model.config)
+        template = next(c for c in cached if c is not None)[1]
+        for layer, (k0, v0) in enumerate(template):
+            keys = torch.zeros((len(cached), k0.shape[0], width, k0.shape[-1]), dtype=k0.dtype, device=k0.device)
+            values = torch.zeros_like(keys)
+            for row, (entry, n) in enumerate(zip(cached, n_cached)):
+                if entry is not None and n:
+                    keys[row, :, width - n:] = entry[1][layer][0][:, :n]
+                    values[row, :, width - n:] = entry[1][layer][1][:, :n]
+            cache.update(keys, values, layer)
+        return cache
+
+    def _keep_cache(self, requests: Sequence[GenRequest], results: list[GenOutput], mask: Any, cache: Any) -> None:
+        """Store each row's keys/values for its real tokens (all but the last generated one)."""
+        torch = self._torch
+        width = mask.shape[1]
+        for row, (request, result) in enumerate(zip(requests, results)):
+            # The cache holds the input plus every generated token but the last (never fed back).
+            real_input = mask[row].nonzero().flatten()
+            n_gen_fed = max(len(result.new_ids) - 1, 0)
+            positions = torch.cat([real_input, torch.arange(width, width + n_gen_fed)]).to(cache.layers[0].keys.device)
+            layers = [(layer.keys[row][:, positions].clone(), layer.values[row][:, positions].clone())
+                      for layer in cache.layers]
+            self._kv[request.key] = (len(request.ids) + n_gen_fed, layers)
+
+
+class VLLMGenerator:
+    """vLLM back end (GPU): token-id prompts, prefix caching does the cross-turn reuse.
+
+    Kept as a code path for the paper profile; it is not exercised on CPU machines.
+    """
+
+    def __init__(self, llm: Any, tokenizer: Any) -> None:
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.stops = stop_token_ids(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, tokenizer: Any, **engine_kwargs: Any) -> "VLLMGenerator":
+        from vllm import LLM  # guarded: only the gpu extra installs vLLM
+
+        llm = LLM(model=str(name_or_path), enable_prefix_caching=True, **engine_kwargs)
+        return cls(llm, tokenizer)
+
+    def release(self, key: int) -> None:
+        return None
+
+    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
+                 seed: int) -> list[GenOutput]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=max_new_tokens, stop_token_ids=self.stops, seed=seed, skip_special_tokens=False,
+            temperature=settings.temperature if settings.do_sample else 0.0,
+            top_p=settings.top_p if settings.do_sample else 1.0,
+            top_k=(settings.top_k or -1) if settings.do_sample else -1,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r.ids) for r in requests], params, use_tqdm=False)
+        return [_cut_at_stop(list(o.outputs[0].token_ids), set(self.stops)) for o in outputs]
+
+
+class OpenAICompletionsGenerator:
+    """An OpenAI-compatible ``/v1/completions`` endpoint as the model (off by default; code path only).
+
+    The rendered prompt text is sent as is and the returned text re-tokenised with our tokenizer,
+    so the endpoint must serve a model whose tokenizer matches ``tokenizer``.
+    """
+
+    def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
+                 timeout_s: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.stops = stop_token_ids(tokenizer)
+
+    def release(self, key: int) -> None:
+        return None
+
+    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
+                 seed: int) -> list[GenOutput]:
+        import json
+        import urllib.request
+
+        prompts = [self.tokenizer.decode(r.ids, skip_special_tokens=False) for r in requests]
+        body = {"model": self.model, "prompt": prompts, "max_tokens": max_new_tokens, "seed": seed,
+                "temperature": settings.temperature if settings.do_sample else 0.0,
+                "top_p": settings.top_p if settings.do_sample else 1.0,
+                "stop": [self.tokenizer.convert_ids_to_tokens(i) for i in self.stops]}
+        request = urllib.request.Request(f"{self.base_url}/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            choices = sorted(json.loads(response.read())["choices"], key=lambda c: c["index"])
+        outputs = []
+        for choice in choices:
+            ids = self.tokenizer.encode(choice["text"], add_special_tokens=False)
+            stopped = choice.get("finish_reason") == "stop"
+            outputs.append(GenOutput(ids + ([self.stops[0]] if stopped else []), stopped))
+        return outputs
+
+
+def vllm_available() -> bool:
+    """True when vLLM imports and a CUDA GPU is visible (the only case the vLLM path is used)."""
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
