@@ -1,13 +1,8 @@
-"""Amazon Reviews 2023: download the official raw files and stream them into canonical tables.
+"""Amazon Reviews 2023: stream the official raw files into canonical tables.
 
 The official release (PAPER.md section 1.2) has, per category, a reviews file and a metadata file,
-both gzipped JSON lines. This module is the raw-data layer for them:
+both gzipped JSON lines, fetched by :mod:`recrepro.data.amazon_download`. This module parses them:
 
-* :func:`category_urls` / :func:`download` / :func:`fetch_category` fetch the two files with the
-  standard library only. A download goes into ``<dest>.part``, resumes an interrupted ``.part``
-  with an HTTP ``Range`` request, is checked for length, for being one complete gzip stream and
-  (when given) for its SHA-256, and only then is renamed onto ``dest``. ``fetch_category`` records
-  url, size and SHA-256 of both files in ``<raw_dir>/<category>/downloads.json``.
 * :func:`read_reviews` / :func:`read_meta` / :func:`load_category` parse the files as a stream:
   one line at a time with ``orjson``, keeping only the few fields the kit needs, ids interned into
   integer codes in ``array.array`` buffers (each distinct id string is stored once). A raw file is
@@ -15,11 +10,9 @@ both gzipped JSON lines. This module is the raw-data layer for them:
   the parser holds a few MB of decompressed text at a time.
 
 Error policy. Bad *input data* raises :class:`~recrepro.data.schema.DataError` naming the file and
-line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream, a download
-whose bytes fail the gzip or hash check. Rows that are well-formed JSON but unusable (no user, no
-item, non-numeric timestamp or rating) are skipped and counted in ``skips`` so that the data stage
-can report them. Transient *network* failures raise :class:`DownloadError` naming the URL; the
-``.part`` file is kept so that the next call resumes it.
+line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream. Rows that
+are well-formed JSON but unusable (no user, no item, non-numeric timestamp or rating) are skipped
+and counted in ``skips`` so that the data stage can report them.
 
 Skip counters (keys of ``skips``). A review is counted under the first check it fails, in the
 order listed; ``timestamp_in_seconds`` is a note on a review that passed the four checks.
@@ -49,306 +42,23 @@ only for unusual ones. ``benchmarks/bench_amazon_parse.py`` compares it with
 from __future__ import annotations
 
 import math
-import os
-import queue
-import threading
-import urllib.error
-import urllib.request
-import zlib
 from array import array
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import orjson
 import pandas as pd
-from tqdm.auto import tqdm
 
 from recrepro.data.schema import CATEGORY_SEPARATOR, INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
-from recrepro.io import sha256_file, write_json_atomic
+from recrepro.data.amazon_download import GZIP_ERRORS, READ_CHUNK_BYTES, inflate, prefetch, raw_paths
 
-DOWNLOADS_NAME = "downloads.json"
 # Official timestamps are Unix milliseconds. 1e11 ms is March 1973 while 1e11 s is the year 5138,
 # so any real review time below this bound must already be in seconds.
 SECONDS_BOUND = 100_000_000_000
-# Compressed bytes read per step. The JSON lines compress about 4:1, so one step yields a few MB
-# of text: large enough that per-step overhead vanishes, small enough to keep memory flat.
-READ_CHUNK_BYTES = 1 << 20
-# Decompressed chunks the inflater thread may run ahead of the parser (bounds memory).
-_PREFETCH_CHUNKS = 4
-# wbits for zlib's gzip mode: zlib parses the header and checks the CRC-32 and length trailer.
-_GZIP_WBITS = zlib.MAX_WBITS | 16
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
-_GZIP_ERRORS = (EOFError, zlib.error)
-# Everything urllib / http.client / sockets raise for a failed or cut-off transfer.
-_NETWORK_ERRORS = (urllib.error.URLError, HTTPException, TimeoutError, ConnectionError, OSError)
-
-
-class DownloadError(OSError):
-    """A transfer failed for a network reason; the message names the URL. Safe to retry."""
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DownloadRecord:
-    """One downloaded file: where it came from, where it is, its size and SHA-256 (hex)."""
-
-    url: str
-    path: Path
-    bytes: int
-    sha256: str
-
-
-def category_urls(base_url: str, category: str) -> dict[str, str]:
-    """The official reviews and metadata URLs of one category, keyed ``reviews`` / ``meta``."""
-    base = base_url.rstrip("/")
-    return {
-        "reviews": f"{base}/review_categories/{category}.jsonl.gz",
-        "meta": f"{base}/meta_categories/meta_{category}.jsonl.gz",
-    }
-
-
-def raw_paths(raw_dir: Path, category: str) -> dict[str, Path]:
-    """Where :func:`fetch_category` puts the two files (named as in the official URLs)."""
-    folder = Path(raw_dir) / category
-    return {
-        "reviews": folder / f"{category}.jsonl.gz",
-        "meta": folder / f"meta_{category}.jsonl.gz",
-    }
-
-
-def part_path(dest: Path) -> Path:
-    """The in-progress sibling of ``dest``; only a verified download is renamed onto ``dest``."""
-    return dest.with_suffix(dest.suffix + ".part")
-
-
-def download(
-    url: str,
-    dest: Path,
-    *,
-    expected_sha256: str | None = None,
-    progress: bool = True,
-    timeout: float = 60.0,
-    chunk_bytes: int = 1 << 20,
-) -> DownloadRecord:
-    """Download ``url`` to ``dest``, resuming an earlier partial download.
-
-    If ``dest`` exists and matches ``expected_sha256`` (or no hash is given) nothing is fetched.
-    Otherwise the bytes go into ``<dest>.part``; an existing ``.part`` is resumed with a ``Range``
-    request (a server that ignores ``Range`` and answers 200 restarts it from byte zero).
-
-    ``.part`` policy: after a network failure or a transfer that ended short of the announced
-    length, the ``.part`` is kept and :class:`DownloadError` is raised (call again to resume).
-    When the transfer is complete but the bytes are bad (not one complete gzip stream, or a
-    SHA-256 other than ``expected_sha256``) the ``.part`` is deleted, because resuming would only
-    reproduce the same bytes, and :class:`DataError` is raised. (A ``.part`` left from an older
-    version of the remote file fails these checks the same way; the next call starts afresh.)
-    ``dest`` is never touched unless the new file passed every check, so a failed call leaves any
-    earlier ``dest`` as it was.
-    """
-    dest = Path(dest)
-    want = expected_sha256.lower() if expected_sha256 else None
-    if dest.is_file():
-        digest = sha256_file(dest)
-        if want is None or digest == want:
-            return DownloadRecord(url, dest, dest.stat().st_size, digest)
-        # The local copy is stale or damaged: fetch again; it is replaced only once verified.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = part_path(dest)
-    _transfer(url, part, progress=progress, timeout=timeout, chunk_bytes=chunk_bytes)
-    try:
-        check_gzip(part, name=dest)
-        digest = sha256_file(part)
-        if want is not None and digest != want:
-            raise DataError(
-                f"{dest}: SHA-256 of the download from {url} is {digest}, expected {want}; "
-                "the file changed upstream or was corrupted in transit"
-            )
-    except DataError:
-        part.unlink(missing_ok=True)
-        raise
-    size = part.stat().st_size
-    os.replace(part, dest)
-    return DownloadRecord(url, dest, size, digest)
-
-
-def _transfer(url: str, part: Path, *, progress: bool, timeout: float, chunk_bytes: int) -> None:
-    """Bring ``part`` up to the full remote file, appending to what is already there."""
-    offset = part.stat().st_size if part.is_file() else 0
-    try:
-        response = _request(url, offset, timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code != 416 or offset == 0:
-            raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-        # 416: nothing left after our offset. Either the .part is already whole, or it is longer
-        # than the remote file (the file changed): then start over.
-        total = _range_total(exc.headers.get("Content-Range"))
-        exc.close()
-        if total == offset:
-            return
-        part.unlink()
-        offset = 0
-        response = _request_or_raise(url, 0, timeout)
-    except _NETWORK_ERRORS as exc:
-        raise DownloadError(f"download of {url} failed: {exc}") from exc
-    with response:
-        try:
-            offset, total = _resume_point(response, url, offset)
-        except DownloadError:
-            part.unlink(missing_ok=True)  # the server's answer does not fit the .part: start over
-            raise
-        _copy_body(response, part, url, offset, total, progress=progress, chunk_bytes=chunk_bytes)
-    size = part.stat().st_size
-    if total is not None and size < total:
-        raise DownloadError(
-            f"download of {url} ended after {size} of {total} bytes; "
-            f"{part} kept, call again to resume"
-        )
-    if total is not None and size > total:
-        part.unlink()
-        raise DownloadError(f"download of {url} gave {size} bytes, more than the {total} announced")
-
-
-def _request(url: str, offset: int, timeout: float) -> Any:
-    """Open ``url``, asking for the bytes from ``offset`` on when resuming."""
-    headers = {"User-Agent": "recrepro-downloader"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-
-
-def _request_or_raise(url: str, offset: int, timeout: float) -> Any:
-    try:
-        return _request(url, offset, timeout)
-    except _NETWORK_ERRORS as exc:
-        raise DownloadError(f"download of {url} failed: {exc}") from exc
-
-
-def _resume_point(response: Any, url: str, offset: int) -> tuple[int, int | None]:
-    """From the response status, where writing starts and the expected final size (if known)."""
-    length = response.headers.get("Content-Length")
-    body = int(length) if length is not None and length.isdigit() else None
-    if response.status == 206:
-        start, end, total = _content_range(response.headers.get("Content-Range"), url)
-        if start != offset:
-            raise DownloadError(f"download of {url}: asked for byte {offset} on, got {start} on")
-        if body is not None and end is not None and body != end - start + 1:
-            raise DownloadError(f"download of {url}: Content-Length disagrees with Content-Range")
-        return offset, total
-    if response.status == 200:
-        # A full answer: either a fresh download, or a server that ignored our Range header.
-        return 0, body
-    raise DownloadError(f"download of {url}: unexpected HTTP status {response.status}")
-
-
-def _range_total(header: str | None) -> int | None:
-    """The TOTAL of a ``Content-Range: bytes .../TOTAL`` header; None if absent or unknown."""
-    total = (header or "").rpartition("/")[2]
-    return int(total) if total.isdigit() else None
-
-
-def _content_range(header: str | None, url: str) -> tuple[int | None, int | None, int | None]:
-    """Parse ``bytes START-END/TOTAL`` or ``bytes */TOTAL``; unknown parts are None."""
-    if not header or not header.startswith("bytes "):
-        raise DownloadError(f"download of {url}: missing or bad Content-Range {header!r}")
-    span, _, total_text = header[len("bytes "):].partition("/")
-    total = int(total_text) if total_text.isdigit() else None
-    if span == "*":
-        return None, None, total
-    start_text, _, end_text = span.partition("-")
-    if not (start_text.isdigit() and end_text.isdigit()):
-        raise DownloadError(f"download of {url}: bad Content-Range {header!r}")
-    return int(start_text), int(end_text), total
-
-
-def _copy_body(
-    response: Any, part: Path, url: str, offset: int, total: int | None, *,
-    progress: bool, chunk_bytes: int,
-) -> None:
-    """Stream the response body into ``part`` (appending at ``offset``, truncating at 0)."""
-    mode = "ab" if offset else "wb"
-    bar = tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=part.name.removesuffix(".part"), disable=not progress, leave=False,
-    )
-    with bar, open(part, mode) as sink:
-        while True:
-            try:
-                chunk = response.read(chunk_bytes)
-            except _NETWORK_ERRORS as exc:
-                raise DownloadError(
-                    f"download of {url} broke off after {sink.tell()} bytes ({exc}); "
-                    f"{part} kept, call again to resume"
-                ) from exc
-            if not chunk:
-                return
-            sink.write(chunk)
-            bar.update(len(chunk))
-
-
-def check_gzip(path: Path, name: Path | None = None) -> None:
-    """Read ``path`` through gzip once; a truncated or corrupt stream raises :class:`DataError`.
-
-    zlib verifies the CRC-32 and length stored at the end of each gzip member, so a clean read to
-    the end proves the file is complete. ``name`` is the file named in the error (the final
-    ``dest`` rather than its ``.part``).
-    """
-    try:
-        for _ in inflate(path):
-            pass
-    except _GZIP_ERRORS as exc:
-        shown = name if name is not None else path
-        raise DataError(f"{shown}: not a complete gzip file ({type(exc).__name__}: {exc})") from exc
-
-
-def fetch_category(
-    raw_dir: Path, base_url: str, category: str, progress: bool = True,
-) -> dict[str, DownloadRecord]:
-    """Download the reviews and metadata files of ``category`` into ``raw_dir/<category>/``.
-
-    ``downloads.json`` in that folder records url, file name, size and SHA-256 of each file and is
-    rewritten atomically after each file. The recorded hash pins the data: on a later call a file
-    whose bytes still match it is not fetched again, and a file that no longer matches is fetched
-    again and must match the record (delete ``downloads.json`` to accept a changed upstream file).
-    """
-    paths = raw_paths(raw_dir, category)
-    manifest_path = paths["reviews"].parent / DOWNLOADS_NAME
-    manifest = _read_downloads(manifest_path)
-    files: dict[str, Any] = manifest.setdefault("files", {})
-    records: dict[str, DownloadRecord] = {}
-    for kind, url in category_urls(base_url, category).items():
-        previous = files.get(kind)
-        same_url = isinstance(previous, dict) and previous.get("url") == url
-        pinned = previous.get("sha256") if same_url else None
-        record = download(url, paths[kind], expected_sha256=pinned, progress=progress)
-        records[kind] = record
-        files[kind] = {
-            "url": record.url, "file": record.path.name, "bytes": record.bytes,
-            "sha256": record.sha256,
-        }
-        manifest["category"] = category
-        write_json_atomic(manifest_path, manifest)
-    return records
-
-
-def _read_downloads(path: Path) -> dict[str, Any]:
-    """The existing ``downloads.json`` as a dict, or an empty one when there is none yet."""
-    if not path.is_file():
-        return {}
-    try:
-        manifest = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); delete it to download afresh") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
-        raise DataError(f"{path}: expected an object with a 'files' mapping; delete it to redo")
-    return manifest
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,84 +89,6 @@ class AmazonTables:
     lines: dict[str, int] = field(default_factory=dict)
 
 
-def inflate(path: Path, read_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
-    """Yield the decompressed bytes of every gzip member in ``path``, chunk by chunk.
-
-    Raises EOFError for an empty file or a stream cut off before its end marker, and zlib.error
-    for corrupt data (bad header, bad CRC-32 or length in a member trailer, trailing garbage).
-    zlib is used directly rather than through :mod:`gzip` because it checks the trailer itself
-    and releases the GIL while inflating, which :func:`_prefetch` exploits.
-    """
-    with open(path, "rb") as raw:
-        inflater = zlib.decompressobj(_GZIP_WBITS)
-        in_member = False  # bytes of the current member were seen but not its end
-        empty = True
-        while data := raw.read(read_bytes):
-            empty = False
-            while data:
-                in_member = True
-                out = inflater.decompress(data)
-                if out:
-                    yield out
-                if not inflater.eof:
-                    break  # without max_length zlib consumed all of data
-                # A member ended; bytes after it must start another member (concatenated gzip).
-                data = inflater.unused_data
-                inflater = zlib.decompressobj(_GZIP_WBITS)
-                in_member = False
-        if empty:
-            raise EOFError("empty file")
-        if in_member:
-            raise EOFError("compressed data ends before the end-of-stream marker")
-
-
-def _prefetch(chunks: Iterator[bytes], depth: int = _PREFETCH_CHUNKS) -> Iterator[bytes]:
-    """Run the iterator ``chunks`` in a helper thread, at most ``depth`` items ahead.
-
-    zlib releases the GIL while inflating, so decompression overlaps with JSON parsing on a
-    second core; the bounded queue keeps memory flat. An exception in the helper is re-raised
-    here, in order, after the chunks produced before it.
-    """
-    pipe: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[str, Any]) -> bool:
-        # Poll so that the helper notices when the consumer has stopped reading (stop is set).
-        while not stop.is_set():
-            try:
-                pipe.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for chunk in chunks:
-                if not put(("chunk", chunk)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # handed over to the consumer thread, which raises it
-            put(("error", exc))
-        finally:
-            chunks.close()  # type: ignore[attr-defined]  # closes the file if stopped early
-
-    helper = threading.Thread(target=work, name="recrepro-inflate", daemon=True)
-    helper.start()
-    try:
-        while True:
-            kind, payload = pipe.get()
-            if kind == "chunk":
-                yield payload
-            elif kind == "error":
-                raise payload
-            else:
-                return
-    finally:
-        stop.set()
-        helper.join()
-
-
 def iter_line_batches(
     path: Path, read_bytes: int = READ_CHUNK_BYTES,
 ) -> Iterator[tuple[int, list[bytes]]]:
@@ -470,13 +102,13 @@ def iter_line_batches(
     line_no = 0
     tail = b""
     try:
-        for chunk in _prefetch(inflate(path, read_bytes)):
+        for chunk in prefetch(inflate(path, read_bytes)):
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()  # a line cut by the chunk border is finished by the next chunk
             if lines:
                 yield line_no + 1, lines
                 line_no += len(lines)
-    except _GZIP_ERRORS as exc:
+    except GZIP_ERRORS as exc:
         raise DataError(
             f"{path}: truncated or corrupt gzip after line {line_no} ({type(exc).__name__}: {exc})"
         ) from exc
@@ -797,7 +429,7 @@ def join_categories(categories: Any, main_category: Any) -> str:
 def load_category(
     raw_dir: Path, category: str, window_start_ts: int | None, window_end_ts: int | None,
 ) -> AmazonTables:
-    """Parse both raw files of ``category`` (as laid out by :func:`fetch_category`).
+    """Parse both raw files of ``category`` (as laid out by :func:`recrepro.data.amazon_download.fetch_category`).
 
     ``items`` has one row per item with at least one review in the window, in item_id order;
     an item without a metadata line keeps "" / NaN fields and is counted as ``item_without_meta``.

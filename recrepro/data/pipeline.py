@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from recrepro.config import Profile
-from recrepro.data.amazon import fetch_category, load_category
+from recrepro.data.amazon import load_category
+from recrepro.data.amazon_download import fetch_category
 from recrepro.data.movielens import load_ml100k
 from recrepro.data.samples import add_candidates, build_samples, filter_interactions, iso_to_ts, split_samples
 from recrepro.data.schema import SPLITS, DataError

@@ -20,19 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recrepro.data import amazon
-from recrepro.data.amazon import (
-    AmazonTables,
-    DownloadError,
-    DownloadRecord,
-    category_urls,
-    download,
-    fetch_category,
-    iter_line_batches,
-    load_category,
-    read_meta,
-    read_reviews,
-)
+from recrepro.data import amazon_download
+from recrepro.data.amazon import AmazonTables, iter_line_batches, load_category, read_meta, read_reviews
+from recrepro.data.amazon_download import DownloadError, DownloadRecord, category_urls, download, fetch_category
 from recrepro.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
 
 CATEGORY = "Video_Games"
@@ -194,7 +184,7 @@ def test_download_full_file_records_size_and_sha(server: FileServer, body: bytes
     assert record == DownloadRecord(server.url("/f.jsonl.gz"), dest, len(body),
                                     hashlib.sha256(body).hexdigest())
     assert dest.read_bytes() == body
-    assert not amazon.part_path(dest).exists()
+    assert not amazon_download.part_path(dest).exists()
     assert [(e["range"], e["status"]) for e in server.log] == [(None, 200)]
     # An existing dest (matching the hash when given) is not fetched again.
     assert download(server.url("/f.jsonl.gz"), dest, expected_sha256=record.sha256,
@@ -206,7 +196,7 @@ def test_download_resumes_a_partial_file(server: FileServer, body: bytes, tmp_pa
     server.files["/f.gz"] = body
     dest = tmp_path / "f.gz"
     have = len(body) // 3
-    write(amazon.part_path(dest), body[:have])
+    write(amazon_download.part_path(dest), body[:have])
     record = download(server.url("/f.gz"), dest, progress=False, chunk_bytes=512)
     assert dest.read_bytes() == body and record.bytes == len(body)
     assert server.log == [{"path": "/f.gz", "range": f"bytes={have}-", "status": 206,
@@ -218,7 +208,7 @@ def test_download_restarts_when_server_ignores_range(server: FileServer, body: b
     server.files["/f.gz"] = body
     server.mode = "ignore-range"
     dest = tmp_path / "f.gz"
-    write(amazon.part_path(dest), b"stale bytes that must not be kept")
+    write(amazon_download.part_path(dest), b"stale bytes that must not be kept")
     download(server.url("/f.gz"), dest, progress=False)
     assert dest.read_bytes() == body
     assert [(e["status"], e["sent"]) for e in server.log] == [(200, len(body))]
@@ -228,7 +218,7 @@ def test_download_of_an_already_complete_part_asks_nothing_more(server: FileServ
                                                                 tmp_path: Path) -> None:
     server.files["/f.gz"] = body
     dest = tmp_path / "f.gz"
-    write(amazon.part_path(dest), body)
+    write(amazon_download.part_path(dest), body)
     download(server.url("/f.gz"), dest, progress=False)
     assert dest.read_bytes() == body
     assert [(e["status"], e["sent"]) for e in server.log] == [(416, 0)]
@@ -241,7 +231,7 @@ def test_cut_connection_keeps_part_and_next_call_resumes(server: FileServer, bod
     dest = tmp_path / "f.gz"
     with pytest.raises(DownloadError, match=re.escape(server.url("/f.gz"))):
         download(server.url("/f.gz"), dest, progress=False)
-    part = amazon.part_path(dest)
+    part = amazon_download.part_path(dest)
     assert part.read_bytes() == body[: len(body) // 2] and not dest.exists()
     server.mode = "range"
     download(server.url("/f.gz"), dest, progress=False)
@@ -256,7 +246,7 @@ def test_wrong_hash_is_an_error_and_leaves_no_file(server: FileServer, body: byt
     with pytest.raises(DataError, match="SHA-256") as err:
         download(server.url("/f.gz"), dest, expected_sha256="0" * 64, progress=False)
     assert str(dest) in str(err.value) and "0" * 64 in str(err.value)
-    assert not dest.exists() and not amazon.part_path(dest).exists()
+    assert not dest.exists() and not amazon_download.part_path(dest).exists()
 
 
 def test_truncated_gzip_download_is_a_data_error(server: FileServer, body: bytes,
@@ -266,7 +256,7 @@ def test_truncated_gzip_download_is_a_data_error(server: FileServer, body: bytes
     with pytest.raises(DataError, match=re.escape(str(dest))):
         download(server.url("/f.gz"), dest, progress=False)
     # Resuming would only reproduce the same bad bytes, so the .part is removed as documented.
-    assert not dest.exists() and not amazon.part_path(dest).exists()
+    assert not dest.exists() and not amazon_download.part_path(dest).exists()
 
 
 def test_network_errors_name_the_url(server: FileServer, tmp_path: Path) -> None:
@@ -498,7 +488,7 @@ def test_read_meta_fields(tmp_path: Path) -> None:
 
 
 def test_load_category(tmp_path: Path) -> None:
-    paths = amazon.raw_paths(tmp_path, CATEGORY)
+    paths = amazon_download.raw_paths(tmp_path, CATEGORY)
     write(paths["reviews"], gz_lines([
         review("U1", "I1", T0 * MS, 4.0),
         review("U2", "I2", (T0 + 1) * MS, 3.0),
@@ -527,7 +517,7 @@ def test_load_category(tmp_path: Path) -> None:
 
 
 def test_load_category_requires_both_files_and_handles_empty_ones(tmp_path: Path) -> None:
-    paths = amazon.raw_paths(tmp_path, CATEGORY)
+    paths = amazon_download.raw_paths(tmp_path, CATEGORY)
     write(paths["reviews"], gz_lines([]))
     with pytest.raises(DataError, match="meta_Video_Games.jsonl.gz: raw file missing"):
         load_category(tmp_path, CATEGORY, None, None)
