@@ -75,8 +75,9 @@ from recrepro.evaluation import chance_row
 from recrepro.io import (ManifestError, atomic_dir, read_manifest, read_parquet, verify_manifest, write_json_atomic,
                          write_manifest, write_parquet, write_text_atomic)
 from recrepro.paper import reported_values
-from recrepro.rl import rta
+from recrepro.rl import grpo, rta
 from recrepro.rl.mining import PAIR_COLUMNS, PolicyOutput, correct_letter, mine_pairs
+from recrepro.rl.reward import ListwiseRewardFunc, assistant_turns
 from recrepro.significance import mcnemar_exact
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 from recrepro.tools import ToolKit
@@ -162,9 +163,9 @@ def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, It
         if sample is None:
             raise KeyError(f"pair {pair['pair_id']}: sample {pair['sample_id']} is not among the mined instances")
         a, b = shown_items(pair)
-        history = [_view(views, i) for i in rta._plain(sample["history_items"])]
+        history = [_view(views, i) for i in grpo.plain(sample["history_items"])]
         for direction in DIRECTIONS:
-            row = {key: rta._plain(sample[key]) for key in ENV_COLUMNS if key in sample}
+            row = {key: grpo.plain(sample[key]) for key in ENV_COLUMNS if key in sample}
             row.update(pair_columns(a, b))  # the tools name the two items A and B, as the prompt does
             row.update(pair_id=int(pair["pair_id"]), direction=direction,
                        answer_letter=correct_letter(bool(pair["a_is_target"]), direction),
@@ -185,7 +186,7 @@ def random_pairs(samples: pd.DataFrame, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for sample in samples.sort_values("sample_id", kind="stable").to_dict("records"):
-        candidates = [str(c) for c in rta._plain(sample["candidates"])]
+        candidates = [str(c) for c in grpo.plain(sample["candidates"])]
         target = int(sample["target_index"])
         pool = [i for i, item in enumerate(candidates, start=1) if i != target and item != candidates[target - 1]]
         if not pool:
@@ -217,7 +218,7 @@ def preference_reward(verdict: ChoiceVerdict, answer_letter: str, profile: Profi
     return profile.ppr.correct_reward if verdict.letter == answer_letter else profile.ppr.wrong_reward
 
 
-class PreferenceRewardFunc(rta.ListwiseRewardFunc):
+class PreferenceRewardFunc(ListwiseRewardFunc):
     """TRL reward function of PPR: stage 1's turn split and environment verdict, then the letter.
 
     Logs under stage 1's keys (``rta/reward``, ``rta/valid``, ``rta/tool_calls``, per-tool calls) so
@@ -235,7 +236,7 @@ class PreferenceRewardFunc(rta.ListwiseRewardFunc):
             mask = masks[i] if masks is not None else None
             episode = environments[i].episode
             trajectory = self.verdict(ids, mask, episode)
-            turns, _ = rta.assistant_turns(ids, mask, self.stops, self.tokenizer)
+            turns, _ = assistant_turns(ids, mask, self.stops, self.tokenizer)
             verdict = choice_verdict(turns, trajectory.reason, trajectory.n_tool_calls)
             total = preference_reward(verdict, str(answer_letter[i]), self.profile)
             self.last.append(verdict)
@@ -436,7 +437,7 @@ def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, 
 def grpo_overrides(profile: Profile) -> dict[str, Any]:
     """Stage 1's GRPO config with PPR's epochs, steps and batch (prompts x G per step)."""
     completions = profile.ppr.batch_size * profile.rta.group_size
-    split = rta.n_processes() * profile.rta.gradient_accumulation_steps
+    split = grpo.n_processes() * profile.rta.gradient_accumulation_steps
     if completions % split:
         raise ValueError(f"ppr.batch_size x rta.group_size = {completions} completions per step cannot be split "
                          f"over {split} process x accumulation steps")
@@ -452,10 +453,10 @@ def train_round(profile: Profile, ctx: DatasetContext, paths: RoundPaths, rows: 
     reuses a policy already trained to the end with it (e.g. by a launched ``--stage train``), so
     notebook 05 then only measures and evaluates (:func:`recrepro.rl.rta.run_training`).
     """
-    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(paths.start), train_rows=rows,
+    setup = grpo.TrainingSetup(profile=profile, variant="tirr", model_path=str(paths.start), train_rows=rows,
                               env_factory=ctx.env_factory, valid=None, output_dir=paths.checkpoints,
                               log_path=paths.train_log, dataset=ctx.dataset)
-    trained = rta.run_training(setup, stamp, paths.final, log=log, reward_class=PreferenceRewardFunc,
+    trained = grpo.run_training(setup, stamp, paths.final, log=log, reward_class=PreferenceRewardFunc,
                                **grpo_overrides(profile))
     del trained["trainer"]  # free the training copy before the next round or the evaluation loads a policy
     return {**trained, "final": str(paths.final), "trained": True}
@@ -539,7 +540,7 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
 
 
 def _save_accuracy(folder: Path, accuracy: Mapping[str, Any], judged: Mapping[str, pd.DataFrame]) -> None:
-    write_json_atomic(folder / "preference_accuracy.json", json.loads(json.dumps(accuracy, default=rta._json_default)))
+    write_json_atomic(folder / "preference_accuracy.json", json.loads(json.dumps(accuracy, default=grpo.json_default)))
     for stage, frame in judged.items():
         write_text_atomic(folder / f"judgements_{stage}.csv", frame.to_csv(index=False))
 
@@ -559,7 +560,7 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     start = Path(start) if start is not None else stage1_policy(profile, root, dataset)
     stamp = run_stamp(profile, root, dataset, start, row_name)
     final = folder / "final"
-    done = rta._read_json(folder / "stamp.json")
+    done = grpo.read_json(folder / "stamp.json")
     if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
         log(f"[ppr] {dataset}: final policy and its evaluation are up to date; skipping")
         if row_name is None:
@@ -604,7 +605,7 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     if row_name is None:
         write_rows(profile, root, rows)
     record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": accuracy}
-    write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=rta._json_default)))
+    write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=grpo.json_default)))
     return {**record, "skipped": False, "final": str(final)}
 
 
@@ -655,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile, parse_overrides(args.set))
-    if args.stage != "train" and rta.n_processes() > 1:
+    if args.stage != "train" and grpo.n_processes() > 1:
         raise SystemExit(f"--stage {args.stage} runs on one process; under accelerate launch use --stage train")
     if args.stage == "all":
         if args.dataset:

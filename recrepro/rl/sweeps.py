@@ -53,7 +53,7 @@ from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.metrics import metric_names
 from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
-from recrepro.rl import ppr, rta
+from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.rta import run_variant
 
 SWEEPS = ("group_size", "backbone")
@@ -220,7 +220,7 @@ def adopt_main_policy(profile: Profile, root: Path | str, dataset: str, point: S
     main = rta.variant_dir(profile, root, dataset, "tirr") / "final"
     sized = point_profile(profile, point)
     stamp = rta.config_stamp(sized, "tirr", rta.starting_model(sized, root, progress=False), dataset)
-    if (folder / "final").exists() or not rta.finished_policy(main, stamp):
+    if (folder / "final").exists() or not grpo.finished_policy(main, stamp):
         return False
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(main, folder / "final")
@@ -245,7 +245,7 @@ def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, 
             log(f"[sweeps] {point.name}: the main stage-1 TIRR run has this exact config; its policy is reused")
             continue
         folder = sweep_dir(profile, root, dataset) / point.name
-        if not force and (folder / "final" / rta.TRAINED_STAMP).is_file():
+        if not force and (folder / "final" / grpo.TRAINED_STAMP).is_file():
             continue  # finished; run_point checks the stamp and retrains in process if it is stale
         backbone = canonical_backbone(point.backbone)
         todo.append(Job(f"sweep-{point.name}", "recrepro.rl.sweeps",
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     place = point_ppr_place(profile, args.root, point)
     sized = point_profile(profile, point)
     if args.stage == "ppr-mine":
-        if rta.n_processes() > 1:
+        if grpo.n_processes() > 1:
             raise SystemExit("--stage ppr-mine runs on one process; under accelerate launch use --stage ppr-train")
         folder = ppr.mine_stage(sized, args.root, sweep_dataset(profile), folder=place["folder"],
                                 start=place["start"])

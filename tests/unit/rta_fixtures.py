@@ -28,7 +28,8 @@ from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import PromptSpec, instance_from_sample, render_prompt
 from recrepro.agent.teacher import Transcript, teacher_transcript
 from recrepro.config import load_profile
-from recrepro.rl.rta import ROW_COLUMNS, TrainingSetup, _plain, training_rows
+from recrepro.rl.grpo import TrainingSetup, plain
+from recrepro.rl.rta import ROW_COLUMNS, training_rows
 from tests.unit import agent_fakes as af
 
 
@@ -52,7 +53,7 @@ def transcripts(variant: str, n: int) -> list[tuple[Transcript, Transcript]]:
         env = None
         if spec.uses_tools:
             env = af.env_factory()()
-            env.reset(**{k: _plain(sample[k]) for k in ROW_COLUMNS})
+            env.reset(**{k: plain(sample[k]) for k in ROW_COLUMNS})
         base = teacher_transcript(instance, spec, env)
         target = int(sample["target_index"])
         others = [i for i in range(1, instance.n_candidates + 1) if i != target]

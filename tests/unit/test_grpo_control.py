@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from recrepro.config import load_profile
-from recrepro.rl import rta
+from recrepro.rl import grpo, rta
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 WORDS = [f"w{i}" for i in range(28)]  # with the 4 special tokens a vocabulary of 32
@@ -97,8 +97,8 @@ def _trainer(tmp_path, learning_rate: float):
         "rta.max_completion_length": 1, "rta.learning_rate": learning_rate, "rta.max_steps": STEPS,
         "rta.logging_steps": 1, "rta.save_steps": 10_000})
     tokenizer = _tokenizer()
-    config = rta.build_grpo_config(profile, tmp_path / "out", processes=1, save_strategy="no")
-    return rta._grpo_trainer_class()(
+    config = grpo.build_grpo_config(profile, tmp_path / "out", processes=1, save_strategy="no")
+    return grpo.grpo_trainer_class()(
         model=_model(tokenizer), reward_funcs=[FirstTokenReward(tokenizer.convert_tokens_to_ids(TARGET))],
         args=config, train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]), processing_class=tokenizer,
         drop_all_negative_groups=profile.rta.drop_all_negative_groups)

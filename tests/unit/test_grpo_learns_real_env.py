@@ -65,8 +65,8 @@ from recrepro.agent.rollout import RolloutEngine
 from recrepro.agent.teacher import encode_transcript, teacher_transcript
 from recrepro.agent.warmstart import WarmStartSettings, warm_start
 from recrepro.models import load_causal_lm
-from recrepro.rl import rta
-from recrepro.rl.reward import listwise_reward
+from recrepro.rl import grpo, rta
+from recrepro.rl.reward import ListwiseRewardFunc, listwise_reward
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
 
@@ -96,7 +96,7 @@ def _samples() -> pd.DataFrame:
 
 
 def _row(sample: dict) -> dict:
-    return {key: rta._plain(sample[key]) for key in rta.ROW_COLUMNS}
+    return {key: grpo.plain(sample[key]) for key in rta.ROW_COLUMNS}
 
 
 def warm_policy(base_dir: Path, out_dir: Path, samples: pd.DataFrame) -> Path:
@@ -173,12 +173,12 @@ def test_grpo_on_the_real_environment_raises_the_reward(tmp_path, one_thread):
 
     samples = _samples()
     base = rf.tiny_policy_dir(str(tmp_path / "base"))
-    setup = rta.TrainingSetup(profile=rf.test_profile(**GRPO), variant="tirr",
+    setup = grpo.TrainingSetup(profile=rf.test_profile(**GRPO), variant="tirr",
                               model_path=str(warm_policy(base, tmp_path / "warm", samples)),
                               train_rows=rta.training_rows(samples, af.views(), PromptSpec("tirr")),
                               env_factory=af.env_factory(), valid=None, output_dir=tmp_path / "out",
                               log_path=tmp_path / "out" / "train_log.csv")
-    trainer, _ = rta.build_trainer(setup)
+    trainer, _ = grpo.build_trainer(setup, ListwiseRewardFunc)
     profile, tokenizer = setup.profile, trainer.processing_class
     assert trainer.args.temperature == pytest.approx(0.6) and trainer.args.scale_rewards == "none"
 

@@ -19,7 +19,7 @@ from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.teacher import encode_transcript, n_ppr_examples, ppr_teacher_letter, ppr_teacher_transcript
 from recrepro.config import load_profile
 from recrepro.io import ManifestError
-from recrepro.rl import ppr, rta
+from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.mining import PolicyOutput, mine_pairs
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
@@ -133,7 +133,7 @@ def test_ppr_warm_start_transcripts_bind_the_tools_like_ppr_rollouts():
         return made[-1]
 
     samples = rf.train_samples(2)
-    rows = [{k: rta._plain(s[k]) for k in rta.ROW_COLUMNS} for s in samples.to_dict("records")]
+    rows = [{k: grpo.plain(s[k]) for k in rta.ROW_COLUMNS} for s in samples.to_dict("records")]
     instances = [instance_from_sample(s, af.views()) for s in samples.to_dict("records")]
     assert len(ppr_teacher_examples(af.tiny_tokenizer(), instances, rows, factory, 2, 0, 10)) == 2
     for env in made[1:]:  # the first one only lists the tools
@@ -267,7 +267,7 @@ def test_ppr_teacher_transcript_parses_to_the_teacher_letter():
     sample = rf.train_samples(1).to_dict("records")[0]
     instance = instance_from_sample(sample, af.views())
     env = af.env_factory()()
-    row = {k: rta._plain(sample[k]) for k in rta.ROW_COLUMNS}
+    row = {k: grpo.plain(sample[k]) for k in rta.ROW_COLUMNS}
     env.reset(**{**row, "candidates": [instance.candidates[0].item_id, instance.candidates[1].item_id]})
     for direction in ("more", "less"):
         t = ppr_teacher_transcript(instance, (1, 2), direction, 10, env)
@@ -313,10 +313,10 @@ def test_a_short_ppr_training_run_through_trl(tmp_path):
     profile = rf.test_profile(**{"ppr.batch_size": 2, "ppr.max_steps": 2})
     model_dir = rf.tiny_policy_dir(str(tmp_path / "model"))
     ctx = ppr.DatasetContext("synthetic", None, af.views(), samples, samples, af.env_factory())
-    setup = rta.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_dir), train_rows=rows,
+    setup = grpo.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_dir), train_rows=rows,
                               env_factory=ctx.env_factory, valid=None, output_dir=tmp_path / "ckpt",
                               log_path=tmp_path / "train_log.csv")
-    trainer, reward = rta.build_trainer(setup, reward_class=ppr.PreferenceRewardFunc, **ppr.grpo_overrides(profile))
+    trainer, reward = grpo.build_trainer(setup, reward_class=ppr.PreferenceRewardFunc, **ppr.grpo_overrides(profile))
     assert trainer.args.per_device_train_batch_size == 8 and trainer.args.max_steps == 2
     trainer.model.generate = rf.ScriptedGenerate(trainer.processing_class, _ppr_scripts(rows))
     torch.manual_seed(0)
@@ -405,7 +405,7 @@ def test_cli_mine_and_train_stages_take_the_round_and_datasets(monkeypatch, tmp_
     assert calls == [("mine", "ml-100k", 1), ("train", "x", 2)]
     with pytest.raises(SystemExit, match="--stage all runs every dataset"):
         ppr.main(["--dataset", "x"])
-    monkeypatch.setattr(rta, "n_processes", lambda: 2)
+    monkeypatch.setattr(grpo, "n_processes", lambda: 2)
     with pytest.raises(SystemExit, match="under accelerate launch use --stage train"):
         ppr.main(["--stage", "mine"])
 
@@ -425,8 +425,8 @@ def test_a_round_finished_by_a_launched_run_is_reused(monkeypatch, tmp_path):
     paths.final.mkdir(parents=True)
     (paths.final / "config.json").write_text("{}")
     stamp = ppr.round_stamp({"config": "c"}, 1, paths)
-    (paths.final / rta.TRAINED_STAMP).write_text(json.dumps(stamp))
-    monkeypatch.setattr(rta, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
+    (paths.final / grpo.TRAINED_STAMP).write_text(json.dumps(stamp))
+    monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
     ctx = ppr.DatasetContext("ml-100k", None, {}, pd.DataFrame(), pd.DataFrame(), af.env_factory())
     out = ppr.train_round(PROFILE, ctx, paths, [{"x": 1}], stamp, log=lambda _: None)
     assert out == {"final": str(paths.final), "wall_s": None, "resumed_from": None, "trained": True}

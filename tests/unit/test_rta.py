@@ -17,14 +17,14 @@ import pytest
 import torch
 import yaml
 
-from recrepro.agent.env import Episode, env_tools
+from recrepro.agent.env import Episode, env_tools, tool_schemas
 from recrepro.agent.parser import format_answer, format_tool_call
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, render_prompt
 from recrepro.agent.generators import stop_token_ids
 from recrepro.agent.rollout import tool_suffix_text
 from recrepro.config import load_profile
-from recrepro.rl import rta
-from recrepro.rl.reward import listwise_reward
+from recrepro.rl import grpo, rta
+from recrepro.rl.reward import ListwiseRewardFunc, assistant_turns, listwise_reward
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
 
@@ -39,7 +39,7 @@ CONFIG_DIR = REPO / "configs" / "accelerate"
 
 def test_grpo_config_follows_the_profile(tmp_path):
     profile = load_profile("smoke")
-    config = rta.build_grpo_config(profile, tmp_path / "out", processes=1)
+    config = grpo.build_grpo_config(profile, tmp_path / "out", processes=1)
     assert config.num_generations == profile.rta.group_size
     assert config.scale_rewards == "none"  # PAPER.md 1.4: reward minus group mean
     assert (config.loss_type, config.beta, config.epsilon) == (profile.rta.loss_type, profile.rta.beta,
@@ -59,10 +59,10 @@ def test_grpo_config_follows_the_profile(tmp_path):
 
 def test_paper_batch_is_split_over_processes_and_accumulation():
     paper = load_profile("paper")
-    assert rta.per_device_batch(paper, 4) == 4  # 64 instances x G=8 over 4 GPUs x 32 accumulation steps
-    assert [rta.per_device_batch(paper, n) for n in (1, 2, 8)] == [16, 8, 2]
+    assert grpo.per_device_batch(paper, 4) == 4  # 64 instances x G=8 over 4 GPUs x 32 accumulation steps
+    assert [grpo.per_device_batch(paper, n) for n in (1, 2, 8)] == [16, 8, 2]
     with pytest.raises(ValueError, match="cannot be split"):
-        rta.per_device_batch(load_profile("smoke", {"rta.batch_size": 3, "rta.gradient_accumulation_steps": 5}), 1)
+        grpo.per_device_batch(load_profile("smoke", {"rta.batch_size": 3, "rta.gradient_accumulation_steps": 5}), 1)
 
 
 def test_training_rows_hold_the_prompt_and_what_reset_needs_but_not_the_target_item():
@@ -73,7 +73,7 @@ def test_training_rows_hold_the_prompt_and_what_reset_needs_but_not_the_target_i
         assert row["prompt"] == build_messages(instance_from_sample(sample, af.views()), PromptSpec("tirr"))
         assert "target_item" not in row and "target_rating" not in row
         assert row["candidates"] == list(sample["candidates"]) and row["target_index"] == sample["target_index"]
-    dataset = rta.build_dataset(rows)
+    dataset = grpo.build_dataset(rows)
     assert dataset[0]["prompt"][0]["role"] == "system" and dataset[0]["prompt"][1]["role"] == "user"
 
 
@@ -107,7 +107,7 @@ def _completion(tok, turns, tool_texts, cut_last=False):
 
 def _reward_func(schemas):
     tok = af.tiny_tokenizer()
-    return rta.ListwiseRewardFunc(load_profile("smoke"), tok, schemas, rta.RolloutTrace(), stop_token_ids(tok)), tok
+    return ListwiseRewardFunc(load_profile("smoke"), tok, schemas, grpo.RolloutTrace(), stop_token_ids(tok)), tok
 
 
 def test_turns_are_the_runs_of_generated_tokens():
@@ -115,16 +115,16 @@ def test_turns_are_the_runs_of_generated_tokens():
     call = af.think() + format_tool_call("get_user_profile")
     answer = af.think("done") + format_answer(range(1, 11))
     ids, mask = _completion(tok, [call, answer], ["a profile"])
-    turns, truncated = rta.assistant_turns(ids, mask, set(stop_token_ids(tok)), tok)
+    turns, truncated = assistant_turns(ids, mask, set(stop_token_ids(tok)), tok)
     assert turns == [call, answer] and not truncated
     ids, mask = _completion(tok, [call, answer], ["a profile"], cut_last=True)
-    assert rta.assistant_turns(ids, mask, set(stop_token_ids(tok)), tok) == ([call, answer], True)
-    assert rta.assistant_turns([], [], set(stop_token_ids(tok)), tok) == ([], True)
+    assert assistant_turns(ids, mask, set(stop_token_ids(tok)), tok) == ([call, answer], True)
+    assert assistant_turns([], [], set(stop_token_ids(tok)), tok) == ([], True)
 
 
 def test_reward_verdicts_match_the_parser_and_the_reward():
     env = af.make_env()
-    schemas = rta.tool_schemas(env)
+    schemas = tool_schemas(env)
     func, tok = _reward_func(schemas)
     target = 3
     ranking = [3] + [i for i in range(1, 21) if i != 3][:9]
@@ -143,7 +143,7 @@ def test_reward_verdicts_match_the_parser_and_the_reward():
 
 def test_an_unanswered_final_call_is_truncated_and_r_variant_calls_are_invalid():
     env = af.make_env()
-    schemas = rta.tool_schemas(env)
+    schemas = tool_schemas(env)
     func, tok = _reward_func(schemas)
     call = af.think() + format_tool_call("get_user_profile")
     ids, mask = _completion(tok, [call], [])  # TRL dropped the tool result: the budget was full
@@ -171,12 +171,12 @@ def test_an_unanswered_final_call_is_truncated_and_r_variant_calls_are_invalid()
 
 def test_drop_negative_groups_function():
     rewards = torch.tensor([[1.0], [-0.5], [-1.0], [-0.5], [float("nan")], [-1.0]])
-    out, drop = rta.drop_negative_groups(rewards, 2)
+    out, drop = grpo.drop_negative_groups(rewards, 2)
     assert drop.dropped_share == pytest.approx(1 / 3)
     assert (drop.groups_kept, drop.groups_total, drop.effective_batch) == (2, 3, 4)
     assert torch.isnan(out[2:4]).all() and out[0, 0] == 1.0 and out[1, 0] == -0.5
     assert torch.isnan(out[4, 0]) and out[5, 0] == -1.0  # an unscorable row does not make a group negative
-    same, kept_all = rta.drop_negative_groups(rewards, 2, enabled=False)
+    same, kept_all = grpo.drop_negative_groups(rewards, 2, enabled=False)
     assert same is rewards and (kept_all.groups_kept, kept_all.groups_total, kept_all.dropped_share) == (3, 3, 0.0)
     assert kept_all.metrics() == {"rta/dropped_group_share": 0.0, "rta/groups_kept": 3.0, "rta/groups_total": 3.0,
                                   "rta/effective_batch": 6.0}
@@ -251,10 +251,10 @@ def test_advantages_are_reward_minus_group_mean_and_all_negative_groups_are_drop
         return preset[: len(completions)]
 
     for drop in (True, False):
-        model, tok = rta.load_policy(setup.model_path, setup.profile)
-        config = rta.build_grpo_config(setup.profile, workdir / f"adv{drop}")
-        trainer = rta._grpo_trainer_class()(model=model, reward_funcs=[fixed], args=config,
-                                            train_dataset=rta.build_dataset(setup.train_rows), processing_class=tok,
+        model, tok = grpo.load_policy(setup.model_path, setup.profile)
+        config = grpo.build_grpo_config(setup.profile, workdir / f"adv{drop}")
+        trainer = grpo.grpo_trainer_class()(model=model, reward_funcs=[fixed], args=config,
+                                            train_dataset=grpo.build_dataset(setup.train_rows), processing_class=tok,
                                             environment_factory=setup.env_factory, drop_all_negative_groups=drop)
         rf.script_trainer(trainer, "tirr", 2)
         trainer.model.train()
@@ -270,7 +270,7 @@ def test_advantages_are_reward_minus_group_mean_and_all_negative_groups_are_drop
 
 
 class _PresetReward:
-    """A reward function with fixed values per completion (built like :class:`rta.ListwiseRewardFunc`)."""
+    """A reward function with fixed values per completion (built like :class:`ListwiseRewardFunc`)."""
 
     __name__ = "preset"
     values = [1.0, 0.0, -0.5, 0.5, -1.0, -0.5, -1.0, -0.5]  # group 1 mixed; group 2 all negative
@@ -285,7 +285,7 @@ class _PresetReward:
 @pytest.mark.slow
 def test_a_step_logs_the_effective_batch_after_the_drop(workdir, tmp_path, capsys):
     setup = rf.setup(tmp_path, workdir / "model", n=2)  # one step: 2 instances x G = 4
-    trainer, _ = rta.build_trainer(setup, reward_class=_PresetReward)
+    trainer, _ = grpo.build_trainer(setup, reward_class=_PresetReward)
     rf.script_trainer(trainer, "tirr", 2)
     trainer.train()
     log = pd.read_csv(setup.log_path)
@@ -299,7 +299,7 @@ def test_a_step_logs_the_effective_batch_after_the_drop(workdir, tmp_path, capsy
 @pytest.mark.slow
 def test_loss_mask_is_zero_exactly_on_tool_observation_tokens(workdir):
     setup = rf.setup(workdir / "mask", workdir / "model")
-    trainer, reward = rta.build_trainer(setup)
+    trainer, reward = grpo.build_trainer(setup, ListwiseRewardFunc)
     rf.script_trainer(trainer, "tirr", 2)
     tok = trainer.processing_class
     captured = {}
@@ -370,7 +370,7 @@ def _params(model):
 @pytest.mark.slow
 def test_a_short_training_run_has_finite_loss_changes_parameters_and_logs(workdir, tmp_path):
     setup = rf.setup(tmp_path, workdir / "model", n=2, **{"rta.max_steps": 2})
-    trainer, _ = rta.build_trainer(setup)
+    trainer, _ = grpo.build_trainer(setup, ListwiseRewardFunc)
     rf.script_trainer(trainer, "tirr", 2)
     before = _params(trainer.model)
     trainer.train()
@@ -394,7 +394,7 @@ def test_a_short_training_run_has_finite_loss_changes_parameters_and_logs(workdi
 def test_resume_from_a_checkpoint_gives_the_same_next_step(workdir, tmp_path):
     def run(out: Path, resume: str | None = None):
         setup = rf.setup(out, workdir / "model", n=4, **{"rta.max_steps": 2, "rta.save_steps": 1})
-        trainer, reward = rta.build_trainer(setup)
+        trainer, reward = grpo.build_trainer(setup, ListwiseRewardFunc)
         rf.script_trainer(trainer, "tirr", 4)
         trainer.train(resume_from_checkpoint=resume)
         history = [h for h in trainer.state.log_history if "loss" in h]
@@ -425,7 +425,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_step(workdir, tmp_path):
 @pytest.mark.slow
 def test_trained_r_variant_runs_without_tools(workdir, tmp_path):
     setup = rf.setup(tmp_path, workdir / "model", variant="r", n=2)
-    trainer, reward = rta.build_trainer(setup)
+    trainer, reward = grpo.build_trainer(setup, ListwiseRewardFunc)
     rf.script_trainer(trainer, "r", 2)
     assert not trainer.tools and trainer.environment_factories is None
     trainer.train()
@@ -447,7 +447,7 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(workdir, tmp_path):
 
     setup = rf.setup(tmp_path, workdir / "model", n=2, **{"rta.use_lora": True, "rta.lora_r": 4,
                                                            "rta.lora_alpha": 8})
-    trainer, _ = rta.build_trainer(setup)
+    trainer, _ = grpo.build_trainer(setup, ListwiseRewardFunc)
     rf.script_trainer(trainer, "tirr", 2)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -456,9 +456,9 @@ def test_lora_trains_adapters_only_and_saves_a_plain_model(workdir, tmp_path):
     after = _params(trainer.model)
     assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
     assert any(not torch.equal(before[n], after[n]) for n in trainable)
-    final = rta.save_final(trainer, tmp_path / "final", {"config": "a", "step": np.int64(2)})
-    assert rta.finished_policy(final, {"config": "a", "step": 2})
-    assert not rta.finished_policy(final, {"config": "b", "step": 2})
+    final = grpo.save_final(trainer, tmp_path / "final", {"config": "a", "step": np.int64(2)})
+    assert grpo.finished_policy(final, {"config": "a", "step": 2})
+    assert not grpo.finished_policy(final, {"config": "b", "step": 2})
     loaded = load_causal_lm(final, device="cpu")
     assert not any("lora" in n for n, _ in loaded.model.named_parameters())
     assert (final / "tokenizer_config.json").is_file()
@@ -475,10 +475,10 @@ def test_a_policy_finished_with_the_same_config_is_reused_not_retrained(workdir,
     def no_training(*args, **kwargs):
         raise AssertionError("build_trainer called")
 
-    monkeypatch.setattr(rta, "build_trainer", no_training)
-    (final / rta.TRAINED_STAMP).write_text(json.dumps(stamp))
+    monkeypatch.setattr(grpo, "build_trainer", no_training)
+    (final / grpo.TRAINED_STAMP).write_text(json.dumps(stamp))
     reused = rta.train_policy(setup, log=lambda _: None)
     assert reused["trainer"] is None and reused["final"] == final
-    (final / rta.TRAINED_STAMP).write_text(json.dumps({**stamp, "seed": -1}))  # another config: train again
+    (final / grpo.TRAINED_STAMP).write_text(json.dumps({**stamp, "seed": -1}))  # another config: train again
     with pytest.raises(AssertionError, match="build_trainer called"):
         rta.train_policy(setup, log=lambda _: None)

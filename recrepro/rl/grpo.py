@@ -1,0 +1,393 @@
+"""The GRPO harness shared by stage 1 (RTA) and stage 2 (PPR), on TRL 1.16 ``GRPOTrainer``.
+
+PAPER.md 1.4 ([N]): G trajectories per training instance, all on the same candidate list in the same
+order; advantage = reward minus the group mean, no division by the standard deviation; prompt and
+tool-observation tokens get no gradient; groups whose rewards are all negative are dropped. How each
+point is realised (read in ``trl/trainer/grpo_trainer.py``):
+
+* **Groups.** TRL's ``RepeatSampler`` repeats each dataset row ``num_generations`` (= ``rta.group_size``)
+  times in a row; one row is one training instance, so the G rollouts share its prompt and candidate
+  order. ``rta.batch_size`` counts instances per optimiser step [G reading of "batch 64"]; TRL's
+  ``per_device_train_batch_size`` counts completions, so it is ``batch_size * G / (processes * accum)``.
+* **Advantage.** ``scale_rewards="none"``: TRL computes ``rewards - group nanmean`` and divides by
+  nothing (Proposition 1's baseline).
+* **Dropped groups.** The trainer subclass (:func:`grpo_trainer_class`) overrides ``_calculate_rewards``
+  only to set the rewards of an all-negative group to NaN. TRL then treats those completions as
+  *unscorable*: they are left out of the (nan-aware) group means, their advantage is ``nan_to_num``-ed
+  to exactly 0, and they are left out of TRL's logged ``reward``. They still sit in the batch: with
+  ``loss_type`` grpo or dr_grpo each still counts as a row of the normaliser (B, or B x
+  max_completion_length), with bnpo or dapo its tokens still count in the token normaliser, so the
+  kept groups' gradient is scaled by the kept share, exactly as if the dropped groups had zero
+  advantage; with ``beta > 0`` a dropped completion would still carry its KL term. Every step logs the
+  dropped share and the effective batch: groups kept / total and the trajectories of the kept groups.
+* **Masking.** Tools run through TRL's ``environment_factory`` with the kit's own
+  :class:`~recrepro.agent.env.RecAgentEnv` (the object evaluation uses). TRL builds a ``tool_mask``
+  (0 on the chat-template tokens of tool results, up to and including the next assistant header)
+  and multiplies it into the loss mask; the prompt is a separate tensor whose logits are never
+  computed. ``tests/unit/test_rta.py`` checks both on the token ids of a real multi-turn rollout.
+
+Our decisions where the paper is silent ([G], all in the profile or here): ``loss_type``, ``beta``,
+``epsilon`` (profile ``rta``); one optimisation pass per generation (``num_iterations=1``, so
+clipping only matters against vLLM's sampling logprobs); a constant learning rate; truncated
+trajectories keep their gradient (they are invalid, reward -1, and should be discouraged); a turn is
+capped at ``agent.max_new_tokens_per_turn`` tokens and a trajectory at ``rta.max_completion_length``.
+
+:func:`run_training` is the one training routine of both stages: reuse a policy trained with the
+same stamp, else resume from the last checkpoint of the same config, else start; then save the final
+policy with its stamp (:func:`finished_policy`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from recrepro.agent.env import RecAgentEnv, tool_schemas
+from recrepro.agent.generators import stop_token_ids, vllm_available
+from recrepro.config import Profile
+from recrepro.io import atomic_dir, write_json_atomic
+from recrepro.models import load_causal_lm, resolve_device
+from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
+
+# ------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+
+def n_processes() -> int:
+    """Processes of this run (``accelerate launch`` / torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def on_cpu(profile: Profile) -> bool:
+    return resolve_device(profile.run.device) == "cpu"
+
+
+def vllm_colocate_available(profile: Profile) -> bool:
+    """vLLM colocated generation: only when vLLM imports, a CUDA GPU is visible and the profile allows it."""
+
+    return not on_cpu(profile) and vllm_available()
+
+
+def per_device_batch(profile: Profile, processes: int) -> int:
+    """Completions per process per micro-step: instances x G spread over processes and accumulation."""
+    rta = profile.rta
+    completions = rta.batch_size * rta.group_size
+    split = processes * rta.gradient_accumulation_steps
+    if completions % split:
+        raise ValueError(f"rta.batch_size x rta.group_size = {completions} completions per step cannot be split "
+                         f"evenly over {processes} process(es) x {rta.gradient_accumulation_steps} accumulation steps")
+    return completions // split
+
+
+def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int | None = None, **overrides: Any):
+    """TRL ``GRPOConfig`` from the profile's ``rta`` and ``agent`` sections (see the module docstring)."""
+    from trl import GRPOConfig
+
+    rta, agent = profile.rta, profile.agent
+    cpu = on_cpu(profile)
+    vllm = vllm_colocate_available(profile)
+    per_turn = min(agent.max_new_tokens_per_turn, rta.max_completion_length)
+    import torch
+
+    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=profile.run.seed, data_seed=profile.run.seed,
+        # Groups and advantages (PAPER.md 1.4)
+        num_generations=rta.group_size,  # [N] G
+        per_device_train_batch_size=per_device_batch(profile, processes or n_processes()),
+        gradient_accumulation_steps=rta.gradient_accumulation_steps,
+        scale_rewards="none",  # [N] reward minus group mean, no std division
+        loss_type=rta.loss_type, beta=rta.beta, epsilon=rta.epsilon,  # [G] profile
+        num_iterations=1,  # [G] on-policy: one optimiser pass per generation
+        learning_rate=rta.learning_rate, lr_scheduler_type="constant",  # [N] rate, [G] schedule
+        num_train_epochs=rta.epochs, max_steps=rta.max_steps,
+        # Rollouts (PAPER.md 1.3-1.4)
+        temperature=agent.temperature, top_p=agent.top_p, top_k=0,
+        max_completion_length=rta.max_completion_length,
+        generation_kwargs={"max_tokens": per_turn} if vllm else {"max_new_tokens": per_turn},
+        max_tool_calling_iterations=agent.max_tool_calls,
+        mask_truncated_completions=False,
+        # vLLM colocate when available (GPU only); else transformers generate
+        use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=rta.vllm_gpu_memory_utilization,
+        # Device and precision: the CPU overrides of DESIGN.md 4
+        use_cpu=cpu, bf16=bf16, fp16=False, activation_checkpointing=not cpu,  # = gradient_checkpointing
+        # Bookkeeping
+        logging_steps=rta.logging_steps, save_strategy="steps", save_steps=rta.save_steps,
+        report_to="none", log_completions=False, disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def lora_config(profile: Profile):
+    """peft LoRA on every linear layer but the LM head (TRL reads lm_head.weight directly) [G]."""
+    from peft import LoraConfig
+
+    rta = profile.rta
+    return LoraConfig(r=rta.lora_r, lora_alpha=rta.lora_alpha, lora_dropout=rta.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+# Data
+# ------------------------------------------------------------------------------------------------
+
+def plain(value: Any) -> Any:
+    """numpy scalars and arrays from parquet -> plain Python (what datasets and the tools expect)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def build_dataset(rows: Sequence[Mapping[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list([dict(r) for r in rows])
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RolloutTrace:
+    """What the reward function needs from the rollout but TRL does not pass: the tool masks."""
+
+    tool_masks: list[list[int]] | None = None
+
+
+@dataclass(frozen=True)
+class GroupDrop:
+    """What the all-negative rule (PAPER.md 1.4) left of one generation batch: the effective batch."""
+
+    groups_total: int
+    groups_kept: int
+    group_size: int
+
+    @property
+    def dropped_share(self) -> float:
+        return 1.0 - self.groups_kept / self.groups_total if self.groups_total else 0.0
+
+    @property
+    def effective_batch(self) -> int:
+        """Trajectories of the kept groups: the only ones whose advantage can be non-zero."""
+        return self.groups_kept * self.group_size
+
+    def metrics(self) -> dict[str, float]:
+        """The training-log keys (``rta/...``, see :mod:`recrepro.rl.rta_log`)."""
+        return {"rta/dropped_group_share": self.dropped_share, "rta/groups_kept": float(self.groups_kept),
+                "rta/groups_total": float(self.groups_total), "rta/effective_batch": float(self.effective_batch)}
+
+
+def drop_negative_groups(rewards_per_func: Any, group_size: int, weights: Any | None = None,
+                         enabled: bool = True) -> tuple[Any, GroupDrop]:
+    """Rewards with every all-negative group set to NaN (unscorable for TRL), and what was kept.
+
+    A group is all-negative when the weighted total of each of its completions is < 0 (PAPER.md 1.4);
+    completions already unscorable (NaN) do not make a group negative. With ``enabled`` False the
+    rewards are returned unchanged and every group counts as kept.
+    """
+    import torch
+
+    n_groups = rewards_per_func.shape[0] // group_size
+    if not enabled:
+        return rewards_per_func, GroupDrop(n_groups, n_groups, group_size)
+    rewards = rewards_per_func.clone()
+    w = torch.ones(rewards.shape[1], device=rewards.device) if weights is None else weights.to(rewards.device)
+    totals = (rewards * w.unsqueeze(0)).nansum(dim=1)
+    negative = (totals < 0) & ~torch.isnan(rewards).all(dim=1)
+    dropped = negative.view(-1, group_size).all(dim=1)
+    rewards[dropped.repeat_interleave(group_size)] = torch.nan
+    return rewards, GroupDrop(n_groups, n_groups - int(dropped.sum().item()), group_size)
+
+
+@functools.lru_cache(maxsize=1)
+def grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    class RTATrainer(GRPOTrainer):
+        """``GRPOTrainer`` plus two small hooks: keep the tool masks for the reward, drop all-negative groups."""
+
+        def __init__(self, *args: Any, drop_all_negative_groups: bool = True,
+                     rollout_trace: RolloutTrace | None = None, **kwargs: Any) -> None:
+            self.drop_all_negative_groups = drop_all_negative_groups
+            self.rollout_trace = rollout_trace
+            super().__init__(*args, **kwargs)
+
+        def _generate(self, prompts: list):
+            out = super()._generate(prompts)
+            if self.rollout_trace is not None:
+                self.rollout_trace.tool_masks = out[2]  # (prompt_ids, completion_ids, tool_mask, ...)
+            return out
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            # TRL returns the rewards of the whole generation batch, gathered over processes, so the
+            # counts below are global (the same on every process) and per optimiser step.
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            mode = "train" if self.model.training else "eval"
+            group = self.num_generations if mode == "train" else self.num_generations_eval
+            rewards, drop = drop_negative_groups(rewards, group, self.reward_weights, self.drop_all_negative_groups)
+            for key, value in drop.metrics().items():  # logged even when nothing can be dropped
+                self._metrics[mode][key].append(value)
+            return rewards
+
+    return RTATrainer
+
+
+def __getattr__(name: str) -> Any:
+    # ``from recrepro.rl.rta import RTATrainer`` without importing TRL when the module is imported.
+    if name == "RTATrainer":
+        return grpo_trainer_class()
+    raise AttributeError(name)
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a training run needs besides the trainer itself."""
+
+    profile: Profile
+    variant: str
+    model_path: str
+    train_rows: list[dict[str, Any]]
+    env_factory: Callable[[], RecAgentEnv] | None  # None for the reasoning-only variant
+    valid: ValidationSlice | None
+    output_dir: Path
+    log_path: Path
+    callbacks: list[Any] = field(default_factory=list)
+    dataset: str = ""
+
+
+def load_policy(model_path: str | Path, profile: Profile):
+    """Model and tokenizer. Full fine-tuning keeps fp32 master weights (bf16 compute comes from the
+    trainer or DeepSpeed: at a 1e-6 learning rate, updates to bf16 weights would mostly round away);
+    a LoRA run on GPU keeps the frozen base in bf16.
+
+    The end-of-turn ids the rollout engine stops on become the model's eos ids, so TRL ends a turn
+    on exactly the same tokens as evaluation.
+    """
+    import torch
+
+    dtype = torch.bfloat16 if profile.rta.use_lora and not on_cpu(profile) else torch.float32
+    loaded = load_causal_lm(model_path, device="cpu", dtype=dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    return model, tokenizer
+
+
+def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any], **config_overrides: Any):
+    """The RTA trainer for ``setup`` (and the reward function, for inspection).
+
+    ``reward_class`` is called with ``(profile, tokenizer, schemas, trace, stops)``: stage 1 passes
+    :class:`recrepro.rl.reward.ListwiseRewardFunc`, stage 2 (PPR) its pairwise reward.
+    """
+
+    profile = setup.profile
+    model, tokenizer = load_policy(setup.model_path, profile)
+    trace = RolloutTrace()
+    schemas = tool_schemas(setup.env_factory()) if setup.env_factory is not None else None
+    reward = reward_class(profile, tokenizer, schemas, trace, stop_token_ids(tokenizer))
+    config = build_grpo_config(profile, setup.output_dir, **config_overrides)
+    log_callback = RTALogCallback(setup.log_path, setup.valid, profile.rta.eval_every)
+    trainer = grpo_trainer_class()(
+        model=model, reward_funcs=[reward], args=config, train_dataset=build_dataset(setup.train_rows),
+        processing_class=tokenizer, environment_factory=setup.env_factory,
+        peft_config=lora_config(profile) if profile.rta.use_lora else None,
+        callbacks=[log_callback, *setup.callbacks],
+        drop_all_negative_groups=profile.rta.drop_all_negative_groups, rollout_trace=trace,
+    )
+    log_callback.trainer = trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback prints one short line per step instead
+    return trainer, reward
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, force: bool = False,
+                 log: Callable[[str], None] = print, **trainer_kwargs: Any) -> dict[str, Any]:
+    """The one training routine of stage 1 and PPR: reuse, resume or start, then save ``final``.
+
+    A policy already trained to the end with ``stamp`` is reused (``trainer`` None). Otherwise the
+    main process clears checkpoints of another config and records ``stamp``, every process resumes
+    from the last checkpoint if any, and the final policy is saved with ``stamp``.
+    ``trainer_kwargs`` go to :func:`build_trainer`.
+    """
+    from accelerate import PartialState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not force and finished_policy(final, stamp):
+        log(f"{final} was trained with this config (e.g. by `accelerate launch ... --stage train`); reusing it")
+        return {"final": final, "wall_s": None, "resumed_from": None, "trainer": None}
+    out, state = setup.output_dir, PartialState()
+    if state.is_main_process:
+        if force or (out.exists() and read_json(out / "run_stamp.json") != dict(stamp)):
+            shutil.rmtree(out, ignore_errors=True)  # checkpoints of another config must not be resumed
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "run_stamp.json", dict(stamp))
+        if get_last_checkpoint(str(out)) is None and setup.log_path.is_file():
+            setup.log_path.unlink()  # a fresh run starts a fresh log
+    state.wait_for_everyone()
+    last = get_last_checkpoint(str(out))
+    trainer, _ = build_trainer(setup, **trainer_kwargs)
+    if last:
+        log(f"resuming from {last}")
+    began = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - began
+    save_final(trainer, final, stamp)
+    return {"final": final, "wall_s": wall, "resumed_from": last, "trainer": trainer}
+
+
+TRAINED_STAMP = "train_stamp.json"  # written beside a final policy: the config it was trained with
+
+
+def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
+    """Whether ``final`` holds a policy trained to the end with exactly this config stamp.
+
+    Lets the one-process evaluation after an ``accelerate launch`` training run use its policy
+    instead of resuming a DeepSpeed checkpoint without DeepSpeed.
+    """
+    return (final / "config.json").is_file() and read_json(final / TRAINED_STAMP) == json.loads(
+        json.dumps(dict(stamp), default=json_default))
+
+
+def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None) -> Path:
+    """``save_pretrained`` of the policy (LoRA merged into the weights) and tokenizer, atomically;
+    with ``stamp``, also the config it was trained with (:func:`finished_policy`)."""
+
+    trainer.accelerator.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.accelerator.is_main_process:
+        if hasattr(model, "merge_and_unload"):  # peft: evaluation loads a plain model
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        with atomic_dir(final) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            trainer.processing_class.save_pretrained(tmp)
+            if stamp is not None:
+                write_json_atomic(tmp / TRAINED_STAMP, json.loads(json.dumps(dict(stamp), default=json_default)))
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
