@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recrepro.agent import pairwise
 from recrepro.agent.env import env_tools
 from recrepro.agent.parser import (InvalidReason, choice_verdict, format_choice, format_tool_call, judge_choice,
                                    parse_choice)
@@ -19,7 +20,8 @@ from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.teacher import encode_transcript, n_ppr_examples, ppr_teacher_letter, ppr_teacher_transcript
 from recrepro.config import load_profile
 from recrepro.io import ManifestError
-from recrepro.rl import grpo, ppr, rta
+from recrepro.rl import grpo, mining, ppr, rta
+from recrepro.rl import pairs as pair_task
 from recrepro.rl.mining import PolicyOutput, mine_pairs
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
@@ -54,7 +56,7 @@ CALL = format_tool_call("get_user_profile", {})
 def test_letter_verdicts_and_rewards_are_exact(turns, letter, reason, reward):
     verdict = judge_choice(turns, max_tool_calls=10, schemas={"get_user_profile": {"parameters": {}}})
     assert (verdict.letter, verdict.reason) == (letter, reason)
-    assert ppr.preference_reward(verdict, "A", PROFILE) == reward
+    assert pair_task.preference_reward(verdict, "A", PROFILE) == reward
 
 
 def test_trajectory_reasons_win_and_parser_never_raises():
@@ -67,8 +69,8 @@ def test_trajectory_reasons_win_and_parser_never_raises():
 
 def test_invalid_reward_is_stage_one_penalty_and_wrong_is_zero():
     profile = load_profile("smoke", {"reward.invalid": -0.7, "ppr.wrong_reward": 0.25})
-    assert ppr.preference_reward(parse_choice("no"), "A", profile) == -0.7
-    assert ppr.preference_reward(parse_choice(format_choice("B")), "A", profile) == 0.25
+    assert pair_task.preference_reward(parse_choice("no"), "A", profile) == -0.7
+    assert pair_task.preference_reward(parse_choice(format_choice("B")), "A", profile) == 0.25
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,13 +92,13 @@ def test_prompts_render_both_directions_with_the_right_letters():
     samples = rf.train_samples(4)
     pairs = _pairs(samples)
     assert len(pairs) == 4 and pairs["a_is_target"].nunique() == 2  # both layouts occur with this seed
-    rows = ppr.pair_rows(pairs, samples, af.views(), max_tool_calls=10)
+    rows = pair_task.pair_rows(pairs, samples, af.views(), max_tool_calls=10)
     assert [r["direction"] for r in rows] == ["more", "less"] * 4
     views = af.views()
     for pair, (more, less) in zip(pairs.to_dict("records"), zip(rows[::2], rows[1::2])):
         target_letter = "A" if pair["a_is_target"] else "B"
         assert more["answer_letter"] == target_letter and less["answer_letter"] != target_letter
-        a, b = ppr.shown_items(pair)
+        a, b = pair_task.shown_items(pair)
         assert more["candidates"] == [a, b] and {a, b} == {pair["target_item"], pair["negative_item"]}
         user = more["prompt"][1]["content"]
         assert f"\nA. {views[a].title}" in user and f"\nB. {views[b].title}" in user
@@ -108,7 +110,7 @@ def test_prompts_render_both_directions_with_the_right_letters():
 
 def test_pair_rows_bind_the_tools_to_the_letters_and_ranking_rows_to_numbers():
     samples = rf.train_samples(2)
-    rows = ppr.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)
+    rows = pair_task.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)
     env = af.env_factory()()
     env.reset(**{k: v for k, v in rows[0].items() if k != "prompt"})  # as TRL and the rollout engine reset
     text = env.candidates_analyze()
@@ -160,8 +162,8 @@ def _control_samples() -> pd.DataFrame:
 
 def test_random_pairs_are_seeded_uniform_negatives_in_the_mined_format():
     samples = _control_samples()
-    pairs = ppr.random_pairs(samples, seed=42)
-    assert list(pairs.columns) == list(ppr.PAIR_COLUMNS)
+    pairs = pair_task.random_pairs(samples, seed=42)
+    assert list(pairs.columns) == list(mining.PAIR_COLUMNS)
     # Replay of default_rng(42) over sample_id order 3, 5, 7: (negative draw among 19, A/B draw) =
     # (1, True), (12, False), (8, True); the pool skips the target's position.
     assert pairs[["pair_id", "sample_id", "user_id", "target_index", "negative_index", "target_item",
@@ -169,8 +171,8 @@ def test_random_pairs_are_seeded_uniform_negatives_in_the_mined_format():
         "pair_id": [0, 1, 2], "sample_id": [3, 5, 7], "user_id": ["u3", "u5", "u7"], "target_index": [1, 4, 20],
         "negative_index": [3, 14, 9], "target_item": ["i20", "i4", "i20"], "negative_item": ["i18", "i14", "i9"],
         "target_rank": [-1, -1, -1], "pool_size": [19, 19, 19], "a_is_target": [True, False, True]}
-    assert pairs.equals(ppr.random_pairs(samples.iloc[::-1], seed=42))  # deterministic, order-free
-    assert not pairs["negative_index"].equals(ppr.random_pairs(samples, seed=43)["negative_index"])
+    assert pairs.equals(pair_task.random_pairs(samples.iloc[::-1], seed=42))  # deterministic, order-free
+    assert not pairs["negative_index"].equals(pair_task.random_pairs(samples, seed=43)["negative_index"])
 
 
 def test_random_pairs_never_pair_the_target_with_itself_and_stay_in_the_candidates():
@@ -179,7 +181,7 @@ def test_random_pairs_never_pair_the_target_with_itself_and_stay_in_the_candidat
     samples = pd.DataFrame({"sample_id": range(400), "user_id": "u",
                             "candidates": [list(rng.permutation(cands)) for _ in range(400)],
                             "target_index": rng.integers(1, 21, 400)})
-    pairs = ppr.random_pairs(samples, seed=1)
+    pairs = pair_task.random_pairs(samples, seed=1)
     assert len(pairs) == len(samples)  # one control pair per held-out instance
     assert (pairs["negative_index"] != pairs["target_index"]).all()
     assert (pairs["negative_item"] != pairs["target_item"]).all()
@@ -192,13 +194,13 @@ def test_random_pairs_never_pair_the_target_with_itself_and_stay_in_the_candidat
     assert 0.4 < pairs["a_is_target"].mean() < 0.6
     # A candidate list holding the target item twice: the duplicate is never the negative.
     dup = pd.DataFrame({"sample_id": [0], "user_id": ["u"], "candidates": [["x", "x", "y"]], "target_index": [1]})
-    assert all(ppr.random_pairs(dup, seed=s)["negative_item"].item() == "y" for s in range(20))
+    assert all(pair_task.random_pairs(dup, seed=s)["negative_item"].item() == "y" for s in range(20))
 
 
 def test_random_pairs_feed_pair_rows_unchanged():
     samples = rf.train_samples(3)
-    pairs = ppr.random_pairs(samples, seed=0)
-    rows = ppr.pair_rows(pairs, samples, af.views(), 3)
+    pairs = pair_task.random_pairs(samples, seed=0)
+    rows = pair_task.pair_rows(pairs, samples, af.views(), 3)
     assert len(rows) == 6 and [r["direction"] for r in rows] == ["more", "less"] * 3
     for row, pair in zip(rows[::2], pairs.to_dict("records")):
         assert row["answer_letter"] == ("A" if pair["a_is_target"] else "B")
@@ -210,21 +212,21 @@ def test_paired_test_joins_before_and_after_on_pair_and_direction():
     # Same judgements in another order: 0/less and 1/more and 1/less and 3/more flip 0 -> 1, 2/more 1 -> 0.
     after = pd.DataFrame({"pair_id": [3, 3, 2, 2, 1, 1, 0, 0], "direction": ["less", "more"] * 4,
                           "correct": [True, True, True, False, True, True, True, True]})
-    test = ppr.paired_test(before, after)
+    test = pair_task.paired_test(before, after)
     assert test == {"n": 8, "n_before_only": 1, "n_after_only": 4, "p_mcnemar": pytest.approx(0.375)}  # 2*P(X<=1), X~Bin(5,.5)
-    assert ppr.paired_test(before, before) == {"n": 8, "n_before_only": 0, "n_after_only": 0, "p_mcnemar": 1.0}
-    empty = ppr.judge_records([], [])
-    assert ppr.paired_test(empty, empty)["n"] == 0
+    assert pair_task.paired_test(before, before) == {"n": 8, "n_before_only": 0, "n_after_only": 0, "p_mcnemar": 1.0}
+    empty = pair_task.judge_records([], [])
+    assert pair_task.paired_test(empty, empty)["n"] == 0
     with pytest.raises(ValueError, match="do not pair up"):
-        ppr.paired_test(before, after.iloc[:6])
+        pair_task.paired_test(before, after.iloc[:6])
 
 
 def test_pairs_artifact_round_trips_and_refuses_tampering(tmp_path):
     samples = rf.train_samples(4)
     pairs = {"train": _pairs(samples), "valid": _pairs(samples.head(2))}
     stats = {"train": {"pairs": 4}, "valid": {"pairs": 2}}
-    folder = ppr.write_pairs(tmp_path / "pairs", pairs, stats, {"round": 1, "policy": "x"})
-    back, back_stats = ppr.read_pairs(folder)
+    folder = pair_task.write_pairs(tmp_path / "pairs", pairs, stats, {"round": 1, "policy": "x"})
+    back, back_stats = pair_task.read_pairs(folder)
     assert back_stats == stats
     for split in ("train", "valid"):
         pd.testing.assert_frame_equal(back[split], pairs[split], check_dtype=False)
@@ -235,23 +237,23 @@ def test_pairs_artifact_round_trips_and_refuses_tampering(tmp_path):
 
     write_parquet(frame, folder / "pairs_train.parquet")
     with pytest.raises(ManifestError, match="pairs_train.parquet"):
-        ppr.read_pairs(folder)
+        pair_task.read_pairs(folder)
 
 
 def test_accuracy_summary_is_exact():
     judged = pd.DataFrame({"pair_id": [0, 0, 1, 1, 2, 2], "direction": ["more", "less"] * 3,
                            "correct": [True, True, True, False, False, False],
                            "valid": [True, True, True, True, False, True]})
-    summary = ppr.summarize_judgements(judged)
+    summary = pair_task.summarize_judgements(judged)
     assert summary == {"n_pairs": 3, "more": pytest.approx(2 / 3), "less": pytest.approx(1 / 3),
                        "all": pytest.approx(0.5), "both": pytest.approx(1 / 3), "valid_share": pytest.approx(5 / 6)}
-    table = ppr.accuracy_table("ml-100k", summary, summary, "smoke")
+    table = pair_task.accuracy_table("ml-100k", summary, summary, "smoke")
     paper = table[table["source"] == "paper"].set_index("stage")["all"]
     assert paper.to_dict() == {"RTA": 0.19, "RTA+PPR": 0.24}
     assert table[table["source"] == "measured"]["pairs"].tolist() == ["mined held-out"] * 2  # old records
     low = {**summary, "all": 0.25}
     tests = {"mined held-out": {"n": 6, "p_mcnemar": 1.0}, "random": {"n": 8, "p_mcnemar": 0.5}}
-    table = ppr.accuracy_table("ml-100k", summary, summary, "smoke", {"before": low, "after": summary}, tests)
+    table = pair_task.accuracy_table("ml-100k", summary, summary, "smoke", {"before": low, "after": summary}, tests)
     measured = table[table["source"] == "measured"]
     assert measured[["pairs", "stage", "all", "n", "p_mcnemar"]].to_dict("list") == {
         "pairs": ["mined held-out", "mined held-out", "random", "random"], "stage": ["RTA", "RTA+PPR"] * 2,
@@ -273,7 +275,7 @@ def test_ppr_teacher_transcript_parses_to_the_teacher_letter():
         t = ppr_teacher_transcript(instance, (1, 2), direction, 10, env)
         letter = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], direction)
         assert judge_choice(t.turns, 10, {"get_user_profile": {"parameters": {}}}).letter == letter
-        assert t.messages[0]["content"] == ppr.ppr_messages(instance.history, instance.candidates[0],
+        assert t.messages[0]["content"] == pairwise.ppr_messages(instance.history, instance.candidates[0],
                                                             instance.candidates[1], direction, 10)[0]["content"]
     more = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], "more")
     less = ppr_teacher_letter(instance, instance.candidates[0], instance.candidates[1], "less")
@@ -309,14 +311,14 @@ def _ppr_scripts(rows: list[dict]) -> dict[str, list[list[str]]]:
 @pytest.mark.timeout(300)
 def test_a_short_ppr_training_run_through_trl(tmp_path):
     samples = rf.train_samples(2)
-    rows = ppr.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)[:2]  # one pair, both directions
+    rows = pair_task.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)[:2]  # one pair, both directions
     profile = rf.test_profile(**{"ppr.batch_size": 2, "ppr.max_steps": 2})
     model_dir = rf.tiny_policy_dir(str(tmp_path / "model"))
     ctx = ppr.DatasetContext("synthetic", None, af.views(), samples, samples, af.env_factory())
     setup = grpo.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_dir), train_rows=rows,
                               env_factory=ctx.env_factory, valid=None, output_dir=tmp_path / "ckpt",
                               log_path=tmp_path / "train_log.csv")
-    trainer, reward = grpo.build_trainer(setup, reward_class=ppr.PreferenceRewardFunc, **ppr.grpo_overrides(profile))
+    trainer, reward = grpo.build_trainer(setup, reward_class=pair_task.PreferenceRewardFunc, **ppr.grpo_overrides(profile))
     assert trainer.args.per_device_train_batch_size == 8 and trainer.args.max_steps == 2
     trainer.model.generate = rf.ScriptedGenerate(trainer.processing_class, _ppr_scripts(rows))
     torch.manual_seed(0)
