@@ -15,7 +15,8 @@ import pandas as pd
 
 from recrepro.agent.card import load_eval_cards
 from recrepro.agent.corpus import ensure_tiny_agent_model
-from recrepro.baselines.sequential import load_sequential, train_sequential
+from recrepro.baselines.sequential import train_sequential
+from recrepro.baselines.sequential_scorer import load_sequential
 from recrepro.baselines.simple import popularity_scores, random_scores
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark, prepare_dataset, stats_table

@@ -7,7 +7,7 @@ trained on the training split". The tools only need three things from that model
 * the item ids the model knows and one vector per item (SASRec's item embedding table);
 * a function mapping item histories (oldest first) to vectors (SASRec's sequence representation).
 
-:func:`space_from_scorer` adapts a :class:`recrepro.baselines.sequential.SequentialScorer`;
+:func:`space_from_scorer` adapts a :class:`recrepro.baselines.sequential_scorer.SequentialScorer`;
 :func:`load_embedding_space` loads an export written by notebook 02.
 
 Our choices [G] (the paper gives no similarity function or neighbour count):
@@ -79,7 +79,7 @@ def space_from_scorer(scorer, name: str | None = None) -> EmbeddingSpace:
 
 def load_embedding_space(export_dir: Path | str, device: str = "cpu") -> EmbeddingSpace:
     """The space of a model exported by notebook 02 (``runs/<profile>/models/<dataset>/<Model>/``)."""
-    from recrepro.baselines.sequential import load_sequential
+    from recrepro.baselines.sequential_scorer import load_sequential
 
     return space_from_scorer(load_sequential(Path(export_dir), device=device))
 

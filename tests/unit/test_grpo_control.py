@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from recrepro.config import load_profile
-from recrepro.rl import grpo, rta
+from recrepro.rl import grpo
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 WORDS = [f"w{i}" for i in range(28)]  # with the 4 special tokens a vocabulary of 32

@@ -20,14 +20,15 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
     "recrepro": 0, "recrepro.config": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
     "recrepro.data": 1, "recrepro.models": 1, "recrepro.tables": 1, "recrepro.evaluation": 1,
     "recrepro.positions": 1, "recrepro.significance": 1, "recrepro.jobs": 1, "recrepro.baselines": 1,
-    "recrepro.baselines.recbole_compat": 1, "recrepro.baselines.sequential": 1, "recrepro.baselines.simple": 1,
+    "recrepro.baselines.recbole_compat": 1, "recrepro.baselines.sequential": 1,
+    "recrepro.baselines.sequential_scorer": 1, "recrepro.baselines.simple": 1,
     "recrepro.tools": 2,
     "recrepro.agent": 3,
     "recrepro.rl": 4, "recrepro.baselines.sft": 4,
     "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.seeds": 5, "recrepro.figures": 5, "recrepro.__main__": 5,
 }
 # (importer, imported): lazy on purpose. RecBole takes ~2 s to import; the tools load it only with a SASRec space.
-LAZY_ALLOWED = {("recrepro.tools.space", "recrepro.baselines.sequential")}
+LAZY_ALLOWED = {("recrepro.tools.space", "recrepro.baselines.sequential_scorer")}
 
 
 def module_name(path: Path) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from recrepro.baselines import recbole_compat
 from recrepro.baselines import sequential as seq
+from recrepro.baselines import sequential_scorer as seq_scorer
 from recrepro.config import RecBoleConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ N_ITEMS = 40
 HISTORY_MAX = 10
 RECBOLE_LITTER = ("log", "log_tensorboard", "saved", "checkpoints", "recbole_data")
 EXPORT_FILES = {
-    seq.WEIGHTS_FILE, seq.ITEM_EMBEDDINGS_FILE, seq.ITEM_IDS_FILE, seq.USER_IDS_FILE, seq.CONFIG_FILE,
+    seq_scorer.WEIGHTS_FILE, seq_scorer.ITEM_EMBEDDINGS_FILE, seq_scorer.ITEM_IDS_FILE, seq_scorer.USER_IDS_FILE, seq_scorer.CONFIG_FILE,
 }
 
 
@@ -129,13 +130,13 @@ def test_export_is_plain_files(trained: dict, name: str) -> None:
         else:
             header_len = int.from_bytes(raw[:8], "little")
             json.loads(raw[8:8 + header_len])  # a safetensors header, nothing executable
-    config = json.loads((export_dir / seq.CONFIG_FILE).read_text())
-    item_ids = json.loads((export_dir / seq.ITEM_IDS_FILE).read_text())
+    config = json.loads((export_dir / seq_scorer.CONFIG_FILE).read_text())
+    item_ids = json.loads((export_dir / seq_scorer.ITEM_IDS_FILE).read_text())
     assert config["model"] == name and config["max_seq_length"] == HISTORY_MAX
-    assert config["n_items"] == len(item_ids) == N_ITEMS + 1 and item_ids[0] == seq.PAD_TOKEN
+    assert config["n_items"] == len(item_ids) == N_ITEMS + 1 and item_ids[0] == seq_scorer.PAD_TOKEN
     assert config["training"]["epochs_run"] == EPOCHS[name]
     assert config["training"]["best_valid_score"] is not None
-    with safe_open(str(export_dir / seq.ITEM_EMBEDDINGS_FILE), "pt") as handle:
+    with safe_open(str(export_dir / seq_scorer.ITEM_EMBEDDINGS_FILE), "pt") as handle:
         assert handle.get_tensor("item_embedding").shape == (N_ITEMS + 1, 16)
     if name == "Caser":
         assert {"nv", "nh", "reg_weight"} <= set(config["params"])
@@ -146,7 +147,7 @@ def test_reloaded_model_scores_exactly_like_the_trained_one(trained: dict, name:
     fitted, export_dir = trained["runs"][name]
     histories, candidates, users = probe_set()
     in_memory = fitted.scorer()
-    reloaded = seq.load_sequential(export_dir)
+    reloaded = seq_scorer.load_sequential(export_dir)
     before = in_memory.score_candidates(histories, candidates, users, batch_size=16)
     after = reloaded.score_candidates(histories, candidates, users, batch_size=16)
     assert before.dtype == np.float32 and before.shape == (len(histories), 20)
@@ -182,7 +183,7 @@ def test_scores_agree_with_recbole_full_sort_predict(trained: dict, name: str) -
 
 
 def test_unknown_items_empty_histories_and_caps(trained: dict) -> None:
-    scorer = seq.load_sequential(trained["runs"]["SASRec"][1])
+    scorer = seq_scorer.load_sequential(trained["runs"]["SASRec"][1])
     long_history = [_item(k) for k in range(15)]
     scores = scorer.score_candidates(
         [long_history, long_history[-HISTORY_MAX:], ["zz", *long_history[-3:], "yy"], long_history[-3:], ["zz"], []],
@@ -200,7 +201,7 @@ def test_unknown_items_empty_histories_and_caps(trained: dict) -> None:
 
 
 def test_caser_unknown_users_get_the_mean_user(trained: dict) -> None:
-    scorer = seq.load_sequential(trained["runs"]["Caser"][1])
+    scorer = seq_scorer.load_sequential(trained["runs"]["Caser"][1])
     history, cands = [["i1", "i2", "i3"]], [["i4", "i9"]]
     unknown = scorer.score_candidates(history, cands, ["never-seen"])
     assert np.array_equal(unknown, scorer.score_candidates(history, cands, None))
@@ -209,7 +210,7 @@ def test_caser_unknown_users_get_the_mean_user(trained: dict) -> None:
 
 def test_sasrec_learns_the_sequential_rule(trained: dict) -> None:
     histories, candidates, _ = probe_set(n=100, seed=5)
-    scores = seq.load_sequential(trained["runs"]["SASRec"][1]).score_candidates(histories, candidates)
+    scores = seq_scorer.load_sequential(trained["runs"]["SASRec"][1]).score_candidates(histories, candidates)
     top1 = float(np.mean(scores.argmax(axis=1) == 0))  # the true next item is candidate 0
     assert top1 > 0.3, f"top-1 {top1:.2f} is not clearly above chance (0.05)"
 
@@ -225,7 +226,7 @@ def test_train_sequential_is_reproducible_and_keeps_caller_rng(tmp_path: Path, m
     second = seq.train_sequential("GRU4Rec", log, cfg, HISTORY_MAX, 11, tmp_path / "w2", tmp_path / "o2")
     assert first["epochs_run"] == 1 and first["export_dir"] == str(tmp_path / "o1" / "GRU4Rec")
     assert first["best_valid_score"] == second["best_valid_score"]
-    weights = [Path(run["export_dir"]) / seq.WEIGHTS_FILE for run in (first, second)]
+    weights = [Path(run["export_dir"]) / seq_scorer.WEIGHTS_FILE for run in (first, second)]
     assert weights[0].read_bytes() == weights[1].read_bytes()  # bit-identical on the same machine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o1", "o2", "w1", "w2"]
 
