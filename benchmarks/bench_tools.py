@@ -38,7 +38,8 @@ import pandas as pd
 from recrepro.config import load_profile
 from recrepro.data.samples import add_candidates, build_samples, split_samples
 from recrepro.tools import Instance, ToolKit, mean_pooling_space, snapshot_grid
-from recrepro.tools.profiles import HistoryIndex, ProfileRecord, ProfileStore, TemplateProfileGenerator
+from recrepro.tools.profile_writers import HistoryIndex, TemplateProfileGenerator
+from recrepro.tools.profiles import ProfileRecord, ProfileStore
 
 OFFICE = {"users": 27_130, "items": 11_511, "interactions": 47_333}  # PAPER.md 1.2 [N]
 PAPER_MS_PER_CALL = 10.0  # PAPER.md 1.3 [N]: 0.01-0.02 s per tool request; the lower end

@@ -13,10 +13,10 @@ Layout:
   function :func:`run_user_profiles` (notebook 03).
 """
 
-from recrepro.tools.base import ERROR_KINDS, ToolError, ToolResult
+from recrepro.tools.base import ERROR_KINDS, Instance, ToolError, ToolResult
 from recrepro.tools.registry import TOOL_NAMES, TOOL_SPECS, TOOLS, ToolMethods, ToolSpec, tool_schemas
 from recrepro.tools.space import EmbeddingSpace, load_embedding_space, mean_pooling_space, snapshot_grid, space_from_scorer
-from recrepro.tools.toolkit import Instance, InstanceTools, ToolKit
+from recrepro.tools.toolkit import InstanceTools, ToolKit
 
 __all__ = [
     "ERROR_KINDS", "TOOL_NAMES", "TOOL_SPECS", "TOOLS", "EmbeddingSpace", "Instance", "InstanceTools",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -31,7 +30,7 @@ import pandas as pd
 from recrepro.config import ToolsConfig
 from recrepro.data.labels import ROOT_LABEL_SHARE, catalogue_labels
 from recrepro.tools import render
-from recrepro.tools.base import RECENT_DAYS, ToolError, ToolResult
+from recrepro.tools.base import RECENT_DAYS, Instance, ItemStats, Neighbour, SimilarUsers, ToolError, ToolResult
 from recrepro.tools.profiles import ProfileStore, load_profile_store
 from recrepro.tools.registry import TOOLS, ToolMethods, tool_schemas, validate_arguments
 from recrepro.tools.resolve import NotFound, Resolution, TitleResolver
@@ -41,69 +40,6 @@ from recrepro.tools.space import (EmbeddingSpace, UserSnapshots, build_user_snap
 if TYPE_CHECKING:
     from recrepro.config import Profile
     from recrepro.data.pipeline import Benchmark
-
-
-@dataclass(frozen=True)
-class Instance:
-    """What the tools may know of one benchmark instance: no target item, no target rating."""
-
-    user_id: str
-    target_time: int
-    history_items: tuple[str, ...]
-    history_times: tuple[int, ...]
-    history_ratings: tuple[float, ...]
-    candidates: tuple[str, ...]
-    sample_id: int = -1
-    split: str = ""
-    # How the prompt names the candidates when not by number (PPR: ("A", "B")); empty: [1] .. [n].
-    candidate_labels: tuple[str, ...] = ()
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Instance":
-        """From a ``samples_<split>`` row (a dict or a pandas row); target columns are ignored.
-
-        An optional ``candidate_labels`` column names the candidates in the tools' outputs
-        (:func:`recrepro.agent.env.pair_columns` sets it for PPR's A/B questions).
-        """
-        labels = row.get("candidate_labels")
-        return cls(
-            user_id=str(row["user_id"]),
-            target_time=int(row["target_time"]),
-            history_items=tuple(str(i) for i in row["history_items"]),
-            history_times=tuple(int(t) for t in row["history_times"]),
-            history_ratings=tuple(float(r) for r in row["history_ratings"]),
-            candidates=tuple(str(c) for c in row["candidates"]),
-            sample_id=int(row.get("sample_id", -1)),
-            split=str(row.get("split", "")),
-            candidate_labels=() if labels is None else tuple(str(label) for label in labels),
-        )
-
-    @property
-    def key(self) -> tuple:
-        return (self.user_id, self.target_time, self.history_items)
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    user_id: str
-    similarity: float
-    items: tuple[str, ...]  # most recent first, all dated strictly before the instance time
-    times: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SimilarUsers:
-    status: str  # "ok", "unavailable", "no_snapshot", "no_known_history"
-    snapshot_time: int | None
-    neighbours: tuple[Neighbour, ...] = ()
-
-
-@dataclass(frozen=True)
-class ItemStats:
-    n_before: int  # interactions dated strictly before the instance time
-    n_recent: int  # of those, within RECENT_DAYS before it
-    n_rated: int
-    mean_rating: float | None
 
 
 def price_band_names(bands: Sequence[float]) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from recrepro.config import load_profile

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from recrepro.tools.profiles import (CACHE_COLUMNS, HistoryIndex, LLMProfileGenerator, ProfileCache,
-                                     TemplateProfileGenerator, generate_profiles, instance_keys, write_user_profiles)
+from recrepro.tools.profile_writers import HistoryIndex, LLMProfileGenerator, TemplateProfileGenerator, instance_keys
+from recrepro.tools.profiles import CACHE_COLUMNS, ProfileCache, generate_profiles, write_user_profiles
 from tests.unit.tools_data import INSTANCE_TIME, handmade_tables
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -20,7 +20,8 @@ import pandas as pd
 from recrepro.config import ToolsConfig, load_profile
 from recrepro.data.samples import add_candidates, build_samples, split_samples
 from recrepro.tools import Instance, ToolKit, mean_pooling_space, snapshot_grid
-from recrepro.tools.profiles import HistoryIndex, ProfileRecord, ProfileStore, TemplateProfileGenerator
+from recrepro.tools.profile_writers import HistoryIndex, TemplateProfileGenerator
+from recrepro.tools.profiles import ProfileRecord, ProfileStore
 
 DAY = 86_400
 HOUR = 3_600
