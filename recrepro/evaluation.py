@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from recrepro import paths
 from recrepro.config import Profile
 from recrepro.io import read_parquet, write_parquet
 from recrepro.metrics import bootstrap_ci, chance_metrics, list_metrics, metric_names, score_metrics, summarize
@@ -61,8 +62,7 @@ def first_ten_row(profile: Profile, dataset: str, samples: pd.DataFrame, root: P
 
 
 def per_instance_path(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> Path:
-    safe = model.replace("/", "_").replace(" ", "_")
-    return profile.run_dir(root) / "eval" / dataset / f"{safe}.parquet"
+    return paths.per_instance_file(profile, dataset, model, root)
 
 
 def save_per_instance(profile: Profile, dataset: str, model: str, sample_ids: Sequence[int],

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import yaml
 
+from recrepro import paths
 from recrepro.config import Profile
 from recrepro.io import write_text_atomic
 
@@ -49,7 +50,7 @@ def profile_file(profile: Profile, root: Path | str) -> Path:
     """The resolved profile (overrides applied) as YAML under ``runs/<profile>/jobs/``, for ``--profile``."""
     text = yaml.safe_dump(profile.to_dict(), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    path = profile.run_dir(root) / "jobs" / f"profile-{digest}.yaml"
+    path = paths.jobs_dir(profile, root) / f"profile-{digest}.yaml"
     if not path.is_file():
         write_text_atomic(path, text)
     return path

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.evaluate import run_zero_shot
 from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.evaluation import per_instance_path
@@ -66,7 +67,7 @@ def run_seeds(profile: Profile, root: Path | str, seeds: Sequence[int], log: Cal
         one = seed_profile(profile, seed)
         jobs.append(Job(f"seed-{seed}", "recrepro.seeds",
                         ("--one", "--profile", str(profile_file(one, root)), "--root", str(root))))
-    run_jobs(jobs, profile.run.jobs, profile.run_dir(root) / "jobs", cwd=root, log=log)
+    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
 
 
 def seed_rows(profile: Profile, root: Path | str, seed: int) -> list[dict]:

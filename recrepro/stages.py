@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.card import load_eval_cards
 from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.baselines.sequential import train_sequential
@@ -55,7 +56,7 @@ def environment_report(profile: Profile) -> dict:
 
 def run_setup(profile: Profile, root: Path | str = ".") -> dict:
     report = environment_report(profile)
-    write_json_atomic(profile.run_dir(root) / "environment.json", report)
+    write_json_atomic(paths.environment_file(profile, root), report)
     return report
 
 
@@ -83,10 +84,10 @@ def run_classic_baselines(profile: Profile, root: Path | str = ".", models: list
                                     random_scores(len(test), n_cand, profile.run.seed), root))
         pop = popularity_scores(test, bench.interactions, bench.valid_start_time)
         rows.append(evaluate_scores(profile, dataset, "MostPop", test, pop, root))
-        model_dir = profile.run_dir(root) / "models" / dataset
+        model_dir = paths.classic_models_dir(profile, dataset, root)
         for model_name in models or profile.recbole.models:
             train_sequential(model_name, bench.training_interactions(), profile.recbole, profile.data.history_max,
-                             profile.run.seed, profile.run_dir(root) / "recbole_work" / dataset, model_dir,
+                             profile.run.seed, paths.recbole_work_dir(profile, dataset, root), model_dir,
                              device=_device(profile))
             scorer = load_sequential(model_dir / model_name, device=_device(profile))
             scores = scorer.score_candidates(test["history_items"].tolist(), test["candidates"].tolist(),

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.card import build_card, write_eval_card
 from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
 from recrepro.agent.prompt import (PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views,
@@ -162,7 +163,7 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
                       model_path=shown_path(backend.model_path, root), wall_s_total=wall, prompt_version=PROMPT_VERSION,
                       prompt_fingerprint=prompt_fingerprint())
     write_eval_card(profile.results_dir(root), card)
-    save_trajectories(profile.run_dir(root) / "agent_eval" / dataset / f"{model}.jsonl", records)
+    save_trajectories(paths.trajectories_file(profile, dataset, model, root), records)
     return AgentEvaluation(dataset, model, variant, records, row, card)
 
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, toolkit_env_factory
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import build_messages, instance_from_sample, item_views
@@ -74,7 +75,7 @@ def encode_example(tokenizer: Any, row: Mapping[str, Any], views: Mapping[str, A
 
 
 def sft_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
-    return profile.run_dir(root) / "sft" / dataset
+    return paths.stage_dir(profile, "sft", dataset, root)
 
 
 def sft_stamp(profile: Profile, dataset: str, start_model: str) -> dict[str, Any]:

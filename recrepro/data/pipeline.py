@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recrepro import paths
 from recrepro.config import Profile
 from recrepro.data.amazon import load_category
 from recrepro.data.amazon_download import fetch_category
@@ -53,7 +54,7 @@ class Benchmark:
 
 
 def dataset_dir(profile: Profile, dataset: str, root: Path | str = ".") -> Path:
-    return profile.run_dir(root) / "data" / dataset
+    return paths.data_dir(profile, dataset, root)
 
 
 def _load_raw(profile: Profile, dataset: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Counter]:

@@ -61,6 +61,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.env import make_env_factory
 from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
                                      toolkit_env_factory)
@@ -90,7 +91,7 @@ STAMP_SECTIONS = (*rta.STAMP_SECTIONS, "ppr")
 
 def ppr_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
     """``runs/<profile>/ppr/<dataset>/``: pairs, checkpoints, the final policy, logs, accuracy."""
-    return profile.run_dir(root) / "ppr" / dataset
+    return paths.stage_dir(profile, "ppr", dataset, root)
 
 
 def round_dir(profile: Profile, root: Path | str, dataset: str, k: int, folder: Path | None = None) -> Path:

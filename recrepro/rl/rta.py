@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import make_env_factory
 from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
@@ -77,7 +78,7 @@ ROW_COLUMNS = ("sample_id", "user_id", "split", "target_time", "history_items", 
 
 def rta_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
     """``runs/<profile>/rta/<dataset>/``: one policy per dataset and variant, as the paper's tables."""
-    return profile.run_dir(root) / "rta" / dataset
+    return paths.stage_dir(profile, "rta", dataset, root)
 
 
 def variant_dir(profile: Profile, root: Path | str, dataset: str, variant: str) -> Path:
@@ -275,7 +276,7 @@ def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[st
     jobs = [Job(f"rta-{d}-{v}", "recrepro.rl.rta",
                 ("--profile", str(settings), "--root", str(Path(root).resolve()), "--dataset", d, "--variant", v,
                  "--stage", "train", *(("--force",) if force else ()))) for d, v in todo]
-    run_jobs(jobs, profile.run.jobs, profile.run_dir(root) / "jobs", cwd=root, log=log)
+    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
 
 
 def _variants(variant: str) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.agent.card import load_eval_cards
 from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.io import write_text_atomic
@@ -90,7 +91,7 @@ def sweep_dataset(profile: Profile) -> str:
 
 def sweep_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
     """``runs/<profile>/sweeps/<dataset>/``."""
-    return profile.run_dir(root) / "sweeps" / dataset
+    return paths.stage_dir(profile, "sweeps", dataset, root)
 
 
 def sweep_points(profile: Profile) -> dict[str, list[SweepPoint]]:
@@ -253,7 +254,7 @@ def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, 
                          "--stage", "train"), after=None if backbone == own else first_of.get(backbone)))
         first_of.setdefault(backbone, todo[-1].name)
     if len(todo) > 1:
-        run_jobs(todo, profile.run.jobs, profile.run_dir(root) / "jobs", cwd=root, log=log)
+        run_jobs(todo, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
 
 
 def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recrepro import paths
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import read_parquet, write_parquet, write_text_atomic
 from recrepro.models import is_tiny_name
@@ -151,7 +152,7 @@ def cache_path(profile: "Profile", dataset: str, root: Path | str = ".", generat
                version: str | None = None) -> Path:
     generator = generator or profile.user_profile.generator
     version = version or profile.user_profile.prompt_version
-    return profile.run_dir(root) / "user_profiles" / dataset / f"{generator}-{version}.parquet"
+    return paths.user_profiles_file(profile, dataset, generator, version, root)
 
 
 def _model_name(profile: "Profile") -> str:

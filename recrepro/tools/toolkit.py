@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recrepro import paths
 from recrepro.config import ToolsConfig
 from recrepro.data.labels import ROOT_LABEL_SHARE, catalogue_labels
 from recrepro.tools import render
@@ -96,7 +97,7 @@ class ToolKit:
 
         cfg = profile.tools
         if isinstance(space, str):
-            export = profile.run_dir(root) / "models" / bench.name / cfg.sasrec_model
+            export = paths.classic_models_dir(profile, bench.name, root) / cfg.sasrec_model
             space = None
             if (export / "model_config.json").is_file():
                 space = load_embedding_space(export, device=device)

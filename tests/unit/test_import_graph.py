@@ -18,6 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "recrepro"
 LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix wins
     "recrepro": 0, "recrepro.config": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
+    "recrepro.paths": 0,
     "recrepro.data": 1, "recrepro.models": 1, "recrepro.tables": 1, "recrepro.evaluation": 1,
     "recrepro.positions": 1, "recrepro.significance": 1, "recrepro.jobs": 1, "recrepro.baselines": 1,
     "recrepro.baselines.recbole_compat": 1, "recrepro.baselines.sequential": 1,
@@ -153,3 +154,10 @@ def test_function_local_imports_only_for_heavy_dependencies():
 @pytest.mark.parametrize("name", sorted(all_modules()))
 def test_every_module_has_a_layer(name):
     assert layer_of(name) in range(6)
+
+
+def test_run_folders_are_built_only_by_the_paths_module():
+    """``runs/<profile>/<folder>`` is spelled in recrepro/paths.py alone (issue 13: one paths module)."""
+    spelled = [f"{name}: {line.strip()}" for name, path in all_modules().items() if name != "recrepro.paths"
+               for line in path.read_text().splitlines() if "run_dir(root) /" in line or "run_dir(Path(root)) /" in line]
+    assert not spelled, "\n".join(spelled)

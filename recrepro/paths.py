@@ -1,0 +1,68 @@
+"""Every folder and file of a run, in one place: ``runs/<profile>/...`` (``Profile.run_dir``).
+
+Layout (``<d>`` = dataset; tables and figures go to ``results/<profile>/`` and ``figures/<profile>/``):
+
+    data/<d>/                  canonical tables and splits (notebook 01)
+    recbole_work/<d>/          RecBole's own files while it trains (notebook 02)
+    models/<d>/<model>/        exported classic models; models/tiny-qwen3-*/ the tiny LLMs
+    user_profiles/<d>/         profile caches (notebook 03)
+    eval/<d>/<model>.parquet   per-instance metrics of every scored row
+    agent_eval/<d>/<model>.jsonl  the trajectories behind an LLM row
+    sft/<d>/  rta/<d>/  ppr/<d>/  sweeps/<d>/   trained policies and their logs
+    jobs/                      side-by-side job logs and resolved profiles
+    environment.json           versions and hardware of the run
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recrepro.config import Profile
+
+
+def run_dir(profile: Profile, root: Path | str = ".") -> Path:
+    return profile.run_dir(root)
+
+
+def data_dir(profile: Profile, dataset: str, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "data" / dataset
+
+
+def recbole_work_dir(profile: Profile, dataset: str, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "recbole_work" / dataset
+
+
+def classic_models_dir(profile: Profile, dataset: str, root: Path | str = ".") -> Path:
+    """Exported sequential models of ``dataset``, one folder per model name."""
+    return run_dir(profile, root) / "models" / dataset
+
+
+def user_profiles_file(profile: Profile, dataset: str, generator: str, version: str, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "user_profiles" / dataset / f"{generator}-{version}.parquet"
+
+
+def _safe(model: str) -> str:
+    return model.replace("/", "_").replace(" ", "_")
+
+
+def per_instance_file(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "eval" / dataset / f"{_safe(model)}.parquet"
+
+
+def trajectories_file(profile: Profile, dataset: str, model: str, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "agent_eval" / dataset / f"{model}.jsonl"
+
+
+def stage_dir(profile: Profile, stage: str, dataset: str, root: Path | str = ".") -> Path:
+    """``sft``, ``rta``, ``ppr`` or ``sweeps`` of ``dataset``."""
+    if stage not in ("sft", "rta", "ppr", "sweeps"):
+        raise ValueError(f"unknown training stage folder {stage!r}")
+    return run_dir(profile, root) / stage / dataset
+
+
+def jobs_dir(profile: Profile, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "jobs"
+
+
+def environment_file(profile: Profile, root: Path | str = ".") -> Path:
+    return run_dir(profile, root) / "environment.json"
