@@ -33,10 +33,8 @@ order listed; ``timestamp_in_seconds`` is a note on a review that passed the fou
 Booleans are not numbers here (JSON ``true`` is not a rating). orjson never yields NaN or
 infinity, so every number that passes is finite.
 
-Speed. Decompression runs in a helper thread (zlib releases the GIL), so it overlaps with JSON
-parsing; the per-line loop has a fast path for official records and falls back to full checks
-only for unusual ones. ``benchmarks/bench_amazon_parse.py`` compares it with
-``pandas.read_json(lines=True)``.
+Speed: decompression overlaps with JSON parsing in a helper thread, and the per-line loop has a fast
+path for official records (``benchmarks/bench_amazon_parse.py`` compares it with pandas).
 """
 
 from __future__ import annotations
@@ -51,8 +49,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from recrepro.data.schema import CATEGORY_SEPARATOR, INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
 from recrepro.data.amazon_download import GZIP_ERRORS, READ_CHUNK_BYTES, inflate, prefetch, raw_paths
+from recrepro.data.schema import CATEGORY_SEPARATOR, INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
 
 # Official timestamps are Unix milliseconds. 1e11 ms is March 1973 while 1e11 s is the year 5138,
 # so any real review time below this bound must already be in seconds.

@@ -2,53 +2,32 @@
 
 One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's policy):
 
-1. **Mining.** The stage-1 TIRR policy (``runs/<profile>/rta/<dataset>/tirr/final``) ranks a seeded
-   subset of training instances (``ppr.train_instances``) and of validation instances
-   (``ppr.valid_instances``) through the shared rollout engine (greedy, the evaluation settings
-   [G]); :func:`recrepro.rl.mining.mine_pairs` turns every valid list whose target is not first into
-   one (target, hard negative) pair. The pairs are a frozen artifact: ``pairs_train.parquet``,
-   ``pairs_valid.parquet`` and ``mining_stats.json`` under ``runs/<profile>/ppr/<dataset>/round<k>/pairs``
-   with a manifest of SHA-256 sums (checked on every read).
-2. **Prompts.** Per pair two prompts in the same user context (the history as the agent prompt shows
-   it), items labelled A and B (which is A was drawn in mining): "MORE likely" (answer: the target)
-   and "LESS likely" (answer: the negative); texts in ``recrepro/prompts/ppr_{more,less}_v1.txt``.
-   Tools stay available through the same :class:`~recrepro.agent.env.RecAgentEnv`; the environment is
-   bound to the instance with the two shown items as its candidates, labelled A and B
-   (:func:`~recrepro.agent.env.pair_columns`: ``candidates_analyze`` then describes ``[A]`` and
-   ``[B]``, never ``[1]`` and ``[2]``) [G].
-3. **Training.** The stage-1 GRPO machinery unchanged (:func:`recrepro.rl.rta.build_trainer`: groups of
-   ``rta.group_size``, reward minus group mean, masks, all-negative groups dropped) with the pairwise
-   reward: ``ppr.correct_reward`` (1) for the right letter, ``ppr.wrong_reward`` (0) for the wrong
-   one, and ``reward.invalid`` (-1) for an invalid trajectory (format, tool and budget rules of the
-   one parser, :func:`recrepro.agent.parser.choice_verdict`) -- the paper says "format and budget
-   rules unchanged", so an invalid answer keeps stage 1's penalty [N reading]. One epoch [N]
-   (``ppr.epochs``), ``ppr.batch_size`` prompts per step [G], stage 1's learning rate [G].
-4. **Preference accuracy** on the held-out validation pairs, before (stage-1 policy) and after PPR:
-   the share of correct MORE judgements, of correct LESS judgements, of all judgements, and of pairs
-   with both right; beside the paper's Games numbers (0.190 -> 0.240, ``figure_ppr`` in
-   ``paper_reported.csv``; the paper does not define the measure further, we compare it with the
-   share of all judgements).
-   Self-mined pairs are biased by construction (the negatives are those the stage-1 policy
-   preferred), so the same accuracy is also measured on **uniformly random pairs**
-   (:func:`recrepro.rl.pairs.random_pairs`): for every held-out validation instance (``ppr.valid_instances``, so as
-   many random pairs as held-out instances, not as mined validation pairs) the target and one
-   negative drawn uniformly from its other candidates, A/B drawn with the same generator (seeded
-   with ``run.seed``). Before vs after is tested per pair kind with a two-sided exact McNemar test on
-   the same judgements (:func:`recrepro.rl.pairs.paired_test`, joined on pair and direction).
-5. The PPR policy is evaluated on the frozen test lists exactly like stage 1's policies: Table 2 row
+1. **Mining.** The stage-1 TIRR policy ranks seeded subsets of training and validation instances
+   (``ppr.train_instances``, ``ppr.valid_instances``) through the shared rollout engine (greedy [G]);
+   :func:`recrepro.rl.mining.mine_pairs` turns every valid list whose target is not first into one
+   (target, hard negative) pair, frozen as an artifact with a checked manifest
+   (``runs/<profile>/ppr/<dataset>/round<k>/pairs``).
+2. **Prompts.** Two per pair, MORE and LESS likely, items labelled A and B, tools bound to the two
+   items (:mod:`recrepro.rl.pairs`, texts in :mod:`recrepro.agent.pairwise`) [G].
+3. **Training.** Stage 1's GRPO harness unchanged (:mod:`recrepro.rl.grpo`) with the pairwise reward:
+   ``ppr.correct_reward`` (1) for the right letter, ``ppr.wrong_reward`` (0) for the wrong one and
+   ``reward.invalid`` (-1) for an invalid trajectory ("format and budget rules unchanged" [N reading]).
+   One epoch [N], ``ppr.batch_size`` prompts per step [G], stage 1's learning rate [G].
+4. **Preference accuracy** before (stage-1 policy) and after, on the held-out mined pairs and, since
+   self-mined pairs are biased by construction, on uniformly random pairs (the target and a uniform
+   negative per held-out instance, :func:`recrepro.rl.pairs.random_pairs`); beside the paper's Games
+   numbers (0.190 -> 0.240, ``figure_ppr``; we compare them with the share of all judgements). Before
+   vs after: exact McNemar on the same judgements (:func:`recrepro.rl.pairs.paired_test`).
+5. The PPR policy is evaluated on the frozen test lists like stage 1's: Table 2 row
    ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
 
-On GPUs (paper profile) the training of a round can run on several processes, the rest on one:
-``python -m recrepro.rl.ppr --profile paper --stage mine`` writes round 1's pairs, ``accelerate launch
---config_file configs/accelerate/zero3.yaml -m recrepro.rl.ppr --profile paper --stage train`` trains
-on them (the final policy records its config in ``train_stamp.json``), and notebook 05 (or ``--stage
-all``) then finds both, measures the preference accuracy and evaluates without retraining. With
-``ppr.rounds`` > 1, repeat mine and train with ``--round 2``, ... before the notebook.
+On GPUs: ``python -m recrepro.rl.ppr --profile paper --stage mine`` writes a round's pairs, ``accelerate
+launch --config_file configs/accelerate/zero3.yaml -m recrepro.rl.ppr --profile paper --stage train``
+trains on them, and notebook 05 (or ``--stage all``) finds both, measures and evaluates without
+retraining; with ``ppr.rounds`` > 1, repeat mine and train with ``--round 2``, ... first.
 
-When mining finds no pair (a policy that never answers validly, e.g. a barely warm-started smoke
-model) there is nothing to train on: the round is skipped, said so in the stats and the log, and the
-starting policy is carried forward. Smoke-profile numbers test the machinery; they are not a
-reproduction of the paper.
+When mining finds no pair (a policy that never answers validly) the round is skipped, said so in the
+stats and the log, and the starting policy is carried forward.
 """
 
 from __future__ import annotations

@@ -161,3 +161,12 @@ def test_run_folders_are_built_only_by_the_paths_module():
     spelled = [f"{name}: {line.strip()}" for name, path in all_modules().items() if name != "recrepro.paths"
                for line in path.read_text().splitlines() if "run_dir(root) /" in line or "run_dir(Path(root)) /" in line]
     assert not spelled, "\n".join(spelled)
+
+
+MAX_MODULE_LINES = 450  # issue 13: past this a module holds more than one job; split it
+
+
+@pytest.mark.parametrize("name", sorted(all_modules()))
+def test_no_library_module_is_over_the_size_limit(name):
+    lines = len(all_modules()[name].read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines (> {MAX_MODULE_LINES}); split it by job"
