@@ -56,7 +56,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from recrepro.agent.evaluate import load_backend, make_tasks, rollout_settings, toolkit_env_factory
+    from recrepro.agent.env import toolkit_env_factory
+    from recrepro.agent.evaluate import load_backend, make_tasks, rollout_settings
     from recrepro.agent.prompt import PromptSpec, item_views
     from recrepro.agent.rollout import RolloutEngine
     from recrepro.config import load_profile

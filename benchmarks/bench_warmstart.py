@@ -75,7 +75,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from recrepro.agent import teacher, warmstart
-    from recrepro.agent.evaluate import toolkit_env_factory
+    from recrepro.agent.env import toolkit_env_factory
     from recrepro.agent.prompt import PromptSpec, instance_from_sample, item_views
     from recrepro.config import load_profile
     from recrepro.data.pipeline import load_benchmark

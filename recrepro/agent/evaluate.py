@@ -36,18 +36,15 @@ import pandas as pd
 
 from recrepro import paths
 from recrepro.agent.card import build_card, write_eval_card
-from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
-from recrepro.agent.prompt import (PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, item_views,
-                                   prompt_fingerprint)
+from recrepro.agent.env import RecAgentEnv
+from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, prompt_fingerprint
 from recrepro.agent.generators import HFGenerator, RolloutSettings, VLLMGenerator, vllm_available
 from recrepro.agent.rollout import AgentTask, RolloutEngine, TrajectoryRecord
 from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
-from recrepro.data.pipeline import load_benchmark
-from recrepro.evaluation import chance_row, evaluate_lists, first_ten_row
+from recrepro.evaluation import evaluate_lists
 from recrepro.io import write_text_atomic
 from recrepro.models import is_tiny_name, load_causal_lm
-from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 
 FROZEN_LABELS = {  # variant -> (table 2 model name, table 1 model name)
     "r": ("frozen-R", "LLMRank-like (frozen R)"),
@@ -176,37 +173,3 @@ def save_trajectories(path: Path, records: Sequence[TrajectoryRecord]) -> Path:
         lines.append(json.dumps(data, ensure_ascii=False, default=str))
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
-
-
-def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
-                  variants: Sequence[str] = ("r", "tirr")) -> dict[str, Any]:
-    """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards.
-
-    Also the ``First ten candidates`` reference row (:func:`recrepro.evaluation.first_ten_row`) on
-    the same lists, in both tables."""
-
-    root = Path(root)
-    backend = backend or load_backend(profile, root)
-    rows1, rows2, evaluations = [], [], []
-    for dataset in profile.data.datasets:
-        bench = load_benchmark(profile, dataset, root)
-        samples = eval_subset(profile, bench.samples["test"])
-        views = item_views(bench.items)
-        factory = toolkit_env_factory(profile, bench, root, samples)
-        rows2.append(chance_row(dataset, profile.data.n_candidates, len(samples), profile))
-        # The position reference on the same test lists as every LLM row (Tables 1 and 2).
-        first_ten = first_ten_row(profile, dataset, samples, root)
-        rows1.append(first_ten)
-        rows2.append(first_ten)
-        for variant in variants:
-            name2, name1 = FROZEN_LABELS[variant]
-            result = evaluate_agent(profile, root, dataset, samples, views, backend, factory, variant, name2,
-                                    extra_names=(name1,))
-            rows2.append(result.row)
-            rows1.append({**result.row, "model": name1})
-            evaluations.append(result)
-    results = profile.results_dir(root)
-    table1 = write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
-    table2 = write_table(results, "table2", rows2, TABLE2_TITLE, profile.eval.ks, paper_table="table2")
-    return {"table1": table1, "table2": table2, "evaluations": evaluations,
-            "cards": {f"{e.dataset}/{e.model}": e.card for e in evaluations}}

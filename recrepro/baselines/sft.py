@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings, toolkit_env_factory
+from recrepro.agent.env import toolkit_env_factory
+from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import build_messages, instance_from_sample, item_views
 from recrepro.agent.teacher import Transcript, encode_transcript
@@ -47,8 +47,7 @@ from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
 from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 from recrepro.models import load_causal_lm, resolve_device
-from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model
-from recrepro.tables import TABLE1_TITLE, write_table
+from recrepro.rl.rta import prompt_spec, seeded_subset
 
 SFT_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
 TABLE1_NAME = "TALLRec-like (SFT)"
@@ -202,32 +201,4 @@ def evaluate_sft(profile: Profile, root: Path | str, dataset: str, model_path: s
     return {**info, "row": result.row, "skipped": False}
 
 
-def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and evaluate the TALLRec-like baseline on every dataset; upsert its Table 1 rows.
-
-    Returns ``{"rows": [...], "runs": {dataset: {...timings, losses, valid share}}, "table1": frame}``
-    (``table1`` absent and nothing run when ``sft.enabled`` is false).
-    """
-
-    if not profile.sft.enabled:
-        log("[sft] sft.enabled is false: the TALLRec-like baseline is not run")
-        return {"rows": [], "runs": {}}
-    start = starting_model(profile, root)
-    rows, runs = [], {}
-    for dataset in profile.data.datasets:
-        trained = train_sft(profile, root, dataset, start, force=force, log=log)
-        evaluated = evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force, log=log)
-        rows.append(evaluated.pop("row"))
-        runs[dataset] = {"train": {k: v for k, v in trained.items() if k != "stamp"},
-                         "eval": {k: v for k, v in evaluated.items() if k != "stamp"}}
-    table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
-    return {"rows": rows, "runs": runs, "table1": table}
-
-
-def loss_curve(runs: Mapping[str, Any]) -> pd.DataFrame:
-    """Training loss per logged step, one column per dataset (for the notebook's plot)."""
-    return pd.DataFrame({d: pd.Series(r["train"].get("losses", [])) for d, r in runs.items()})
-
-
-__all__: Sequence[str] = ("TABLE1_NAME", "target_ranking", "encode_example", "run_sft_baseline", "loss_curve")
+__all__: Sequence[str] = ("TABLE1_NAME", "target_ranking", "encode_example")

@@ -21,8 +21,8 @@ One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's
 5. The PPR policy is evaluated on the frozen test lists like stage 1's: Table 2 row
    ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
 
-On GPUs: ``python -m recrepro.rl.ppr --profile paper --stage mine`` writes a round's pairs, ``accelerate
-launch --config_file configs/accelerate/zero3.yaml -m recrepro.rl.ppr --profile paper --stage train``
+On GPUs: ``python -m recrepro.stages.ppr --profile paper --stage mine`` writes a round's pairs, ``accelerate
+launch --config_file configs/accelerate/zero3.yaml -m recrepro.stages.ppr --profile paper --stage train``
 trains on them, and notebook 05 (or ``--stage all``) finds both, measures and evaluates without
 retraining; with ``ppr.rounds`` > 1, repeat mine and train with ``--round 2``, ... first.
 
@@ -41,20 +41,19 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.env import make_env_factory
-from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
-                                     toolkit_env_factory)
+from recrepro.agent.env import make_env_factory, toolkit_env_factory
+from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
 from recrepro.agent.prompt import item_views
 from recrepro.agent.rollout import RolloutEngine
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
 from recrepro.io import ManifestError, atomic_dir, read_manifest, write_json_atomic, write_text_atomic
 from recrepro.rl import grpo, rta
 from recrepro.rl.mining import PolicyOutput, mine_pairs
-from recrepro.rl.pairs import (PAIR_KINDS, PreferenceRewardFunc, accuracy_table, judge_records, pair_rows, pair_tasks,
-                               paired_test, random_pairs, read_pairs, summarize_judgements, write_pairs)
+from recrepro.rl.pairs import (PAIR_KINDS, PreferenceRewardFunc, judge_records, pair_rows, pair_tasks, paired_test,
+                               random_pairs, read_pairs, summarize_judgements, write_pairs)
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 from recrepro.tools import ToolKit
 
@@ -236,7 +235,7 @@ def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
     paths = round_paths(profile, root, dataset, k, folder, start)
     if not (paths.pairs / "manifest.json").is_file():
         raise FileNotFoundError(f"{paths.pairs}: round {k} has no mined pairs; run "
-                                f"`python -m recrepro.rl.ppr --stage mine --round {k}` first (one process)")
+                                f"`python -m recrepro.stages.ppr --stage mine --round {k}` first (one process)")
     pairs, _ = read_pairs(paths.pairs)
     ctx = dataset_context(profile, root, dataset)
     rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
@@ -377,63 +376,3 @@ def mine_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
         raise FileNotFoundError(f"{paths.start}: round {k}'s starting policy is missing; train round {k - 1} first")
     return mine_round(profile, root, dataset_context(profile, root, dataset), paths, k, log=log)
 
-
-def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Stage 2 on every dataset. Returns ``{"runs": {dataset: result}, "accuracy": frame, "mining": frame,
-    "table1": frame, "table2": frame}``; the accuracy frame (ours before/after beside the paper) is
-    also written to ``results/<profile>/preference_accuracy.csv``."""
-    runs = {dataset: run_dataset(profile, root, dataset, force=force, log=log) for dataset in profile.data.datasets}
-    accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name,
-                                         r["accuracy"].get("random"), r["accuracy"].get("tests"))
-                          for d, r in runs.items()], ignore_index=True)
-    results_dir = profile.results_dir(root)
-    write_text_atomic(results_dir / "preference_accuracy.csv", accuracy.to_csv(index=False, float_format="%.4f"))
-    mining = pd.DataFrame([{"dataset": d, "round": rd["round"], "split": split, **stats}
-                           for d, r in runs.items() for rd in r["rounds"] for split, stats in rd["mining"].items()])
-    tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
-              if (results_dir / f"{stem}.csv").is_file()}
-    return {"runs": runs, "accuracy": accuracy, "mining": mining, **tables}
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI: python -m recrepro.rl.ppr --profile paper [--stage all|mine|train] [--round K]
-# ------------------------------------------------------------------------------------------------
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-
-    parser = argparse.ArgumentParser(prog="python -m recrepro.rl.ppr", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--root", default=".")
-    parser.add_argument("--stage", default="all", choices=["all", "mine", "train"],
-                        help="all: the whole stage on one process; mine: round K's pairs (one process); "
-                             "train: round K's GRPO on its pairs (run it under accelerate launch)")
-    parser.add_argument("--round", type=int, default=1, help="the round of --stage mine / train (1..ppr.rounds)")
-    parser.add_argument("--dataset", action="append", help="--stage mine / train: only these datasets (repeatable)")
-    parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
-    args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
-    if args.stage != "train" and grpo.n_processes() > 1:
-        raise SystemExit(f"--stage {args.stage} runs on one process; under accelerate launch use --stage train")
-    if args.stage == "all":
-        if args.dataset:
-            raise SystemExit("--dataset selects datasets for --stage mine / train; --stage all runs every dataset")
-        result = run_ppr(profile, args.root, force=args.force)
-        print(result["accuracy"].to_string(index=False))
-        return 0
-    for dataset in args.dataset or profile.data.datasets:
-        if args.stage == "mine":
-            print(f"[ppr] {dataset} round {args.round}: pairs in {mine_stage(profile, args.root, dataset, args.round)}")
-        else:
-            trained = train_stage(profile, args.root, dataset, args.round)
-            print(f"[ppr] {dataset} round {args.round}: policy in {trained['final']}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

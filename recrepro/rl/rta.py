@@ -23,35 +23,30 @@ observations (up to ``tools.max_chars`` characters each): on ml-100k the warm-st
 One policy per dataset and variant (the paper's tables are per dataset): checkpoints, the final
 policy and the training logs live under ``runs/<profile>/rta/<dataset>/`` (``<variant>/checkpoints``,
 ``<variant>/final``, ``train_log.csv`` for TIRR = Figure 3, ``train_log_r.csv``). Entry points:
-:func:`run_rta` (notebook 04) and ``python -m recrepro.rl.rta --profile paper`` (``--stage train``
+:func:`run_rta` (notebook 04) and ``python -m recrepro.stages.rta --profile paper`` (``--stage train``
 under ``accelerate launch``; see ``configs/accelerate/README.md``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
 from recrepro import paths
 from recrepro.agent.corpus import ensure_tiny_agent_model
-from recrepro.agent.env import make_env_factory
-from recrepro.agent.evaluate import (eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings,
-                                     toolkit_env_factory)
+from recrepro.agent.env import make_env_factory, toolkit_env_factory
+from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
 from recrepro.agent.warmstart import ensure_warm_tiny_model
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
 from recrepro.io import sha256_file, write_json_atomic
-from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.models import is_tiny_name
-from recrepro.rl.grpo import (TrainingSetup, finished_policy, json_default, n_processes, on_cpu, plain, read_json,
-                              run_training)
+from recrepro.rl.grpo import TrainingSetup, json_default, plain, read_json, run_training
 from recrepro.rl.reward import ListwiseRewardFunc
 from recrepro.rl.rta_log import ValidationSlice, read_train_log, summarize_log
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
@@ -90,7 +85,7 @@ def train_log_path(profile: Profile, root: Path | str, dataset: str, variant: st
     return rta_dir(profile, root, dataset) / ("train_log.csv" if variant == "tirr" else f"train_log_{variant}.csv")
 
 
-def _check_variant(variant: str) -> None:
+def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
@@ -145,7 +140,7 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
     ``train_log.csv`` there instead of under ``runs/<profile>/rta/<dataset>/``.
     """
 
-    _check_variant(variant)
+    check_variant(variant)
     root = Path(root)
     bench = load_benchmark(profile, dataset, root)
     views = item_views(bench.items)
@@ -256,84 +251,3 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
               "resumed_from": trained["resumed_from"], "summary": summarize_log(train_log)}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=json_default)))
     return {**record, "skipped": False, "final": str(trained["final"]), "log": train_log}
-
-
-def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[str], force: bool = False,
-                       log: Callable[[str], None] = print) -> None:
-    """Train the (dataset, variant) policies that are not finished as parallel jobs (``run.jobs``).
-
-    Each job is ``python -m recrepro.rl.rta --stage train``, so it only saves its final policy with
-    its stamp; :func:`run_variant` then finds it, evaluates and writes the rows in this process.
-    The starting model is built first, here, so that no two jobs build it at once.
-    """
-    model_path = starting_model(profile, root)
-    todo = [(d, v) for d in profile.data.datasets for v in variants
-            if force or not finished_policy(variant_dir(profile, root, d, v) / "final",
-                                            config_stamp(profile, v, model_path, d))]
-    if len(todo) < 2:
-        return
-    settings = profile_file(profile, root)
-    jobs = [Job(f"rta-{d}-{v}", "recrepro.rl.rta",
-                ("--profile", str(settings), "--root", str(Path(root).resolve()), "--dataset", d, "--variant", v,
-                 "--stage", "train", *(("--force",) if force else ()))) for d, v in todo]
-    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
-
-
-def _variants(variant: str) -> tuple[str, ...]:
-    variants = VARIANTS if variant == "both" else (variant,)
-    for v in variants:
-        _check_variant(v)
-    return variants
-
-
-def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", force: bool = False,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Stage 1 for ``variant`` ("tirr", "r" or "both") on every dataset: train, save, evaluate, write rows.
-
-    Returns ``{"runs": {"<dataset>/<variant>": result}, "table1": frame, "table2": frame}``; a result
-    holds the final policy folder, the training log (a frame), its summary, the table rows and
-    whether the work was skipped (outputs present, config unchanged).
-    """
-    if profile.run.jobs > 1 and on_cpu(profile):
-        train_side_by_side(profile, root, _variants(variant), force=force, log=log)
-    runs = {f"{dataset}/{v}": run_variant(profile, root, dataset, v, force=force, log=log)
-            for dataset in profile.data.datasets for v in _variants(variant)}
-    results_dir = profile.results_dir(root)
-    tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
-              if (results_dir / f"{stem}.csv").is_file()}
-    return {"runs": runs, **tables}
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI: python -m recrepro.rl.rta --profile paper  (also under accelerate launch)
-# ------------------------------------------------------------------------------------------------
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recrepro.rl.rta", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--root", default=".")
-    parser.add_argument("--variant", default="tirr", choices=[*VARIANTS, "both"])
-    parser.add_argument("--dataset", action="append", help="train/evaluate only these datasets (repeatable)")
-    parser.add_argument("--stage", default="all", choices=["all", "train", "eval"],
-                        help="train: RL only (run it under accelerate launch); eval: test rows of a trained policy")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
-    args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
-    if args.stage == "all" and n_processes() > 1:
-        raise SystemExit("--stage all evaluates on one process; under accelerate launch use --stage train, "
-                         "then --stage eval without the launcher")
-    for dataset in args.dataset or profile.data.datasets:
-        for variant in _variants(args.variant):
-            if args.stage == "all":
-                run_variant(profile, args.root, dataset, variant, force=args.force)
-            elif args.stage == "train":
-                train_policy(prepare_setup(profile, args.root, dataset, variant), force=args.force)
-            else:
-                final = variant_dir(profile, args.root, dataset, variant) / "final"
-                write_rows(profile, args.root, evaluate_policy(profile, args.root, dataset, variant, final))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

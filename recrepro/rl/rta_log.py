@@ -4,7 +4,7 @@ One CSV row per logging step (``runs/<profile>/rta/train_log.csv`` for the tool-
 ``train_log_r.csv`` for the reasoning-only run), rewritten atomically after every step so an
 interrupted run leaves a readable file and a resumed run continues it:
 
-* training side (means over the step's trajectories, from :class:`recrepro.rl.rta.ListwiseRewardFunc`
+* training side (means over the step's trajectories, from :class:`recrepro.rl.reward.ListwiseRewardFunc`
   through TRL's ``log_metric`` hook): reward and its components (ranking, invalid, tool bonus), share
   of valid answers, tool calls per trajectory, share of positively rewarded trajectories that called
   at least one tool (Figure 3a, PAPER.md 1.6), calls per tool, share of dropped all-negative groups

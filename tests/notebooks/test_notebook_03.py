@@ -12,7 +12,7 @@ import pytest
 from recrepro.config import load_profile
 from recrepro.runner import run_chain
 from recrepro.tools import TOOL_NAMES
-from recrepro.stages import run_user_profiles
+from recrepro.stages.profiles import run_user_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1}

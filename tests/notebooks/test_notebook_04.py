@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recrepro.config import load_profile
-from recrepro.rl.rta import run_rta
+from recrepro.stages.rta import run_rta
 from recrepro.runner import run_chain
 
 REPO = Path(__file__).resolve().parents[2]

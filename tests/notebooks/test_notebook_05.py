@@ -9,7 +9,7 @@ import pytest
 
 from recrepro.config import load_profile
 from recrepro.io import verify_manifest
-from recrepro.rl.ppr import run_ppr
+from recrepro.stages.ppr import run_ppr
 from tests.notebooks.conftest import REDUCED_OVERRIDES
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from recrepro.config import load_profile
 from recrepro.data.pipeline import load_benchmark
-from recrepro.stages import run_data
+from recrepro.stages.data import run_data
 from tests.unit.test_amazon import FileServer, gz_lines, meta, review
 
 DAY = 86_400

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recrepro.figures import plot_backbone_size, plot_group_size, plot_tool_usage
+from recrepro.stages.figures import plot_backbone_size, plot_group_size, plot_tool_usage
 from recrepro.metrics import chance_metrics
 from recrepro.rl.rta_log import LOG_COLUMNS
 

@@ -26,7 +26,7 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
     "recrepro.tools": 2,
     "recrepro.agent": 3,
     "recrepro.rl": 4, "recrepro.baselines.sft": 4,
-    "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.seeds": 5, "recrepro.figures": 5, "recrepro.__main__": 5,
+    "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.__main__": 5,
 }
 # (importer, imported): lazy on purpose. RecBole takes ~2 s to import; the tools load it only with a SASRec space.
 LAZY_ALLOWED = {("recrepro.tools.space", "recrepro.baselines.sequential_scorer")}

@@ -15,7 +15,7 @@ from recrepro.data.movielens import load_ml100k
 from recrepro.data.pipeline import dataset_dir, load_benchmark, prepare_dataset
 from recrepro.data.schema import DataError, SAMPLE_COLUMNS
 from recrepro.io import ManifestError, sha256_file
-from recrepro.stages import run_data
+from recrepro.stages.data import run_data
 from tests.conftest import REPO_ROOT
 
 

@@ -101,7 +101,7 @@ def test_position_bucket_files(tmp_path, smoke_profile):
 
 
 def test_llm_rows_are_the_carded_table_rows(tmp_path, smoke_profile):
-    from recrepro.stages import llm_rows
+    from recrepro.stages.evaluate import llm_rows
 
     results = smoke_profile.results_dir(tmp_path)
     results.mkdir(parents=True)
@@ -118,8 +118,8 @@ def test_llm_rows_are_the_carded_table_rows(tmp_path, smoke_profile):
 
 
 def test_run_eval_reports_writes_both_reports(tmp_path, smoke_profile, monkeypatch):
-    from recrepro import stages
-    from recrepro.stages import run_eval_reports
+    from recrepro.stages import evaluate as evaluate_stage
+    from recrepro.stages.evaluate import run_eval_reports
 
     samples = _samples([1, 6, 11, 16])
 
@@ -127,7 +127,7 @@ def test_run_eval_reports_writes_both_reports(tmp_path, smoke_profile, monkeypat
         def __init__(self):
             self.samples = {"test": samples}
 
-    monkeypatch.setattr(stages, "load_benchmark", lambda profile, dataset, root: Bench())
+    monkeypatch.setattr(evaluate_stage, "load_benchmark", lambda profile, dataset, root: Bench())
     first_ten_row(smoke_profile, "ml-100k", samples, tmp_path)
     save_per_instance(smoke_profile, "ml-100k", "trained-R", samples["sample_id"],
                       {m: np.array([1.0, 1.0, 1.0, 1.0]) for m in METRICS}, tmp_path)

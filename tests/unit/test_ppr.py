@@ -22,6 +22,7 @@ from recrepro.config import load_profile
 from recrepro.io import ManifestError
 from recrepro.rl import grpo, mining, ppr, rta
 from recrepro.rl import pairs as pair_task
+from recrepro.stages import ppr as ppr_stage
 from recrepro.rl.mining import PolicyOutput, mine_pairs
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
@@ -341,8 +342,8 @@ def test_cli_passes_profile_overrides_and_force_to_run_ppr(monkeypatch, tmp_path
         calls.append((profile.ppr.max_steps, profile.run.name, str(root), force))
         return {"accuracy": pd.DataFrame({"stage": ["RTA"], "all": [0.5]})}
 
-    monkeypatch.setattr(ppr, "run_ppr", fake_run_ppr)
-    assert ppr.main(["--profile", "smoke", "--root", str(tmp_path), "--force", "--set", "ppr.max_steps=3"]) == 0
+    monkeypatch.setattr(ppr_stage, "run_ppr", fake_run_ppr)
+    assert ppr_stage.main(["--profile", "smoke", "--root", str(tmp_path), "--force", "--set", "ppr.max_steps=3"]) == 0
     assert calls == [(3, "smoke", str(tmp_path), True)]
     assert "RTA" in capsys.readouterr().out
 
@@ -399,17 +400,17 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
 
 def test_cli_mine_and_train_stages_take_the_round_and_datasets(monkeypatch, tmp_path, capsys):
     calls = []
-    monkeypatch.setattr(ppr, "mine_stage", lambda profile, root, dataset, k: calls.append(("mine", dataset, k)) or "p")
-    monkeypatch.setattr(ppr, "train_stage", lambda profile, root, dataset, k: calls.append(("train", dataset, k))
+    monkeypatch.setattr(ppr_stage, "mine_stage", lambda profile, root, dataset, k: calls.append(("mine", dataset, k)) or "p")
+    monkeypatch.setattr(ppr_stage, "train_stage", lambda profile, root, dataset, k: calls.append(("train", dataset, k))
                         or {"final": "f"})
-    assert ppr.main(["--stage", "mine", "--root", str(tmp_path)]) == 0
-    assert ppr.main(["--stage", "train", "--round", "2", "--dataset", "x", "--set", "ppr.rounds=2"]) == 0
+    assert ppr_stage.main(["--stage", "mine", "--root", str(tmp_path)]) == 0
+    assert ppr_stage.main(["--stage", "train", "--round", "2", "--dataset", "x", "--set", "ppr.rounds=2"]) == 0
     assert calls == [("mine", "ml-100k", 1), ("train", "x", 2)]
     with pytest.raises(SystemExit, match="--stage all runs every dataset"):
-        ppr.main(["--dataset", "x"])
+        ppr_stage.main(["--dataset", "x"])
     monkeypatch.setattr(grpo, "n_processes", lambda: 2)
     with pytest.raises(SystemExit, match="under accelerate launch use --stage train"):
-        ppr.main(["--stage", "mine"])
+        ppr_stage.main(["--stage", "mine"])
 
 
 def test_train_stage_without_mined_pairs_names_the_folder_and_the_command(monkeypatch, tmp_path):

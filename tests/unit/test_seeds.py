@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recrepro.config import load_profile
-from recrepro.seeds import aggregate, render, seed_profile, summarize
+from recrepro.stages.seeds import aggregate, render, seed_profile, summarize
 
 
 def test_seed_profile_has_its_own_seed_folders_and_one_job():

@@ -42,7 +42,7 @@ def test_example_is_the_engine_prompt_then_the_answer_only():
 @pytest.fixture(scope="module")
 def sft_root(tmp_path_factory):
     """A real ml-100k benchmark at tiny size and a tiny random Qwen3 (seconds)."""
-    from recrepro.stages import run_data
+    from recrepro.stages.data import run_data
 
     root = tmp_path_factory.mktemp("sft")
     run_data(load_profile("smoke", {"data.max_users": 40}), root)
@@ -99,7 +99,7 @@ def test_overlong_examples_are_dropped_and_none_left_is_an_error():
 
 
 def test_disabled_sft_runs_nothing(tmp_path):
-    from recrepro.baselines.sft import run_sft_baseline
+    from recrepro.stages.evaluate import run_sft_baseline
 
     out = run_sft_baseline(load_profile("smoke", {"sft.enabled": False}), tmp_path, log=lambda _: None)
     assert out == {"rows": [], "runs": {}}

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from recrepro.config import load_profile
 from recrepro.rl import sweeps
+from recrepro.stages import sweeps as sweep_stage
 from recrepro.rl.sweeps import RESULT_COLUMNS, SweepPoint, count_parameters, point_profile, sweep_points
 
 
@@ -70,9 +71,9 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
         row = {**stage1["row"], "model": sweeps.row_name(point, "RTA+PPR"), "H@1": stage1["row"]["H@1"] + 0.05}
         return {**stage1, "row": row, "stage": "RTA+PPR", "valid_share": 0.25}
 
-    monkeypatch.setattr(sweeps, "run_point", fake_run_point)
-    monkeypatch.setattr(sweeps, "run_point_ppr", fake_run_point_ppr)
-    out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
+    monkeypatch.setattr(sweep_stage, "run_point", fake_run_point)
+    monkeypatch.setattr(sweep_stage, "run_point_ppr", fake_run_point_ppr)
+    out = sweep_stage.run_sweeps(profile, tmp_path, log=lambda _: None)
     # The G=2 run of the profile's backbone is Figure 5's size-s point: 5 runs, not 6.
     # Each Figure 5 point then gets PPR on its own stage-1 policy.
     assert calls == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8",
@@ -97,35 +98,35 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
 
 
 def test_disabled_sweeps_do_nothing(tmp_path):
-    out = sweeps.run_sweeps(load_profile("smoke", {"sweeps.enabled": False}), tmp_path, log=lambda _: None)
+    out = sweep_stage.run_sweeps(load_profile("smoke", {"sweeps.enabled": False}), tmp_path, log=lambda _: None)
     assert out["runs"] == {} and not (tmp_path / "results").exists()
 
 
 def test_without_backbone_ppr_figure_5_is_stage_1_only(tmp_path, monkeypatch):
     profile = load_profile("smoke", {"sweeps.backbone_ppr": False})
     row = {"model": "x", "n": 16, "H@1": 0.1, "H@5": 0.5, "H@10": 0.75, "N@5": 0.3, "N@10": 0.4}
-    monkeypatch.setattr(sweeps, "run_point", lambda *a, **k: {"row": row, "parameters": 1, "skipped": False,
+    monkeypatch.setattr(sweep_stage, "run_point", lambda *a, **k: {"row": row, "parameters": 1, "skipped": False,
                                                                "wall_s_train": 1.0, "valid_share": 1.0, "stage": "RTA"})
-    monkeypatch.setattr(sweeps, "run_point_ppr", lambda *a, **k: pytest.fail("PPR ran with backbone_ppr off"))
-    out = sweeps.run_sweeps(profile, tmp_path, log=lambda _: None)
+    monkeypatch.setattr(sweep_stage, "run_point_ppr", lambda *a, **k: pytest.fail("PPR ran with backbone_ppr off"))
+    out = sweep_stage.run_sweeps(profile, tmp_path, log=lambda _: None)
     assert set(out["backbone"]["stage"]) == {"RTA"}
 
 
 def test_cli_lists_points_and_trains_one_by_name(monkeypatch, tmp_path, capsys):
-    assert sweeps.main(["--list"]) == 0
+    assert sweep_stage.main(["--list"]) == 0
     listed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert [row[0] for row in listed] == ["tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2",
                                           "tiny-qwen3-l-G2"]
     assert listed[1][3] == "Figure 4" and listed[3][3] == "Figure 5 (+PPR)"
     trained = []
-    monkeypatch.setattr(sweeps, "train_point", lambda profile, root, point: trained.append(
+    monkeypatch.setattr(sweep_stage, "train_point", lambda profile, root, point: trained.append(
         (point, profile.sweeps.max_steps)) or tmp_path)
-    assert sweeps.main(["--point", "tiny-qwen3-s-G4", "--set", "sweeps.max_steps=3"]) == 0
+    assert sweep_stage.main(["--point", "tiny-qwen3-s-G4", "--set", "sweeps.max_steps=3"]) == 0
     assert trained == [(SweepPoint("tiny-qwen3-s", 4), 3)]
     with pytest.raises(SystemExit, match="'Qwen3-8B-G8' is not a sweep point of profile smoke"):
-        sweeps.main(["--point", "Qwen3-8B-G8"])
+        sweep_stage.main(["--point", "Qwen3-8B-G8"])
     with pytest.raises(SystemExit, match="tiny-qwen3-s-G4 gets no PPR"):
-        sweeps.main(["--point", "tiny-qwen3-s-G4", "--stage", "ppr-mine"])
+        sweep_stage.main(["--point", "tiny-qwen3-s-G4", "--stage", "ppr-mine"])
 
 
 def test_cli_ppr_stages_use_the_notebooks_folder_start_and_sizes(monkeypatch, tmp_path):
@@ -133,7 +134,7 @@ def test_cli_ppr_stages_use_the_notebooks_folder_start_and_sizes(monkeypatch, tm
 
     point = SweepPoint("tiny-qwen3-m", 2)
     with pytest.raises(FileNotFoundError, match="tiny-qwen3-m-G2/final: train the point's stage 1 first"):
-        sweeps.main(["--root", str(tmp_path), "--point", point.name, "--stage", "ppr-mine"])
+        sweep_stage.main(["--root", str(tmp_path), "--point", point.name, "--stage", "ppr-mine"])
     final = tmp_path / "runs/smoke/sweeps/ml-100k/tiny-qwen3-m-G2/final"
     final.mkdir(parents=True)
     (final / "config.json").write_text("{}")
@@ -143,7 +144,7 @@ def test_cli_ppr_stages_use_the_notebooks_folder_start_and_sizes(monkeypatch, tm
     monkeypatch.setattr(ppr, "train_stage", lambda profile, root, dataset, folder, start, row_name: calls.append(
         ("train", profile.ppr.max_steps, dataset, folder, start, row_name)) or {"final": folder / "final"})
     for stage in ("ppr-mine", "ppr-train"):
-        assert sweeps.main(["--root", str(tmp_path), "--point", point.name, "--stage", stage]) == 0
+        assert sweep_stage.main(["--root", str(tmp_path), "--point", point.name, "--stage", stage]) == 0
     folder = final.parent / "ppr"
     assert calls == [("mine", 16, "ml-100k", folder, final),
                      ("train", 2, "ml-100k", folder, final, "sweep tiny-qwen3-m-G2+PPR")]

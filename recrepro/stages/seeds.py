@@ -1,6 +1,6 @@
 """Seed repeat of the headline stage-1 comparison (issue 12 (a)), run outside the notebook chain.
 
-``python -m recrepro.seeds --profile cpu --seeds 1 2`` repeats, for each extra seed, everything the
+``python -m recrepro.stages.seeds --profile cpu --seeds 1 2`` repeats, for each extra seed, everything the
 comparison "trained TIRR against its own starting policy" depends on: data (negatives and user
 subsample are seeded), SASRec, user profiles, the tiny model and its warm start, stage-1 RTA of the
 TIRR variant, and the frozen and trained TIRR rows on the seed's own evaluated test lists. Each seed
@@ -25,7 +25,6 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.evaluate import run_zero_shot
 from recrepro.config import Profile, load_profile, parse_overrides
 from recrepro.evaluation import per_instance_path
 from recrepro.io import write_text_atomic
@@ -33,6 +32,7 @@ from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.rl.rta import run_variant
 from recrepro.runner import run_chain
 from recrepro.significance import compare_rows
+from recrepro.stages.evaluate import run_zero_shot
 
 OURS, BASELINE = "trained-TIRR-RTA", "frozen-TIRR"  # Table 2 names of issue 12 (a)
 METRICS = ("H@10", "N@10")
@@ -60,12 +60,12 @@ def run_one_seed(profile: Profile, profile_path: Path, root: Path | str, log: Ca
 
 def run_seeds(profile: Profile, root: Path | str, seeds: Sequence[int], log: Callable[[str], None] = print
               ) -> None:
-    """Every seed of ``seeds`` as one job (``python -m recrepro.seeds --one``), ``run.jobs`` at a time."""
+    """Every seed of ``seeds`` as one job (``python -m recrepro.stages.seeds --one``), ``run.jobs`` at a time."""
     root = Path(root).resolve()
     jobs = []
     for seed in seeds:
         one = seed_profile(profile, seed)
-        jobs.append(Job(f"seed-{seed}", "recrepro.seeds",
+        jobs.append(Job(f"seed-{seed}", "recrepro.stages.seeds",
                         ("--one", "--profile", str(profile_file(one, root)), "--root", str(root))))
     run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
 
@@ -95,7 +95,7 @@ def render(frame: pd.DataFrame, summary: pd.DataFrame, profile_name: str) -> str
     """Markdown: one line per seed and metric, then mean ± sd over seeds."""
     lines = [f"# Stage-1 RTA against its starting policy, over seeds ({OURS} vs {BASELINE})", "",
              f"Profile: **{profile_name}**. Each seed repeats data, SASRec, profiles, warm start and stage-1 TIRR "
-             "training, and evaluates both rows on its own test lists (`python -m recrepro.seeds`). Not a "
+             "training, and evaluates both rows on its own test lists (`python -m recrepro.stages.seeds`). Not a "
              "reproduction of the paper: tiny CPU models on ml-100k.", "",
              "| seed | dataset | metric | trained | frozen | diff [95% CI] | bootstrap p | second test p | n |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -128,7 +128,7 @@ def summarize(profile: Profile, root: Path | str, seeds: Sequence[int]) -> pd.Da
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recrepro.seeds", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.seeds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--root", default=".")
     parser.add_argument("--seeds", nargs="*", type=int, default=[], help="extra seeds beside run.seed")

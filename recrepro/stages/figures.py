@@ -185,7 +185,7 @@ def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) ->
 
 
 def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFrame]) -> dict[str, tuple]:
-    """Figures 4 and 5 from :func:`recrepro.rl.sweeps.run_sweeps`'s frames, chance lines included."""
+    """Figures 4 and 5 from :func:`recrepro.stages.sweeps.run_sweeps`'s frames, chance lines included."""
 
     chance = chance_metrics(profile.data.n_candidates, profile.eval.ks)
     out_dir = profile.figures_dir(root)

@@ -1,0 +1,8 @@
+"""The stage layer: one module per notebook, the only place that orchestrates.
+
+``setup`` (00), ``data`` (01), ``baselines`` (02), ``profiles`` (03), ``rta`` (04), ``ppr`` (05),
+``evaluate`` (06), ``sweeps`` and ``figures`` (07), and ``seeds`` (the seed repeat outside the chain).
+Each ``run_*`` reads earlier artifacts, writes its own and returns tables; the CLIs
+(``python -m recrepro.stages.rta``, ``.ppr``, ``.sweeps``, ``.seeds``) run the same functions. The
+library below never imports this package.
+"""

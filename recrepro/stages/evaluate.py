@@ -1,0 +1,115 @@
+"""Notebook 06: the frozen agents, the TALLRec-like SFT baseline and the reports over all rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from recrepro.agent.card import load_eval_cards
+from recrepro.agent.env import toolkit_env_factory
+from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend
+from recrepro.agent.prompt import item_views
+from recrepro.baselines.sft import evaluate_sft, train_sft
+from recrepro.config import Profile
+from recrepro.data.pipeline import load_benchmark
+from recrepro.evaluation import FIRST_TEN, chance_row, first_ten_row
+from recrepro.positions import dataset_position_rows, write_position_buckets
+from recrepro.rl.rta import starting_model
+from recrepro.significance import run_comparisons
+from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
+
+
+def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
+                  variants: Sequence[str] = ("r", "tirr")) -> dict[str, Any]:
+    """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards.
+
+    Also the ``First ten candidates`` reference row (:func:`recrepro.evaluation.first_ten_row`) on
+    the same lists, in both tables."""
+
+    root = Path(root)
+    backend = backend or load_backend(profile, root)
+    rows1, rows2, evaluations = [], [], []
+    for dataset in profile.data.datasets:
+        bench = load_benchmark(profile, dataset, root)
+        samples = eval_subset(profile, bench.samples["test"])
+        views = item_views(bench.items)
+        factory = toolkit_env_factory(profile, bench, root, samples)
+        rows2.append(chance_row(dataset, profile.data.n_candidates, len(samples), profile))
+        # The position reference on the same test lists as every LLM row (Tables 1 and 2).
+        first_ten = first_ten_row(profile, dataset, samples, root)
+        rows1.append(first_ten)
+        rows2.append(first_ten)
+        for variant in variants:
+            name2, name1 = FROZEN_LABELS[variant]
+            result = evaluate_agent(profile, root, dataset, samples, views, backend, factory, variant, name2,
+                                    extra_names=(name1,))
+            rows2.append(result.row)
+            rows1.append({**result.row, "model": name1})
+            evaluations.append(result)
+    results = profile.results_dir(root)
+    table1 = write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    table2 = write_table(results, "table2", rows2, TABLE2_TITLE, profile.eval.ks, paper_table="table2")
+    return {"table1": table1, "table2": table2, "evaluations": evaluations,
+            "cards": {f"{e.dataset}/{e.model}": e.card for e in evaluations}}
+
+
+def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate the TALLRec-like baseline on every dataset; upsert its Table 1 rows.
+
+    Returns ``{"rows": [...], "runs": {dataset: {...timings, losses, valid share}}, "table1": frame}``
+    (``table1`` absent and nothing run when ``sft.enabled`` is false).
+    """
+
+    if not profile.sft.enabled:
+        log("[sft] sft.enabled is false: the TALLRec-like baseline is not run")
+        return {"rows": [], "runs": {}}
+    start = starting_model(profile, root)
+    rows, runs = [], {}
+    for dataset in profile.data.datasets:
+        trained = train_sft(profile, root, dataset, start, force=force, log=log)
+        evaluated = evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force, log=log)
+        rows.append(evaluated.pop("row"))
+        runs[dataset] = {"train": {k: v for k, v in trained.items() if k != "stamp"},
+                         "eval": {k: v for k, v in evaluated.items() if k != "stamp"}}
+    table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    return {"rows": rows, "runs": runs, "table1": table}
+
+
+def loss_curve(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """Training loss per logged step, one column per dataset (for the notebook's plot)."""
+    return pd.DataFrame({d: pd.Series(r["train"].get("losses", [])) for d, r in runs.items()})
+
+
+def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:
+    """The LLM rows of ``dataset``: measured Table 2 / Table 1 rows with an evaluation card.
+
+    Every agent-style evaluation (frozen, trained, TALLRec-like) writes a card under its main name;
+    its Table 1 alias ("AgenticRec (RTA)") has none and sweep points are in neither table, so each
+    LLM evaluation is listed once, in table order.
+    """
+
+    results = profile.results_dir(root)
+    carded = {c["model"] for c in load_eval_cards(results).values() if c["dataset"] == dataset}
+    names: list[str] = []
+    for stem in ("table2", "table1"):
+        path = results / f"{stem}.csv"
+        if path.is_file():
+            table = pd.read_csv(path)
+            rows = table[(table["dataset"] == dataset) & (table["source"] == "measured")]
+            names += [m for m in rows["model"] if m in carded]
+    return list(dict.fromkeys(names))
+
+
+def run_eval_reports(profile: Profile, root: Path | str = ".") -> dict[str, pd.DataFrame]:
+    """Notebook 06's last step: H@10 by target position of every LLM row and of ``First ten candidates``
+    (``position_buckets.csv``/``.md``) and the paired ablation comparisons (``comparisons.csv``/``.md``)."""
+
+    rows: list[dict] = []
+    for dataset in profile.data.datasets:
+        test = load_benchmark(profile, dataset, root).samples["test"]
+        rows += dataset_position_rows(profile, root, dataset, [*llm_rows(profile, root, dataset), FIRST_TEN], test)
+    return {"position_buckets": write_position_buckets(profile, root, rows),
+            "comparisons": run_comparisons(profile, root)}

@@ -1,0 +1,74 @@
+"""Notebook 05, stage 2 (PPR): mine, train and measure every round; ``python -m recrepro.stages.ppr``.
+
+See :mod:`recrepro.rl.ppr` for the recipe and the GPU commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.io import write_text_atomic
+from recrepro.rl import grpo
+from recrepro.rl.pairs import accuracy_table
+from recrepro.rl.ppr import mine_stage, run_dataset, train_stage
+
+
+def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 2 on every dataset. Returns ``{"runs": {dataset: result}, "accuracy": frame, "mining": frame,
+    "table1": frame, "table2": frame}``; the accuracy frame (ours before/after beside the paper) is
+    also written to ``results/<profile>/preference_accuracy.csv``."""
+    runs = {dataset: run_dataset(profile, root, dataset, force=force, log=log) for dataset in profile.data.datasets}
+    accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name,
+                                         r["accuracy"].get("random"), r["accuracy"].get("tests"))
+                          for d, r in runs.items()], ignore_index=True)
+    results_dir = profile.results_dir(root)
+    write_text_atomic(results_dir / "preference_accuracy.csv", accuracy.to_csv(index=False, float_format="%.4f"))
+    mining = pd.DataFrame([{"dataset": d, "round": rd["round"], "split": split, **stats}
+                           for d, r in runs.items() for rd in r["rounds"] for split, stats in rd["mining"].items()])
+    tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
+              if (results_dir / f"{stem}.csv").is_file()}
+    return {"runs": runs, "accuracy": accuracy, "mining": mining, **tables}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+
+    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.ppr", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--stage", default="all", choices=["all", "mine", "train"],
+                        help="all: the whole stage on one process; mine: round K's pairs (one process); "
+                             "train: round K's GRPO on its pairs (run it under accelerate launch)")
+    parser.add_argument("--round", type=int, default=1, help="the round of --stage mine / train (1..ppr.rounds)")
+    parser.add_argument("--dataset", action="append", help="--stage mine / train: only these datasets (repeatable)")
+    parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
+    args = parser.parse_args(argv)
+    profile = load_profile(args.profile, parse_overrides(args.set))
+    if args.stage != "train" and grpo.n_processes() > 1:
+        raise SystemExit(f"--stage {args.stage} runs on one process; under accelerate launch use --stage train")
+    if args.stage == "all":
+        if args.dataset:
+            raise SystemExit("--dataset selects datasets for --stage mine / train; --stage all runs every dataset")
+        result = run_ppr(profile, args.root, force=args.force)
+        print(result["accuracy"].to_string(index=False))
+        return 0
+    for dataset in args.dataset or profile.data.datasets:
+        if args.stage == "mine":
+            print(f"[ppr] {dataset} round {args.round}: pairs in {mine_stage(profile, args.root, dataset, args.round)}")
+        else:
+            trained = train_stage(profile, args.root, dataset, args.round)
+            print(f"[ppr] {dataset} round {args.round}: policy in {trained['final']}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
