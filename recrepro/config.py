@@ -163,6 +163,7 @@ class RTAConfig:
     epsilon: float  # PPO-style clipping range [G]
     max_steps: int  # optimiser steps; -1 = run the configured epochs
     train_instances: int | None  # training instances used; None = the whole training split
+    max_prompt_length: int  # [G] longest rendered prompt (system, tool schemas, history, candidates) in tokens
     max_completion_length: int  # tokens over the whole multi-turn completion
     gradient_accumulation_steps: int
     use_lora: bool  # LoRA through peft instead of full fine-tuning [G]
@@ -172,6 +173,7 @@ class RTAConfig:
     logging_steps: int
     eval_every: int  # steps between H@10 / N@10 on the fixed validation slice
     eval_instances: int  # size of that validation slice
+    eval_batch_size: int | None  # trajectories per generate call of that validation; None = all at once [G]
     save_steps: int
     vllm_gpu_memory_utilization: float  # GPU share vLLM colocate takes for generation [G]
 
@@ -343,6 +345,36 @@ def _validate(profile: Profile) -> None:
         raise ConfigError(f"agent.prompt_style: expected 'react' or 'apa', got {profile.agent.prompt_style!r}")
     if profile.run.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
+    _validate_context(profile)
+
+
+# Native context windows (max_position_embeddings of the hub configs) of the backbones the profiles
+# name. A backbone not listed here is not checked at load; vLLM then checks it when it starts.
+BACKBONE_CONTEXT = {"Qwen/Qwen3-4B-Instruct-2507": 262_144, "Qwen/Qwen3-1.7B": 40_960, "Qwen/Qwen3-8B": 40_960}
+
+
+def model_context(profile: Profile) -> int:
+    """Tokens one training sequence needs: ``rta.max_prompt_length + rta.max_completion_length``.
+
+    It is the colocated vLLM engine's ``max_model_len`` (TRL ``vllm_max_model_length``): without it
+    vLLM would size its KV cache for the backbone's native window (262k tokens for
+    Qwen3-4B-Instruct-2507) and refuse to start within ``rta.vllm_gpu_memory_utilization``.
+    """
+    return profile.rta.max_prompt_length + profile.rta.max_completion_length
+
+
+def _validate_context(profile: Profile) -> None:
+    rta, agent = profile.rta, profile.agent
+    if rta.max_prompt_length < 1 or rta.max_completion_length < 1:
+        raise ConfigError("rta.max_prompt_length and rta.max_completion_length must be positive")
+    if rta.eval_batch_size is not None and rta.eval_batch_size < 1:
+        raise ConfigError(f"rta.eval_batch_size: expected a positive number or null, got {rta.eval_batch_size}")
+    backbones = [agent.model_name_or_path, *profile.sweeps.backbones]
+    for name in backbones:
+        window = BACKBONE_CONTEXT.get(name)
+        if window is not None and model_context(profile) > window:
+            raise ConfigError(f"rta.max_prompt_length + rta.max_completion_length = {model_context(profile)} tokens "
+                              f"do not fit {name}'s context of {window} tokens")
 
 
 def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:

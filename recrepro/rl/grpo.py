@@ -50,7 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
-from recrepro.config import Profile
+from recrepro.config import Profile, model_context
 from recrepro.io import atomic_dir, write_json_atomic
 from recrepro.models import load_causal_lm, resolve_device
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
@@ -117,6 +117,7 @@ def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int |
         mask_truncated_completions=False,
         # vLLM colocate when available (GPU only); else transformers generate
         use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=rta.vllm_gpu_memory_utilization,
+        vllm_max_model_length=model_context(profile),  # else vLLM sizes its cache for the native window
         # Device and precision: the CPU overrides of DESIGN.md 4
         use_cpu=cpu, bf16=bf16, fp16=False, activation_checkpointing=not cpu,  # = gradient_checkpointing
         # Bookkeeping

@@ -29,6 +29,7 @@ under ``accelerate launch``; see ``configs/accelerate/README.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,6 +40,7 @@ from recrepro import paths
 from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import make_env_factory, toolkit_env_factory
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
+from recrepro.agent.generators import RolloutSettings
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
 from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
@@ -132,6 +134,16 @@ def starting_model(profile: Profile, root: Path | str = ".", progress: bool = Tr
     return name
 
 
+def validation_settings(profile: Profile) -> RolloutSettings:
+    """Greedy settings of the in-training validation, ``rta.eval_batch_size`` trajectories per generate call.
+
+    It generates with HF on the training model, beside ZeRO-3 and the vLLM pool on GPUs, so the batch
+    bounds its KV caches (paper profile: 8 x 10,240 tokens x 144 KiB per token of Qwen3-4B ~ 11 GiB).
+    """
+    return dataclasses.replace(rollout_settings(profile, greedy=True, progress=False),
+                               batch_size=profile.rta.eval_batch_size)
+
+
 def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str,
                   model_path: str | None = None, out_dir: Path | None = None) -> TrainingSetup:
     """Training rows, tools and the validation slice of one dataset.
@@ -150,8 +162,7 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
     kit = ToolKit.from_benchmark(bench, profile, root)
     kit.prepare(kit.instances(pd.concat([train, valid], ignore_index=True)))  # batch the neighbour search once
     factory = make_env_factory(kit.bind, profile.agent.max_tool_calls)
-    slice_ = ValidationSlice(make_tasks(valid, views, spec), factory,
-                             rollout_settings(profile, greedy=True, progress=False),
+    slice_ = ValidationSlice(make_tasks(valid, views, spec), factory, validation_settings(profile),
                              profile.agent.top_k, profile.agent.max_tool_calls)
     return TrainingSetup(profile=profile, variant=variant,
                          model_path=model_path or starting_model(profile, root),

@@ -100,3 +100,34 @@ def test_command_line_overrides_read_yaml_and_exponent_floats():
     assert load_profile("smoke", parse_overrides(["rta.learning_rate=2e-4"])).rta.learning_rate == 2e-4
     with pytest.raises(SystemExit, match="expected key=value"):
         parse_overrides(["rta.learning_rate"])
+
+
+def test_vllm_context_is_prompt_plus_completion_and_must_fit_the_backbone():
+    """Issue 14: vLLM gets max_model_len = rta.max_prompt_length + rta.max_completion_length (paper: 4,096 +
+    6,144), and a profile whose budgets exceed a known backbone's window is refused at load, naming the keys."""
+    from recrepro.config import ConfigError, load_profile, model_context
+
+    paper = load_profile("paper")
+    assert model_context(paper) == 4096 + 6144
+    with pytest.raises(ConfigError, match=r"rta.max_prompt_length \+ rta.max_completion_length = 40961 tokens do not "
+                                          r"fit Qwen/Qwen3-1.7B's context of 40960 tokens"):
+        load_profile("paper", {"rta.max_prompt_length": 40961 - 6144})
+    with pytest.raises(ConfigError, match="rta.eval_batch_size"):
+        load_profile("paper", {"rta.eval_batch_size": 0})
+
+
+def test_the_paper_grpo_config_passes_the_vllm_context():
+    from recrepro.config import load_profile
+    from recrepro.rl.grpo import build_grpo_config
+
+    config = build_grpo_config(load_profile("paper"), "/tmp/unused", processes=4)
+    assert config.vllm_max_model_length == 10240
+
+
+def test_in_training_validation_is_greedy_and_batched_by_rta_eval_batch_size():
+    from recrepro.config import load_profile
+    from recrepro.rl.rta import validation_settings
+
+    paper = validation_settings(load_profile("paper"))
+    assert (paper.do_sample, paper.batch_size, paper.progress) == (False, 8, False)
+    assert validation_settings(load_profile("cpu")).batch_size is None  # CPU: all at once, as before
