@@ -1,4 +1,5 @@
-"""Command line: ``python -m recrepro run --profile smoke [--from NN] [--to NN] [--force]``."""
+"""Command line: ``python -m recrepro run --profile smoke [--from NN] [--to NN] [--force]`` runs the notebook
+chain; ``python -m recrepro plan --profile paper [--gpus 4] [--gpu-memory-gib 80]`` prints the GPU plan."""
 
 from __future__ import annotations
 
@@ -7,8 +8,30 @@ import sys
 import time
 from pathlib import Path
 
-from recrepro.config import ConfigError, parse_overrides
+from recrepro.config import ConfigError, load_profile, parse_overrides
+from recrepro.plan import Hardware, PlanError, stage_lines
 from recrepro.runner import run_chain
+
+
+def _run(args: argparse.Namespace) -> int:
+    began = time.perf_counter()
+    results = run_chain(args.profile, Path(args.root), args.start, args.stop, args.force,
+                        parse_overrides(args.overrides))
+    ran = sum(r.status == "ran" for r in results)
+    print(f"chain finished: {ran} run, {len(results) - ran} skipped, {time.perf_counter() - began:.1f} s")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile, parse_overrides(args.overrides))
+    hardware = Hardware(gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib, concurrency=args.concurrency)
+    try:
+        print("\n".join(stage_lines(profile, hardware)))
+    except PlanError as exc:
+        print(f"does not fit: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recrepro", description=__doc__)
@@ -19,21 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--from", dest="start", type=int, default=None, help="first notebook number to run")
     run.add_argument("--to", dest="stop", type=int, default=None, help="last notebook number to run")
     run.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
-    run.add_argument("--set", dest="overrides", action="append", default=[],
-                     help="override a profile value, e.g. --set data.max_users=50")
+    plan = sub.add_parser("plan", help="processes, memory per GPU, time and commands of the GPU stages")
+    plan.add_argument("--profile", default="paper")
+    plan.add_argument("--gpus", type=int, default=4, help="GPUs per training launch (paper: 4 x A800)")
+    plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
+    plan.add_argument("--concurrency", type=int, default=64, help="requests vLLM generates at once per GPU [G]")
+    for sub_parser in (run, plan):
+        sub_parser.add_argument("--set", dest="overrides", action="append", default=[],
+                                help="override a profile value, e.g. --set data.max_users=50")
     args = parser.parse_args(argv)
-
-
-    began = time.perf_counter()
     try:
-        results = run_chain(args.profile, Path(args.root), args.start, args.stop, args.force,
-                            parse_overrides(args.overrides))
+        return _run(args) if args.command == "run" else _plan(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ran = sum(r.status == "ran" for r in results)
-    print(f"chain finished: {ran} run, {len(results) - ran} skipped, {time.perf_counter() - began:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":
