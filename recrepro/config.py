@@ -125,6 +125,9 @@ class AgentConfig:
     eval_instances: int | None  # test instances per agent evaluation; None = the whole test split
     eval_greedy: bool  # greedy decoding for evaluation
     rollout_batch_size: int | None  # trajectories per generate call; None = all live ones
+    # [G] Qwen3 hybrid templates (Qwen3-1.7B / 8B of Figure 5) think unless told not to; false makes them
+    # answer like the non-thinking Qwen3-4B-Instruct-2507. None = pass nothing (tiny models).
+    enable_thinking: bool | None
 
 
 @dataclass(frozen=True)

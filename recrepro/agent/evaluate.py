@@ -60,6 +60,7 @@ def rollout_settings(profile: Profile, greedy: bool | None = None, progress: boo
         do_sample=not greedy, temperature=agent.temperature, top_p=agent.top_p,
         max_new_tokens_per_turn=agent.max_new_tokens_per_turn, max_new_tokens_total=agent.max_new_tokens,
         seed=profile.run.seed, batch_size=agent.rollout_batch_size, progress=progress,
+        enable_thinking=agent.enable_thinking,
     )
 
 

@@ -42,6 +42,8 @@ class RolloutSettings:
     # is the same either way.
     segment_tokens: int | None = None
     progress: bool = True  # tqdm bar over finished trajectories
+    # Qwen3 hybrid templates' thinking switch (agent.enable_thinking); None = the template's default.
+    enable_thinking: bool | None = None
 
 
 def build_generation_config(settings: RolloutSettings, eos_token_ids: Sequence[int], pad_token_id: int,

@@ -143,14 +143,16 @@ def build_messages(instance: AgentInstance, spec: PromptSpec) -> list[dict[str, 
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
-                  tools: Sequence[Callable | Mapping[str, Any]] | None = None) -> str:
+                  tools: Sequence[Callable | Mapping[str, Any]] | None = None, enable_thinking: bool | None = None) -> str:
     """The text the model continues: chat template with tools (for ``tirr``) and the assistant header.
 
     ``tools`` are the environment's bound tool methods (as TRL passes them) or their JSON schemas;
-    ``None`` or an empty list renders no tool section.
+    ``None`` or an empty list renders no tool section. ``enable_thinking`` (``agent.enable_thinking``)
+    reaches Qwen3 hybrid templates; None passes nothing, so the template's default applies.
     """
+    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
-                                         add_generation_prompt=True, tokenize=False)
+                                         add_generation_prompt=True, tokenize=False, **extra)
 
 
 def item_views(items: Any) -> dict[str, ItemView]:

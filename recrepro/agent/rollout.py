@@ -219,7 +219,7 @@ class RolloutEngine:
 
     def _prompt_ids(self, task: AgentTask) -> list[int]:
         tools = self._probe_tools if task.uses_tools else None
-        text = render_prompt(self.tokenizer, task.messages, tools)
+        text = render_prompt(self.tokenizer, task.messages, tools, self.settings.enable_thinking)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _start(self, key: int, task: AgentTask, sample_index: int) -> _Live:

@@ -116,6 +116,8 @@ def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int |
         max_tool_calling_iterations=agent.max_tool_calls,
         mask_truncated_completions=False,
         # vLLM colocate when available (GPU only); else transformers generate
+        # the same switch as evaluation for Qwen3 hybrid templates (agent.enable_thinking)
+        chat_template_kwargs=None if agent.enable_thinking is None else {"enable_thinking": agent.enable_thinking},
         use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=rta.vllm_gpu_memory_utilization,
         vllm_max_model_length=model_context(profile),  # else vLLM sizes its cache for the native window
         # Device and precision: the CPU overrides of DESIGN.md 4

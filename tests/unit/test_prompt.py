@@ -132,3 +132,34 @@ def test_build_messages_is_system_then_user():
     messages = build_messages(INSTANCE, PromptSpec("r"))
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[0]["content"] == system_prompt(PromptSpec("r"))
+
+
+def test_enable_thinking_reaches_a_hybrid_template_and_none_changes_nothing():
+    """Issue 14: agent.enable_thinking goes to the chat template (Qwen3 hybrid models of Figure 5); None
+    passes nothing, so the tiny profiles' prompts are exactly what they were."""
+    from types import SimpleNamespace
+
+    from recrepro.agent.prompt import render_prompt
+
+    calls = []
+
+    def apply_chat_template(messages, **kwargs):
+        calls.append(kwargs)
+        return "think" if kwargs.get("enable_thinking", True) else "no-think"
+
+    tokenizer = SimpleNamespace(apply_chat_template=apply_chat_template)
+    messages = [{"role": "user", "content": "hi"}]
+    assert render_prompt(tokenizer, messages) == "think" and "enable_thinking" not in calls[-1]
+    assert render_prompt(tokenizer, messages, enable_thinking=None) == "think" and "enable_thinking" not in calls[-1]
+    assert render_prompt(tokenizer, messages, enable_thinking=False) == "no-think"
+
+
+def test_the_thinking_switch_reaches_evaluation_and_training():
+    from recrepro.agent.evaluate import rollout_settings
+    from recrepro.config import load_profile
+    from recrepro.rl.grpo import build_grpo_config
+
+    paper, cpu = load_profile("paper"), load_profile("cpu")
+    assert rollout_settings(paper).enable_thinking is False and rollout_settings(cpu).enable_thinking is None
+    assert build_grpo_config(paper, "/tmp/unused", processes=4).chat_template_kwargs == {"enable_thinking": False}
+    assert not build_grpo_config(cpu, "/tmp/unused", processes=1).chat_template_kwargs
