@@ -482,3 +482,21 @@ def test_a_policy_finished_with_the_same_config_is_reused_not_retrained(workdir,
     (final / grpo.TRAINED_STAMP).write_text(json.dumps({**stamp, "seed": -1}))  # another config: train again
     with pytest.raises(AssertionError, match="build_trainer called"):
         rta.train_policy(setup, log=lambda _: None)
+
+
+def test_with_colocated_vllm_every_policy_trains_in_a_process_of_its_own(monkeypatch, tmp_path):
+    """Issue 14: TRL's colocated vLLM engine stays alive after training, so on GPUs run_rta trains through
+    a job process even for a single policy and only evaluates in its own process (one engine each)."""
+    from recrepro.stages import rta as rta_stage
+
+    calls = []
+    monkeypatch.setattr(rta_stage, "vllm_colocate_available", lambda profile: True)
+    monkeypatch.setattr(rta_stage, "train_side_by_side", lambda profile, root, variants, force=False, log=print,
+                        min_jobs=2: calls.append((tuple(variants), min_jobs)))
+    monkeypatch.setattr(rta_stage, "run_variant", lambda profile, root, dataset, v, force=False, log=print: {"v": v})
+    out = rta_stage.run_rta(load_profile("smoke"), tmp_path, variant="tirr")
+    assert calls == [(("tirr",), 1)] and out["runs"] == {"ml-100k/tirr": {"v": "tirr"}}
+    monkeypatch.setattr(rta_stage, "vllm_colocate_available", lambda profile: False)
+    calls.clear()
+    rta_stage.run_rta(load_profile("smoke"), tmp_path, variant="tirr")  # CPU, one job: no job process
+    assert calls == []
