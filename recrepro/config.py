@@ -366,6 +366,19 @@ def model_context(profile: Profile) -> int:
     return profile.rta.max_prompt_length + profile.rta.max_completion_length
 
 
+def completions_per_micro_step(profile: Profile, processes: int) -> int:
+    """Completions per process per micro-step: ``rta.batch_size`` instances x G spread over processes and
+    ``rta.gradient_accumulation_steps`` (as TRL splits them); a split that does not divide evenly raises."""
+    rta = profile.rta
+    completions = rta.batch_size * rta.group_size
+    split = processes * rta.gradient_accumulation_steps
+    if completions % split:
+        raise ConfigError(f"rta.gradient_accumulation_steps: rta.batch_size x rta.group_size = {completions} completions "
+                          f"per step cannot be split evenly over {processes} process(es) x "
+                          f"{rta.gradient_accumulation_steps} accumulation steps")
+    return completions // split
+
+
 def _validate_context(profile: Profile) -> None:
     rta, agent = profile.rta, profile.agent
     if rta.max_prompt_length < 1 or rta.max_completion_length < 1:

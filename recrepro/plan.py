@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recrepro.config import Profile, model_context
+from recrepro.config import ConfigError, Profile, completions_per_micro_step, model_context
 from recrepro.paper import reported_dataset_stats
 
 GIB = 1024 ** 3
@@ -99,14 +99,11 @@ def shape_of(name: str) -> Shape:
 
 
 def micro_batch(profile: Profile, processes: int) -> int:
-    """Completions per process per micro-step (as TRL splits them; :func:`recrepro.rl.grpo.per_device_batch`)."""
-    rta = profile.rta
-    completions = rta.batch_size * rta.group_size
-    split = processes * rta.gradient_accumulation_steps
-    if completions % split:
-        raise PlanError(f"rta.gradient_accumulation_steps: {completions} completions per step do not split over "
-                        f"{processes} GPU(s) x {rta.gradient_accumulation_steps} accumulation steps")
-    return completions // split
+    """Completions per process per micro-step (:func:`recrepro.config.completions_per_micro_step`)."""
+    try:
+        return completions_per_micro_step(profile, processes)
+    except ConfigError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def train_memory(profile: Profile, shape: Shape, hw: Hardware) -> TrainMemory:

@@ -50,7 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
-from recrepro.config import Profile, model_context
+from recrepro.config import Profile, completions_per_micro_step, model_context
 from recrepro.io import atomic_dir, write_json_atomic
 from recrepro.models import load_causal_lm, resolve_device
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
@@ -76,14 +76,8 @@ def vllm_colocate_available(profile: Profile) -> bool:
 
 
 def per_device_batch(profile: Profile, processes: int) -> int:
-    """Completions per process per micro-step: instances x G spread over processes and accumulation."""
-    rta = profile.rta
-    completions = rta.batch_size * rta.group_size
-    split = processes * rta.gradient_accumulation_steps
-    if completions % split:
-        raise ValueError(f"rta.batch_size x rta.group_size = {completions} completions per step cannot be split "
-                         f"evenly over {processes} process(es) x {rta.gradient_accumulation_steps} accumulation steps")
-    return completions // split
+    """TRL's ``per_device_train_batch_size``: :func:`recrepro.config.completions_per_micro_step`."""
+    return completions_per_micro_step(profile, processes)
 
 
 def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int | None = None, **overrides: Any):
