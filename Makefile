@@ -27,8 +27,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# The repository root, so README, results, figures and runs/<profile>/notebooks are in reach; root
+# accounts (containers) need --allow-root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/00_setup.ipynb
 
 bench: setup
 	$(PY) benchmarks/bench_amazon_parse.py
