@@ -125,9 +125,7 @@ class AgentConfig:
     eval_instances: int | None  # test instances per agent evaluation; None = the whole test split
     eval_greedy: bool  # greedy decoding for evaluation
     rollout_batch_size: int | None  # trajectories per generate call; None = all live ones
-    # [G] Qwen3 hybrid templates (Qwen3-1.7B / 8B of Figure 5) think unless told not to; false makes them
-    # answer like the non-thinking Qwen3-4B-Instruct-2507. None = pass nothing (tiny models).
-    enable_thinking: bool | None
+    enable_thinking: bool | None  # [G] Qwen3 hybrid templates' switch (false: no thinking); None = pass nothing
 
 
 @dataclass(frozen=True)
@@ -351,18 +349,13 @@ def _validate(profile: Profile) -> None:
     _validate_context(profile)
 
 
-# Native context windows (max_position_embeddings of the hub configs) of the backbones the profiles
-# name. A backbone not listed here is not checked at load; vLLM then checks it when it starts.
+# Native context windows (hub config max_position_embeddings); a backbone not listed is checked by vLLM only.
 BACKBONE_CONTEXT = {"Qwen/Qwen3-4B-Instruct-2507": 262_144, "Qwen/Qwen3-1.7B": 40_960, "Qwen/Qwen3-8B": 40_960}
 
 
 def model_context(profile: Profile) -> int:
-    """Tokens one training sequence needs: ``rta.max_prompt_length + rta.max_completion_length``.
-
-    It is the colocated vLLM engine's ``max_model_len`` (TRL ``vllm_max_model_length``): without it
-    vLLM would size its KV cache for the backbone's native window (262k tokens for
-    Qwen3-4B-Instruct-2507) and refuse to start within ``rta.vllm_gpu_memory_utilization``.
-    """
+    """``rta.max_prompt_length + rta.max_completion_length``: vLLM's ``max_model_len`` (else vLLM sizes its
+    KV cache for the native window, 262k tokens for Qwen3-4B-Instruct-2507, and refuses to start)."""
     return profile.rta.max_prompt_length + profile.rta.max_completion_length
 
 

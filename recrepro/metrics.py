@@ -152,7 +152,7 @@ class PairedBootstrap:
     n: int
 
 
-def _resample_counts(n: int, reps: int, seed: int) -> Iterator[np.ndarray]:
+def resample_counts(n: int, reps: int, seed: int) -> Iterator[np.ndarray]:
     """How often each instance is drawn [rows, n] in each of ``reps`` resamples, in chunks.
 
     The index sets are ``default_rng(seed).integers(0, n, size=(reps, n))`` (chunking does not
@@ -187,7 +187,7 @@ def paired_bootstrap_columns(diffs: np.ndarray, reps: int, seed: int, level: flo
         return [PairedBootstrap(nan, nan, nan, nan, floor, False, reps, 0) for _ in range(m)]
     total = diffs.sum(axis=0)
     tolerance = 1e-9 * (np.abs(diffs).sum(axis=0) + 1.0)
-    sums = np.concatenate([counts @ diffs for counts in _resample_counts(n, reps, seed)])
+    sums = np.concatenate([counts @ diffs for counts in resample_counts(n, reps, seed)])
     extreme = (np.abs(sums - total) >= np.abs(total) - tolerance).sum(axis=0)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(sums / n, [alpha, 1.0 - alpha], axis=0)

@@ -164,7 +164,7 @@ def _candidate_titles(tools: "InstanceTools", lines: list[str]) -> list[str]:
     budget = kit.config.max_chars - len("\n".join(lines)) - TITLE_LIST_MARGIN \
         - sum(len(tags[k]) + 5 for k in range(1, len(rows) + 1))
     titles = kit.titles
-    limit = _title_limit(sorted([len(titles[row]) for row in rows]), budget)
+    limit = title_limit(sorted([len(titles[row]) for row in rows]), budget)
     if limit == render.LIST_TITLE_CHARS:
         return [f"{tags[k]} {kit.list_titles[row]}" for k, row in enumerate(rows, start=1)]
     cut = limit - len(render.ELLIPSIS)  # catalogue titles are whitespace-normalised already
@@ -172,7 +172,7 @@ def _candidate_titles(tools: "InstanceTools", lines: list[str]) -> list[str]:
             f'{tags[k]} "{titles[row][:cut].rstrip()}{render.ELLIPSIS}"' for k, row in enumerate(rows, start=1)]
 
 
-def _title_limit(lengths: list[int], budget: int) -> int:
+def title_limit(lengths: list[int], budget: int) -> int:
     """The largest per-title length L with sum(min(length, L)) <= budget, clamped to the list range.
 
     ``lengths`` ascending: walking up, titles shorter than the current one are kept whole and the

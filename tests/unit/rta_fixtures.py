@@ -115,7 +115,7 @@ def tiny_policy_dir(folder: str) -> Path:
     return build_tiny_qwen3("s", Path(folder), corpus=texts * 3, seed=0, vocab_size=1500)
 
 
-def test_profile(**overrides: Any):
+def tiny_training_profile(**overrides: Any):
     """The smoke profile cut to a one-step, two-instance run on the synthetic benchmark."""
     base = {"rta.group_size": 4, "rta.batch_size": 2, "rta.max_steps": 1, "rta.gradient_accumulation_steps": 1,
             "rta.max_completion_length": 2048, "agent.max_new_tokens_per_turn": 200, "rta.logging_steps": 1,
@@ -126,7 +126,7 @@ def test_profile(**overrides: Any):
 
 def setup(out_dir: Path, model_dir: Path, variant: str = "tirr", n: int = 2, **overrides: Any) -> TrainingSetup:
     """A training setup on ``n`` synthetic training instances, writing under ``out_dir``."""
-    profile = test_profile(**overrides)
+    profile = tiny_training_profile(**overrides)
     return TrainingSetup(profile=profile, variant=variant, model_path=str(tiny_policy_dir(str(model_dir))),
                          train_rows=training_rows(train_samples(n), af.views(), PromptSpec(variant)),
                          env_factory=af.env_factory() if variant == "tirr" else None, valid=None,

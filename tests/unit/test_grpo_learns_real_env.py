@@ -173,7 +173,7 @@ def test_grpo_on_the_real_environment_raises_the_reward(tmp_path, one_thread):
 
     samples = _samples()
     base = rf.tiny_policy_dir(str(tmp_path / "base"))
-    setup = grpo.TrainingSetup(profile=rf.test_profile(**GRPO), variant="tirr",
+    setup = grpo.TrainingSetup(profile=rf.tiny_training_profile(**GRPO), variant="tirr",
                               model_path=str(warm_policy(base, tmp_path / "warm", samples)),
                               train_rows=rta.training_rows(samples, af.views(), PromptSpec("tirr")),
                               env_factory=af.env_factory(), valid=None, output_dir=tmp_path / "out",

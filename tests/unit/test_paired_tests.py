@@ -68,11 +68,11 @@ def test_bootstrap_interval_and_p_follow_the_documented_procedure():
 def test_chunking_does_not_change_the_draws(monkeypatch):
     draws = np.random.default_rng(11).integers(0, 37, size=(500, 37))
     expected = np.stack([np.bincount(row, minlength=37) for row in draws])
-    whole = np.concatenate(list(metrics._resample_counts(37, 500, 11)))
+    whole = np.concatenate(list(metrics.resample_counts(37, 500, 11)))
     diffs = np.random.default_rng(0).normal(size=(37, 3))
     before = paired_bootstrap_columns(diffs, 500, 11)
     monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK_ELEMENTS", 37 * 7)  # 72 chunks, the last one short
-    chunked = np.concatenate(list(metrics._resample_counts(37, 500, 11)))
+    chunked = np.concatenate(list(metrics.resample_counts(37, 500, 11)))
     assert (whole == expected).all() and (chunked == expected).all()
     after = paired_bootstrap_columns(diffs, 500, 11)  # equal up to the rounding of the matrix product
     for x, y in zip(before, after):

@@ -313,7 +313,7 @@ def _ppr_scripts(rows: list[dict]) -> dict[str, list[list[str]]]:
 def test_a_short_ppr_training_run_through_trl(tmp_path):
     samples = rf.train_samples(2)
     rows = pair_task.pair_rows(_pairs(samples), samples, af.views(), max_tool_calls=10)[:2]  # one pair, both directions
-    profile = rf.test_profile(**{"ppr.batch_size": 2, "ppr.max_steps": 2})
+    profile = rf.tiny_training_profile(**{"ppr.batch_size": 2, "ppr.max_steps": 2})
     model_dir = rf.tiny_policy_dir(str(tmp_path / "model"))
     ctx = ppr.DatasetContext("synthetic", None, af.views(), samples, samples, af.env_factory())
     setup = grpo.TrainingSetup(profile=profile, variant="tirr", model_path=str(model_dir), train_rows=rows,

@@ -415,10 +415,10 @@ def test_numbered_candidates_are_unchanged(tools):
 
 
 def test_candidate_titles_shrink_to_fit_instead_of_being_cut_off():
-    assert impl._title_limit([10, 12, 20], 100) == 48  # everything fits whole
-    assert impl._title_limit([10, 40, 60], 50) == 20  # 10 + 20 + 20
-    assert impl._title_limit([60, 60, 60], 90) == 30
-    assert impl._title_limit([60, 60, 60], 10) == impl.MIN_LIST_TITLE_CHARS
+    assert impl.title_limit([10, 12, 20], 100) == 48  # everything fits whole
+    assert impl.title_limit([10, 40, 60], 50) == 20  # 10 + 20 + 20
+    assert impl.title_limit([60, 60, 60], 90) == 30
+    assert impl.title_limit([60, 60, 60], 10) == impl.MIN_LIST_TITLE_CHARS
     config = dataclasses.replace(TEST_TOOLS, max_chars=460)  # the full answer has 440 characters
     text = handmade_kit(config).bind(handmade_instance()).candidates_analyze()
     assert len(text) <= 460 and "cut]" not in text  # only the longest title gave way
