@@ -2,9 +2,11 @@
 
 Each executed notebook lands in ``runs/<profile>/notebooks/``. A notebook is skipped when its
 *stamp* is unchanged: the SHA-256 of the notebook file, the profile sections it declares in its
-metadata (``metadata.recrepro.sections``), the library's source code and the stamp of the notebook
-before it. So a rerun with nothing changed skips every stage, and a change anywhere upstream
-re-runs everything downstream of it. ``force`` re-runs regardless.
+metadata (``metadata.recrepro.sections``), the library code the notebook actually uses (every module
+its imports reach, :mod:`recrepro.imports`, plus the package's data files) and the stamp of the
+notebook before it. So a rerun with nothing changed skips every stage, editing one stage's module
+re-runs that stage and the ones after it, and a change upstream re-runs everything downstream of it.
+``force`` re-runs regardless.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recrepro.config import Profile, load_profile
+from recrepro.imports import all_modules, closure, import_graph, notebook_imports
 from recrepro.io import atomic_path, write_json_atomic
 
 PACKAGE_DIR = Path(__file__).parent
@@ -43,12 +46,17 @@ def _number(notebook: Path) -> int:
     return int(notebook.name[:2])
 
 
-def _source_hash() -> str:
+def code_hash(notebook: Path) -> str:
+    """SHA-256 of the library modules ``notebook`` reaches through its imports, and of the package data."""
+    modules = all_modules(PACKAGE_DIR)
+    used = closure(notebook_imports(notebook, modules), import_graph(PACKAGE_DIR))
+    files = [modules[name] for name in sorted(used)]
+    files += [p for p in sorted(PACKAGE_DIR.rglob("*")) if p.suffix in (".yaml", ".csv", ".txt")
+              and "__pycache__" not in p.parts]
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.suffix in (".py", ".yaml", ".csv", ".txt") and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
-            digest.update(path.read_bytes())
+    for path in files:
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -57,7 +65,7 @@ def _declared_sections(notebook: Path) -> list[str]:
     return list(meta.get("sections", []))
 
 
-def stage_stamp(notebook: Path, profile: Profile, previous: str, code_hash: str) -> str:
+def stage_stamp(notebook: Path, profile: Profile, previous: str, code: str) -> str:
     sections = _declared_sections(notebook)
     unknown = [s for s in sections if s not in profile.to_dict()]
     if unknown:
@@ -65,7 +73,7 @@ def stage_stamp(notebook: Path, profile: Profile, previous: str, code_hash: str)
     payload = {
         "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
         "config": profile.section_hash("run", *sections),
-        "code": code_hash,
+        "code": code,
         "previous": previous,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -80,12 +88,11 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
     profile = load_profile(profile_name, overrides)
     run_dir = profile.run_dir(root)
     out_dir, stamp_dir = run_dir / "notebooks", run_dir / "stamps"
-    code_hash = _source_hash()
     results: list[StageResult] = []
     previous = ""
     for notebook in find_notebooks(root):
         number = _number(notebook)
-        stamp = stage_stamp(notebook, profile, previous, code_hash)
+        stamp = stage_stamp(notebook, profile, previous, code_hash(notebook))
         previous = stamp
         if (start is not None and number < start) or (stop is not None and number > stop):
             continue

@@ -10,12 +10,12 @@ import of a recrepro module is allowed only where it keeps a heavy dependency ou
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "recrepro"
+from recrepro.imports import all_modules, import_graph, imports_in
+
 LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix wins
     "recrepro": 0, "recrepro.config": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
     "recrepro.paths": 0,
@@ -32,15 +32,6 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
 LAZY_ALLOWED = {("recrepro.tools.space", "recrepro.baselines.sequential_scorer")}
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def all_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
 def layer_of(module: str) -> int:
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
@@ -48,52 +39,6 @@ def layer_of(module: str) -> int:
         if prefix in LAYERS:
             return LAYERS[prefix]
     raise KeyError(f"{module}: no layer assigned in LAYERS")
-
-
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-    return skipped
-
-
-def _resolve(target: str, modules: dict[str, Path]) -> str | None:
-    while target and target not in modules:
-        target = target.rpartition(".")[0]
-    return target or None
-
-
-def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, bool]]:
-    """(imported recrepro module, imported inside a function) for every runtime import of ``name``."""
-    tree = ast.parse(path.read_text())
-    skipped = _type_checking_nodes(tree)
-    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for n in ast.walk(f)}
-    found = []
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # "from pkg import sub" imports the submodule when one exists by that name
-            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
-            targets = subs if len(subs) == len(node.names) else [node.module, *subs]
-        else:
-            continue
-        for target in targets:
-            if target.split(".")[0] != "recrepro":
-                continue
-            resolved = _resolve(target, modules)
-            if resolved and resolved != name:
-                found.append((resolved, id(node) in local))
-    return found
-
-
-def import_graph() -> dict[str, list[tuple[str, bool]]]:
-    modules = all_modules()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -125,11 +70,13 @@ def test_find_cycle_on_known_graphs():
     assert find_cycle({"a": {"a2"}, "a2": set(), "x": {"y"}, "y": {"x"}}) == ["x", "y", "x"]
 
 
-def test_imports_of_counts_function_local_imports_and_skips_type_checking(tmp_path):
-    modules = {"recrepro.a": tmp_path / "a.py", "recrepro.b": tmp_path / "b.py", "recrepro.c": tmp_path / "c.py"}
-    modules["recrepro.a"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recrepro.c import C\n"
-                                     "def f():\n    from recrepro.b import g\n    return g\n")
-    assert imports_of("recrepro.a", modules["recrepro.a"], modules) == [("recrepro.b", True)]
+def test_imports_in_counts_function_local_imports_and_skips_type_checking():
+    import ast
+
+    modules = {"recrepro.a": Path("a.py"), "recrepro.b": Path("b.py"), "recrepro.c": Path("c.py")}
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from recrepro.c import C\n"
+                     "def f():\n    from recrepro.b import g\n    return g\n")
+    assert imports_in(tree, modules, "recrepro.a") == [("recrepro.b", True)]
 
 
 def test_no_import_cycles():

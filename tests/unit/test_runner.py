@@ -67,3 +67,31 @@ def test_repo_notebooks_are_thin_and_parameterised():
         stage_stamp(path, load_profile("smoke"), "", "")  # declared sections exist
         assert all(cell.get("id") for cell in nb["cells"]), f"{path}: cells need ids (nbformat 4.5)"
         nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
+
+
+def test_a_stage_hashes_only_the_code_it_reaches():
+    """Issue 13: editing one stage's module re-runs that stage and the ones after it (stamps chain),
+    not the stages before: each notebook's code hash covers only the modules its imports reach."""
+    from recrepro.imports import all_modules, closure, import_graph, notebook_imports
+
+    modules, graph = all_modules(), import_graph()
+    used = {nb.name[:2]: closure(notebook_imports(nb, modules), graph)
+            for nb in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+    assert "recrepro.stages.rta" in used["04"] and "recrepro.rl.grpo" in used["04"]
+    assert not any("recrepro.rl.grpo" in used[n] or "recrepro.stages.rta" in used[n] for n in ("00", "01", "02"))
+    assert "recrepro.stages.figures" in used["07"] and "recrepro.stages.figures" not in used["04"]
+    assert "recrepro.config" in used["00"] and "recrepro" in used["00"]  # packages run their __init__
+
+
+def test_code_hash_changes_with_a_used_module_only(tmp_path, monkeypatch):
+    from recrepro import runner
+
+    package = tmp_path / "recrepro"
+    shutil.copytree(runner.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "PACKAGE_DIR", package)
+    notebooks = {n: next((REPO_ROOT / "notebooks").glob(f"{n}_*.ipynb")) for n in ("01", "07")}
+    before = {n: runner.code_hash(nb) for n, nb in notebooks.items()}
+    with open(package / "stages" / "figures.py", "a") as f:
+        f.write("\n# an edit\n")
+    after = {n: runner.code_hash(nb) for n, nb in notebooks.items()}
+    assert after["01"] == before["01"] and after["07"] != before["07"]
