@@ -121,14 +121,8 @@ def _warm_start_trainer_class() -> type:
     return WarmStartTrainer
 
 
-# The copy curriculum [G] (``warmstart.copy_steps``). Measured on the cpu profile (tiny-qwen3-m,
-# teacher-forced accuracy of the ten copied numbers on 30 test transcripts): 1,000 mixed warm-start
-# steps on whole transcripts (about 1,900 tokens) did not teach the model to copy the popularity
-# line (0 of 46 sampled copies exact), with or without short tails mixed in; 300 steps on 160-token
-# tails alone copied perfectly in tails (30/30 at every position) but not in whole transcripts
-# (2-7/30); 200 more steps on tails of 320, 640, 1,280 tokens and whole transcripts copied
-# perfectly in whole transcripts too (30/30). Attention must learn to find one line among ever
-# more tokens, so the tails grow.
+# The copy curriculum [G] (``warmstart.copy_steps``): short tails first, then longer ones, because a tiny model
+# trained on whole transcripts never learnt to copy the popularity line (docs/measurements.md).
 COPY_SHORT_TOKENS = 160  # [G] holds the popularity line, the final turn and the answer
 COPY_LONG_TOKENS = (320, 640, 1280)  # [G] then longer tails, beside the whole transcripts
 COPY_SHORT_BATCH = 16  # [G] short tails are cheap

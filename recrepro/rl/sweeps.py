@@ -26,15 +26,8 @@ Warm start (smoke only, tiny backbones): the profile's own backbone keeps its ca
 steps, so at smoke size the sizes differ in warm start too and Figure 5 shows the machinery, not the
 paper's trend. Smoke numbers are never a reproduction of the paper.
 
-Smoke budget (notebook 07 gets about 5 of the chain's 20 minutes on 2 shared CPU cores), measured
-with OMP_NUM_THREADS=1: a warm-start step costs 0.45 s for s, and cost 1.45 s / 8.3 s for the former
-m / l specs, hence the smaller m / l in :data:`recrepro.models.TINY_SIZES` and 24 warm-start steps for
-them (``sweeps.warmstart_steps``; 800 are needed for valid answers at size s, so m and l answer
-invalidly at smoke size). With the smoke ``sweeps`` section (2 steps x 2 instances, 4 validation and
-16 test lists per point) and 40 warm-start steps for m / l, the five runs (G 2/4/8 on s, m and l at
-G 2; s at G 2 is shared) took 292 s in all at load ~3.5, of which training 17 / 23 / 49 s (G 2/4/8)
-and 17 / 19 s (m / l); 24 warm-start steps instead of 40 save roughly another 40 s (estimated from
-the per-step costs above, not measured).
+The smoke budget behind the smaller m / l tiny sizes and ``sweeps.warmstart_steps`` is in
+docs/measurements.md.
 """
 
 from __future__ import annotations
