@@ -241,3 +241,15 @@ def ensure_tiny_qwen3(run_dir: Path | str, name: str, corpus: Callable[[], Itera
                                               _corpus_tools_key(corpus_tools).get("corpus_tools")):
             return folder
     return build_tiny_qwen3(size, folder, corpus(), seed=seed, corpus_version=corpus_version, corpus_tools=corpus_tools)
+
+
+def checkpointing_argument(args_class: type, enabled: bool) -> dict[str, bool]:
+    """The trainer-arguments keyword that switches activation (gradient) checkpointing.
+
+    transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing``; the CPU pins
+    (5.23) know the new name, the GPU pins (5.17, which vLLM 0.31 needs) only the old one.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}

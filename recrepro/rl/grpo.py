@@ -52,7 +52,7 @@ from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, completions_per_micro_step, model_context
 from recrepro.io import atomic_dir, write_json_atomic
-from recrepro.models import load_causal_lm, resolve_device
+from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
 
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def build_grpo_config(profile: Profile, output_dir: Path | str, processes: int |
         use_vllm=vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=rta.vllm_gpu_memory_utilization,
         vllm_max_model_length=model_context(profile),  # else vLLM sizes its cache for the native window
         # Device and precision: the CPU overrides of DESIGN.md 4
-        use_cpu=cpu, bf16=bf16, fp16=False, activation_checkpointing=not cpu,  # = gradient_checkpointing
+        use_cpu=cpu, bf16=bf16, fp16=False, **checkpointing_argument(GRPOConfig, not cpu),
         # Bookkeeping
         logging_steps=rta.logging_steps, save_strategy="steps", save_steps=rta.save_steps,
         report_to="none", log_completions=False, disable_tqdm=True, dataloader_num_workers=0,

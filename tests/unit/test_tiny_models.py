@@ -42,3 +42,21 @@ def test_sizes_grow_and_names_resolve(tmp_path):
     assert tiny_model_dir(tmp_path, "m") == tmp_path / "models" / "tiny-qwen3-m"
     with pytest.raises(ValueError):
         tiny_size_of("tiny-qwen3-xl")
+
+
+def test_checkpointing_argument_follows_the_installed_transformers():
+    """5.23 (CPU pins) names it activation_checkpointing; 5.17 (GPU pins) gradient_checkpointing."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from recrepro.models import checkpointing_argument
+
+    @dataclasses.dataclass
+    class OldArgs:
+        gradient_checkpointing: bool = False
+
+    assert checkpointing_argument(OldArgs, True) == {"gradient_checkpointing": True}
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    expected = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    assert checkpointing_argument(GRPOConfig, False) == {expected: False}
