@@ -16,6 +16,8 @@ figures show the machinery, never the paper's trends.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from recrepro.config import load_profile
 from recrepro.metrics import chance_metrics
 from recrepro.rl.rta import train_log_path
 from recrepro.rl.rta_log import read_train_log
@@ -84,7 +87,7 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
 def _long_metrics(table: pd.DataFrame, x: str) -> pd.DataFrame:
     """Long rows (``x``, metric, value): accepts the sweep CSVs (long) or one column per metric (wide)."""
     if {"metric", "value"} <= set(table.columns):
-        long = table[[x, "metric", "value"]]
+        long = table[[x, "metric", "value", *[c for c in ("lo", "hi") if c in table.columns]]]
     else:
         long = table.melt(id_vars=[x], value_vars=[m for m in METRICS if m in table.columns],
                           var_name="metric", value_name="value")
@@ -114,6 +117,10 @@ def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile:
             rows = rows.sort_values(x)
             colour = f"C{i}"
             ax.plot(rows[x], rows["value"], marker="o", color=colour, label=metric)
+            if {"lo", "hi"} <= set(rows.columns) and rows[["lo", "hi"]].notna().all().all():
+                # the 95% bootstrap interval of each point (the sweep CSVs' lo / hi columns)
+                ax.errorbar(rows[x], rows["value"], yerr=[rows["value"] - rows["lo"], rows["hi"] - rows["value"]],
+                            fmt="none", ecolor=colour, elinewidth=1, capsize=3)
             if other is not None:
                 dotted = other[other["metric"] == metric].sort_values(x)
                 ax.plot(dotted[x], dotted["value"], marker=".", ls=":", color=colour, alpha=0.8)
@@ -127,7 +134,7 @@ def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile:
             ax.set_xscale("log", base=log_base)
         ax.set_xticks(list(ticks), list(ticks.values()))
         ax.minorticks_off()
-        ax.set(xlabel=xlabel, ylabel=f"{family} (test subset)", ylim=(0, 1), title=family)
+        ax.set(xlabel=xlabel, ylabel=f"{family} (test subset; bars: 95% interval)", ylim=(0, 1), title=family)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{title}, {profile} profile", fontsize=11)
     fig.tight_layout()
@@ -191,3 +198,35 @@ def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFra
     out_dir = profile.figures_dir(root)
     return {"fig4": plot_group_size(sweeps["group_size"], profile.run.name, out_dir, chance),
             "fig5": plot_backbone_size(sweeps["backbone"], profile.run.name, out_dir, chance)}
+
+
+def redraw(profile: Any, root: Path | str = ".") -> dict[str, tuple]:
+    """Figures 3-5 again from the saved training log and sweep CSVs (seconds; nothing is retrained)."""
+    results = profile.results_dir(root)
+    sweeps = {name: pd.read_csv(results / f"{stem}.csv") for name, stem in
+              (("group_size", "fig4_group_size"), ("backbone", "fig5_backbone_size")) if (results / f"{stem}.csv").is_file()}
+    out = {}
+    if len(sweeps) == 2:
+        out.update(figures_4_and_5(profile, root, sweeps))
+    try:
+        out["fig3"] = figure3(profile, root)
+    except FileNotFoundError as exc:
+        print(f"[figures] Figure 3 not redrawn: {exc}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recrepro.stages.figures --profile cpu``: redraw the figures from the saved outputs."""
+    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.figures", description=main.__doc__)
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".")
+    args = parser.parse_args(argv)
+    drawn = redraw(load_profile(args.profile), args.root)
+    for name, (fig, paths) in drawn.items():
+        plt.close(fig)
+        print(name, ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,3 +112,30 @@ def test_fig5_draws_ppr_solid_and_stage_1_dotted(tmp_path):
     assert list(solid.get_ydata()) == pytest.approx(list(dotted[0].get_ydata() + 0.1))
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["s\n(0.36M, 100% valid)", "m\n(0.61M, 75% valid)"]
     assert "stage 1 only (dotted)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_fig4_draws_the_95_percent_interval_of_every_point(tmp_path):
+    """Issue 12 (e): the sweep CSVs' lo / hi columns become error bars, one per point and metric."""
+    from matplotlib.container import ErrorbarContainer
+
+    table = pd.DataFrame({"group_size": [2, 4, 8] * 2, "metric": ["H@10"] * 3 + ["N@10"] * 3,
+                          "value": [0.6, 0.7, 0.7, 0.3, 0.4, 0.4], "lo": [0.5, 0.6, 0.6, 0.2, 0.3, 0.3],
+                          "hi": [0.7, 0.8, 0.8, 0.4, 0.5, 0.5]})
+    fig, _ = plot_group_size(table, "cpu", tmp_path)
+    bars = [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # H@10 in the left panel, N@10 in the right
+    segments = bars[0].lines[2][0].get_segments()
+    assert [tuple(s[:, 1]) for s in segments] == [(0.5, 0.7), (0.6, 0.8), (0.6, 0.8)]
+
+
+def test_redraw_uses_the_saved_csvs(tmp_path, smoke_profile):
+    from recrepro.stages.figures import redraw
+
+    results = smoke_profile.results_dir(tmp_path)
+    results.mkdir(parents=True)
+    base = {"metric": ["N@10"] * 2, "value": [0.3, 0.4], "lo": [0.2, 0.3], "hi": [0.4, 0.5], "valid_share": [1.0, 1.0]}
+    pd.DataFrame({"group_size": [2, 4], **base}).to_csv(results / "fig4_group_size.csv", index=False)
+    pd.DataFrame({"backbone": ["tiny-qwen3-s", "tiny-qwen3-m"], "parameters": [3.6e5, 6.1e5], "stage": ["RTA"] * 2,
+                  **base}).to_csv(results / "fig5_backbone_size.csv", index=False)
+    drawn = redraw(smoke_profile, tmp_path)
+    assert {"fig4", "fig5"} <= set(drawn) and (smoke_profile.figures_dir(tmp_path) / "fig4_group_size.png").is_file()
