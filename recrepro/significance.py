@@ -262,9 +262,10 @@ def dataset_comparisons(profile: Profile, root: Path | str, dataset: str,
     return rows, skipped
 
 
-def render_comparisons(frame: pd.DataFrame, profile_name: str, skipped: dict[str, list[str]]) -> str:
+def render_comparisons(frame: pd.DataFrame, profile_name: str, skipped: dict[str, list[str]],
+                       title: str = "Paired comparisons of the ablation rows") -> str:
     """Markdown of :func:`run_comparisons`: one table per dataset, then the pairs that could not run."""
-    lines = ["# Paired comparisons of the ablation rows", "",
+    lines = [f"# {title}", "",
              f"Profile: **{profile_name}**. Each pair is scored on the test instances both rows share (joined on "
              "sample id); \"positions\" is the First ten candidates reference row."
              + (" Smoke numbers: tiny CPU models on ml-100k, not a reproduction of the paper."

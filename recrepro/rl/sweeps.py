@@ -140,6 +140,18 @@ def row_name(point: SweepPoint, stage: str = "RTA") -> str:
     return f"sweep {point.name}" + ("" if stage == "RTA" else "+PPR")
 
 
+def neighbour_pairs(points: dict[str, list[SweepPoint]]) -> tuple[tuple[str, str, str], ...]:
+    """(label, row, neighbour's row) for each point against the previous one of its sweep: each G against
+    the next smaller G, each backbone against the previous (smaller) one in the profile's order."""
+    def short(point: SweepPoint) -> str:
+        return point.backbone.rstrip("/").rsplit("/", 1)[-1]
+
+    sizes = sorted(points.get("group_size", []), key=lambda p: p.group_size)
+    backbones = points.get("backbone", [])
+    return (*((f"G={b.group_size} vs G={a.group_size}", row_name(b), row_name(a)) for a, b in zip(sizes, sizes[1:])),
+            *((f"{short(b)} vs {short(a)}", row_name(b), row_name(a)) for a, b in zip(backbones, backbones[1:])))
+
+
 def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoint, force: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or skip, when its stamp is unchanged) and evaluate one sweep point (stage 1)."""

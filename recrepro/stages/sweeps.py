@@ -24,8 +24,10 @@ from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.sweeps import (RESULT_COLUMNS, SWEEPS, SweepPoint, adopt_main_policy, canonical_backbone,
-                                point_profile, result_rows, row_name, run_point, run_point_ppr, sweep_dataset,
-                                sweep_dir, sweep_points, write_results)
+                                neighbour_pairs, point_profile, result_rows, row_name, run_point, run_point_ppr,
+                                sweep_dataset, sweep_dir, sweep_points, write_results)
+from recrepro.significance import COMPARISON_COLUMNS, dataset_comparisons, render_comparisons
+
 
 def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, points: list[SweepPoint],
                               force: bool = False, log: Callable[[str], None] = print) -> None:
@@ -84,10 +86,23 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                 runs[name] = run_point_ppr(profile, root, dataset, point, runs[point.name], force=force, log=log)
                 rows += result_rows(profile, dataset, sweep, point, runs[name])
         out[sweep] = write_results(profile, root, sweep, rows)
+    out["comparisons"] = write_sweep_comparisons(profile, root, dataset, points)
     write_text_atomic(sweep_dir(profile, root, dataset) / "sweeps.json",
                       json.dumps({name: {k: v for k, v in run.items() if k != "row"} for name, run in runs.items()},
                                  indent=2, sort_keys=True, default=str) + "\n")
     return out
+
+
+def write_sweep_comparisons(profile: Profile, root: Path | str, dataset: str,
+                            points: dict[str, list[SweepPoint]]) -> pd.DataFrame:
+    """Paired tests of neighbouring sweep points on the same test lists -> ``sweep_comparisons.csv``/``.md``."""
+    rows, skipped = dataset_comparisons(profile, root, dataset, neighbour_pairs(points))
+    frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    results = profile.results_dir(root)
+    write_text_atomic(results / "sweep_comparisons.csv", frame.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(results / "sweep_comparisons.md", render_comparisons(
+        frame, profile.run.name, {dataset: skipped}, title="Paired comparisons of neighbouring sweep points (Figures 4, 5)"))
+    return frame
 
 
 def all_points(profile: Profile) -> dict[str, SweepPoint]:

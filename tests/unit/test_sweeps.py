@@ -154,3 +154,14 @@ def test_cli_ppr_stages_use_the_notebooks_folder_start_and_sizes(monkeypatch, tm
         "rounds": [{"mining": {}}], "rows": [{}], "skipped": True, "final": str(folder / "final")})
     sweeps.run_point_ppr(load_profile("smoke"), tmp_path, "ml-100k", point, {"final": str(final), "parameters": 1})
     assert (seen["folder"], Path(seen["start"]), seen["row_name"]) == (folder, final, "sweep tiny-qwen3-m-G2+PPR")
+
+
+def test_neighbour_pairs_of_the_cpu_sweeps():
+    """The paired tests behind Figures 4 and 5 compare each point with its smaller neighbour."""
+    from recrepro.rl.sweeps import neighbour_pairs
+
+    pairs = neighbour_pairs(sweep_points(load_profile("cpu")))
+    assert pairs == (("G=4 vs G=2", "sweep tiny-qwen3-m-G4", "sweep tiny-qwen3-m-G2"),
+                     ("G=8 vs G=4", "sweep tiny-qwen3-m-G8", "sweep tiny-qwen3-m-G4"),
+                     ("tiny-qwen3-m vs tiny-qwen3-s", "sweep tiny-qwen3-m-G8", "sweep tiny-qwen3-s-G8"),
+                     ("tiny-qwen3-l vs tiny-qwen3-m", "sweep tiny-qwen3-l-G8", "sweep tiny-qwen3-m-G8"))
