@@ -46,10 +46,13 @@ def _number(notebook: Path) -> int:
     return int(notebook.name[:2])
 
 
-def code_hash(notebook: Path) -> str:
-    """SHA-256 of the library modules ``notebook`` reaches through its imports, and of the package data."""
+def code_hash(notebook: Path, graph: dict | None = None) -> str:
+    """SHA-256 of the library modules ``notebook`` reaches through its imports, and of the package data.
+
+    ``graph`` (:func:`recrepro.imports.import_graph` of the package) is parsed once per chain by the caller.
+    """
     modules = all_modules(PACKAGE_DIR)
-    used = closure(notebook_imports(notebook, modules), import_graph(PACKAGE_DIR))
+    used = closure(notebook_imports(notebook, modules), graph if graph is not None else import_graph(PACKAGE_DIR))
     files = [modules[name] for name in sorted(used)]
     files += [p for p in sorted(PACKAGE_DIR.rglob("*")) if p.suffix in (".yaml", ".csv", ".txt")
               and "__pycache__" not in p.parts]
@@ -90,9 +93,10 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
     out_dir, stamp_dir = run_dir / "notebooks", run_dir / "stamps"
     results: list[StageResult] = []
     previous = ""
+    graph = import_graph(PACKAGE_DIR)  # parsed once, not once per notebook
     for notebook in find_notebooks(root):
         number = _number(notebook)
-        stamp = stage_stamp(notebook, profile, previous, code_hash(notebook))
+        stamp = stage_stamp(notebook, profile, previous, code_hash(notebook, graph))
         previous = stamp
         if (start is not None and number < start) or (stop is not None and number > stop):
             continue
