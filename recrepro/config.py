@@ -126,6 +126,7 @@ class AgentConfig:
     eval_greedy: bool  # greedy decoding for evaluation
     rollout_batch_size: int | None  # trajectories per generate call; None = all live ones
     enable_thinking: bool | None  # [G] Qwen3 hybrid templates' switch (false: no thinking); None = pass nothing
+    affinity_order: int  # [G] > 0: the user turn ends with the candidates by category affinity; 0 = off
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,8 @@ class WarmStartConfig:
     batch_size: int
     learning_rate: float
     ppr_share: float  # share of the scripted examples in the PPR (A/B) format; 0 = ranking only [G]
-    # [G] "category": one rule for every example; "mixed": each tool-using example follows one of
-    # several target-blind strategies (recrepro.agent.teacher.STRATEGIES), so the warm policy is a
-    # mixture that RL can sharpen
+    # [G] "category": one rule for every example; "mixed": each tool-using example follows one of several
+    # target-blind strategies (recrepro.agent.teacher.STRATEGIES), a mixture that RL can sharpen
     teacher: str = "category"
     copy_steps: int = 0  # [G] steps of each copy-curriculum phase after the warm start (0 = none)
 
@@ -344,6 +344,8 @@ def _validate(profile: Profile) -> None:
         raise ConfigError("tools: rating_low must be below rating_high")
     if profile.agent.prompt_style not in ("react", "apa"):
         raise ConfigError(f"agent.prompt_style: expected 'react' or 'apa', got {profile.agent.prompt_style!r}")
+    if not 0 <= profile.agent.affinity_order <= data.n_candidates:
+        raise ConfigError(f"agent.affinity_order: expected 0 to {data.n_candidates}, got {profile.agent.affinity_order}")
     if profile.run.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
     _validate_context(profile)
@@ -428,9 +430,9 @@ def _apply_override(raw: dict[str, Any], dotted: str, value: Any, path: Path) ->
 def _override_value(text: str) -> Any:
     """A command-line value read as YAML; ``2e-4`` (a string to YAML 1.1) is read as the float it means."""
     value = yaml.safe_load(text)
-    if isinstance(value, str):
+    if isinstance(value, str) and any(c.isdigit() for c in value):
         try:
-            return float(value) if any(c.isdigit() for c in value) else value
+            return float(value)
         except ValueError:
             return value
     return value

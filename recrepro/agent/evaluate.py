@@ -37,7 +37,7 @@ import pandas as pd
 from recrepro import paths
 from recrepro.agent.card import build_card, write_eval_card
 from recrepro.agent.env import RecAgentEnv
-from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, prompt_fingerprint
+from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, profile_spec, prompt_fingerprint
 from recrepro.agent.generators import HFGenerator, RolloutSettings, VLLMGenerator, vllm_available
 from recrepro.agent.rollout import AgentTask, RolloutEngine, TrajectoryRecord
 from recrepro.agent.warmstart import ensure_warm_tiny_model
@@ -143,8 +143,7 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
     the same per-instance scores are saved (the Table 1 name of the same run).
     """
 
-    spec = PromptSpec(variant=variant, style=profile.agent.prompt_style, top_k=profile.agent.top_k,
-                      max_tool_calls=profile.agent.max_tool_calls)
+    spec = profile_spec(profile.agent, variant)
     settings = settings or rollout_settings(profile)
     engine = RolloutEngine(backend.generator, backend.tokenizer, env_factory, settings, top_k=profile.agent.top_k,
                            max_tool_calls=profile.agent.max_tool_calls, max_context_tokens=backend.max_context_tokens)

@@ -11,7 +11,7 @@ import hashlib
 from string import Template
 from typing import Sequence
 
-from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item
+from recrepro.agent.prompt import PROMPT_DIR, ItemView, describe_item, history_affinity
 
 PROMPT_VERSION = "v1"
 DIRECTIONS = ("more", "less")
@@ -37,12 +37,21 @@ def ppr_prompt_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def _item_line(letter: str, item: ItemView, history: Sequence[ItemView], show_affinity: bool) -> str:
+    line = f"{letter}. {describe_item(item)}"
+    return f"{line}; category affinity with the history: {history_affinity(history, item)}" if show_affinity else line
+
+
 def ppr_messages(history: Sequence[ItemView], item_a: ItemView, item_b: ItemView, direction: str,
-                 max_tool_calls: int) -> list[dict[str, str]]:
-    """System and user messages of one pairwise question (history oldest first, as the agent prompt)."""
+                 max_tool_calls: int, show_affinity: bool = False) -> list[dict[str, str]]:
+    """System and user messages of one pairwise question (history oldest first, as the agent prompt).
+
+    ``show_affinity`` (``agent.affinity_order`` > 0) writes each item's history affinity beside it, the
+    pairwise form of the ranking prompt's affinity line."""
     system, question = _prompt_parts(direction)
     lines = [f"The user's history, oldest first ({len(history)} items):"]
     lines += [f"{i}. {describe_item(item)}" for i, item in enumerate(history, start=1)]
-    lines += ["", "Items:", f"A. {describe_item(item_a)}", f"B. {describe_item(item_b)}", "", question]
+    lines += ["", "Items:", _item_line("A", item_a, history, show_affinity),
+              _item_line("B", item_b, history, show_affinity), "", question]
     return [{"role": "system", "content": Template(system).substitute(max_tool_calls=max_tool_calls)},
             {"role": "user", "content": "\n".join(lines)}]

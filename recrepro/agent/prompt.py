@@ -17,12 +17,16 @@ Styles (``tirr`` only): ``react`` (think, act, observe) or ``apa`` (Analyze-Plan
 instruction scheme of RecThinker, PAPER.md 2).
 
 The user turn lists the history (oldest first, titles with categories where known) and the
-numbered candidates in their frozen order; the target is never marked.
+numbered candidates in their frozen order; the target is never marked. With ``agent.affinity_order``
+> 0 [G] it ends with the candidates ordered by category affinity with the history
+(:func:`history_affinity`), a summary of what the turn already shows: a 4B model can weigh the
+history's categories in its head, a tiny one cannot, so the profile writes the sum out for it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -76,6 +80,7 @@ class PromptSpec:
     style: str = "react"
     top_k: int = 10  # [N] PAPER.md 1.1
     max_tool_calls: int = 10  # [N] PAPER.md 1.3
+    affinity_order: int = 0  # [G] agent.affinity_order: candidates on the affinity line; 0 = no line
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -123,15 +128,44 @@ def describe_item(item: ItemView) -> str:
     return f"{title} ({', '.join(labels)})" if labels else title
 
 
+def history_affinity(history: Sequence[ItemView], item: ItemView) -> int:
+    """How many times the history's items carry the item's categories: the sum, over the item's
+    categories, of the number of history items that carry each one."""
+    counts = Counter(c for seen in history for c in seen.categories)
+    return sum(counts.get(c, 0) for c in item.categories)
+
+
+def affinity_ranking(instance: AgentInstance) -> list[int]:
+    """Candidate numbers by :func:`history_affinity`, highest first; ties keep candidate order."""
+    scores = [history_affinity(instance.history, item) for item in instance.candidates]
+    return sorted(range(1, len(scores) + 1), key=lambda k: (-scores[k - 1], k))
+
+
+def affinity_line(instance: AgentInstance, top: int) -> str:
+    """The ``top`` candidates by affinity in the answer's list syntax ``{[a, b, ...]}``, so that a tiny
+    model can copy it as it copies candidates_analyze's popularity line (recrepro/tools/impl.py)."""
+    order = affinity_ranking(instance)[:top]
+    return "By category affinity with the history, highest first: {[" + ", ".join(map(str, order)) + "]}"
+
+
 def user_prompt(instance: AgentInstance, spec: PromptSpec) -> str:
-    """History (oldest first) and the numbered candidates, then a one-line reminder of the task."""
+    """History (oldest first) and the numbered candidates, then a one-line reminder of the task and,
+    with ``spec.affinity_order``, the affinity line last (nearest the answer that copies it)."""
     lines = [f"The user's history, oldest first ({len(instance.history)} items):"]
     lines += [f"{i}. {describe_item(item)}" for i, item in enumerate(instance.history, start=1)]
     lines += ["", f"Candidates ({instance.n_candidates}):"]
     lines += [f"[{i}] {describe_item(item)}" for i, item in enumerate(instance.candidates, start=1)]
     lines += ["", f"Rank the {spec.top_k} candidates this user is most likely to choose next. "
               f"Answer with <answer>\\boxed{{[...]}}</answer> holding {spec.top_k} candidate numbers."]
+    if spec.affinity_order > 0:
+        lines.append(affinity_line(instance, spec.affinity_order))
     return "\n".join(lines)
+
+
+def profile_spec(agent: Any, variant: str) -> PromptSpec:
+    """The prompt of ``variant`` as a profile's ``agent`` section sets it up."""
+    return PromptSpec(variant=variant, style=agent.prompt_style, top_k=agent.top_k,
+                      max_tool_calls=agent.max_tool_calls, affinity_order=agent.affinity_order)
 
 
 def build_messages(instance: AgentInstance, spec: PromptSpec) -> list[dict[str, str]]:

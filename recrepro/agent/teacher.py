@@ -10,6 +10,9 @@ The category teacher [G] (``warmstart.teacher: category``; deterministic for an 
   ``<answer>\\boxed{[...]}</answer>``: first the candidates that share one of those categories, then
   the others, each group in candidate order, top K. Two increasing runs are the easiest shape of
   distinct numbers for a small model to learn.
+* with ``agent.affinity_order`` > 0 the prompt ends with the affinity line
+  (:func:`recrepro.agent.prompt.affinity_line`), and the answer copies that order instead (the
+  history strategy of the mixed teacher and every R example): the same category signal, written out.
 
 The mixed teacher (``warmstart.teacher: mixed``) draws one strategy per tool-using example (see
 :data:`STRATEGIES`); reasoning-only (R) examples always use the category rule, the only one R's
@@ -18,8 +21,9 @@ prompt supports.
 PPR format (``warmstart.ppr_share`` of the examples; stage 2, PAPER.md 1.5): two of the instance's
 candidates shown as A and B, the MORE or LESS question of :mod:`recrepro.agent.pairwise`, one
 ``get_user_profile`` call, then ``<answer>\\boxed{A}</answer>`` or ``B``. The teacher prefers the
-item whose categories the history shares more often (the ranking teacher's signal; ties go to A for
-MORE and so to B for LESS), because it depends only on what the prompt shows [G].
+item with the higher :func:`~recrepro.agent.prompt.history_affinity` (the ranking teacher's signal;
+ties go to A for MORE and so to B for LESS), because it depends only on what the prompt shows [G];
+with ``agent.affinity_order`` > 0 the prompt shows both affinities beside the items.
 
 No teacher ever sees the target, so they teach the format, not the answer. :func:`encode_transcript`
 lays a transcript out exactly as the rollout engine does, with a loss mask over the tokens the model
@@ -38,7 +42,8 @@ from typing import Any, Callable, Sequence
 from recrepro.agent.env import RecAgentEnv, env_tools, pair_columns
 from recrepro.agent.pairwise import ppr_messages
 from recrepro.agent.parser import format_answer, format_choice, format_tool_call
-from recrepro.agent.prompt import AgentInstance, PromptSpec, build_messages, render_prompt
+from recrepro.agent.prompt import (AgentInstance, PromptSpec, affinity_ranking, build_messages, history_affinity,
+                                   render_prompt)
 from recrepro.agent.rollout import tool_suffix_text
 
 TEACHER_VERSION = "v1"
@@ -66,8 +71,12 @@ def _top_categories(instance: AgentInstance) -> list[str]:
     return [c for c, _ in ranked[:2]]
 
 
-def teacher_ranking(instance: AgentInstance, top_k: int) -> list[int]:
-    """Candidates sharing one of the history's two top categories first, then the rest; each in order."""
+def teacher_ranking(instance: AgentInstance, top_k: int, affinity: bool = False) -> list[int]:
+    """Candidates sharing one of the history's two top categories first, then the rest; each in order.
+
+    With ``affinity`` (the prompt shows the affinity line), the affinity order the line shows."""
+    if affinity:
+        return affinity_ranking(instance)[:top_k]
     top = set(_top_categories(instance))
     first = [i for i, item in enumerate(instance.candidates, start=1) if top & set(item.categories)]
     rest = [i for i in range(1, instance.n_candidates + 1) if i not in set(first)]
@@ -99,6 +108,7 @@ _THOUGHTS = {
                                   "Plan: find items similar to the latest one. Act: call get_similar_items.",
 }
 _FINAL = "Candidates in {fav} fit this user best, so they go first."
+_AFFINITY_FINAL = "The candidates whose categories the history holds most often go first."
 
 
 def _thought(text: str) -> str:
@@ -127,7 +137,8 @@ def teacher_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentE
             turns.append(text)
             tool_messages.append(tool)
             messages += [{"role": "assistant", "content": text}] + tool
-    final = _thought(_FINAL.format(fav=fav)) + format_answer(teacher_ranking(instance, spec.top_k))
+    closing = _AFFINITY_FINAL if spec.affinity_order > 0 else _FINAL.format(fav=fav)
+    final = _thought(closing) + format_answer(teacher_ranking(instance, spec.top_k, spec.affinity_order > 0))
     turns.append(final)
     tool_messages.append([])
     messages.append({"role": "assistant", "content": final})
@@ -167,7 +178,7 @@ def _mixed_transcript(instance: AgentInstance, spec: PromptSpec, env: RecAgentEn
     messages = build_messages(instance, spec)
     opening = _thought(_MIXED_OPENING[strategy].format(fav=_favourites(instance)))
     if strategy == "history":
-        final = opening + format_answer(teacher_ranking(instance, spec.top_k))
+        final = opening + format_answer(teacher_ranking(instance, spec.top_k, spec.affinity_order > 0))
         messages.append({"role": "assistant", "content": final})
         return Transcript(messages, [final], [[]], spec.uses_tools)
     if env is None:
@@ -218,27 +229,21 @@ _PPR_FINAL = {"more": "Item {pick} shares more of the user's favourite categorie
 _PPR_FIRST = "I compare A and B with the user's taste. The history leans to {fav}; I read the profile first."
 
 
-def category_affinity(instance: AgentInstance, item: Any) -> int:
-    """How often the history's items carry the item's categories (the teacher's preference signal)."""
-    counts = _history_categories(instance)
-    return sum(counts.get(c, 0) for c in item.categories)
-
-
 def ppr_teacher_letter(instance: AgentInstance, item_a: Any, item_b: Any, direction: str) -> str:
     """MORE: the item with the higher affinity (A on a tie); LESS: the other one."""
-    more = "A" if category_affinity(instance, item_a) >= category_affinity(instance, item_b) else "B"
+    more = "A" if history_affinity(instance.history, item_a) >= history_affinity(instance.history, item_b) else "B"
     if direction == "more":
         return more
     return "B" if more == "A" else "A"
 
 
 def ppr_teacher_transcript(instance: AgentInstance, positions: tuple[int, int], direction: str,
-                           max_tool_calls: int, env: RecAgentEnv) -> Transcript:
+                           max_tool_calls: int, env: RecAgentEnv, show_affinity: bool = False) -> Transcript:
     """A pairwise (PPR) trajectory on candidates ``positions`` (1-based, shown as A and B)."""
 
     item_a, item_b = (instance.candidates[p - 1] for p in positions)
     fav = _favourites(instance)
-    messages = ppr_messages(instance.history, item_a, item_b, direction, max_tool_calls)
+    messages = ppr_messages(instance.history, item_a, item_b, direction, max_tool_calls, show_affinity)
     first = _thought(_PPR_FIRST.format(fav=fav)) + format_tool_call("get_user_profile", {})
     tool = [{"role": "tool", "name": "get_user_profile", "content": str(env.get_user_profile())}]
     letter = ppr_teacher_letter(instance, item_a, item_b, direction)
@@ -248,8 +253,8 @@ def ppr_teacher_transcript(instance: AgentInstance, positions: tuple[int, int], 
 
 
 def ppr_teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], rows: Sequence[dict],
-                         env_factory: Callable[[], RecAgentEnv], n: int, seed: int, max_tool_calls: int
-                         ) -> list[tuple[list[int], list[int]]]:
+                         env_factory: Callable[[], RecAgentEnv], n: int, seed: int, max_tool_calls: int,
+                         show_affinity: bool = False) -> list[tuple[list[int], list[int]]]:
     """``n`` encoded PPR transcripts, cycling over the instances; pair and direction drawn with ``seed``."""
     if n <= 0 or not instances:
         return []
@@ -263,7 +268,7 @@ def ppr_teacher_examples(tokenizer: Any, instances: Sequence[AgentInstance], row
         env = env_factory()
         # Bound to the two shown items, as PPR rollouts are (the tools then name them [A] and [B]).
         env.reset(**{**row, **pair_columns(*(instance.candidates[p - 1].item_id for p in positions))})
-        transcript = ppr_teacher_transcript(instance, positions, direction, max_tool_calls, env)
+        transcript = ppr_teacher_transcript(instance, positions, direction, max_tool_calls, env, show_affinity)
         examples.append(encode_transcript(tokenizer, transcript, probe_tools))
     return examples
 

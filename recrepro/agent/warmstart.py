@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
-from recrepro.agent.prompt import PROMPT_VERSION, AgentInstance, PromptSpec, instance_from_sample, item_views
+from recrepro.agent.prompt import PROMPT_VERSION, AgentInstance, PromptSpec, instance_from_sample, profile_spec, item_views
 from recrepro.agent.teacher import (MIXED_TEACHER_VERSION, PPR_TEACHER_VERSION, TEACHER_VERSION, n_ppr_examples,
                                     ppr_teacher_examples, teacher_examples, teacher_strategies)
 from recrepro.data.pipeline import load_benchmark
@@ -137,10 +137,11 @@ def copy_tail(example: tuple[list[int], list[int]], tokens: int) -> tuple[list[i
 
 def copy_sources(examples: Sequence[tuple[list[int], list[int]]], n_instances: int, specs: Sequence[PromptSpec],
                  teacher: str, seed: int) -> list[tuple[list[int], list[int]]]:
-    """The examples of :func:`teacher_examples` whose answer copies the popularity line."""
+    """The examples of :func:`teacher_examples` whose answer copies a line: candidates_analyze's popularity
+    line, and with ``affinity_order`` the prompt's affinity line (every other ranking example)."""
     strategies = teacher_strategies(n_instances, teacher, seed)
     return [examples[i * len(specs) + j] for i in range(n_instances) for j, spec in enumerate(specs)
-            if spec.uses_tools and strategies[i] == "popularity"]
+            if spec.affinity_order > 0 or (spec.uses_tools and strategies[i] == "popularity")]
 
 
 def copy_curriculum(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]],
@@ -174,7 +175,9 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
     sources = copy_sources(examples, len(instances), specs, teacher, settings.seed)
     n_ppr = n_ppr_examples(len(examples), ppr_share)
     max_calls = specs[0].max_tool_calls if specs else 10
-    examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls)
+    show_affinity = bool(specs) and specs[0].affinity_order > 0
+    examples += ppr_teacher_examples(loaded.tokenizer, instances, rows, env_factory, n_ppr, settings.seed, max_calls,
+                                     show_affinity)
     losses = warm_start(loaded.model, loaded.tokenizer, examples, settings, progress)
     copy_losses = copy_curriculum(loaded.model, loaded.tokenizer, examples, sources, settings, copy_steps, progress)
     out_dir = Path(out_dir)
@@ -182,7 +185,7 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "teacher": teacher, "settings": settings.__dict__,
-                "examples": len(examples), "ppr_examples": n_ppr, "specs": [s.__dict__ for s in specs],
+                "examples": len(examples), "ppr_examples": n_ppr, "specs": [_recorded(s) for s in specs],
                 "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
                 "copy_losses": copy_losses, **(extra_info or {})}
         (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -194,6 +197,11 @@ def warmstart_settings(profile: Any) -> tuple[int, WarmStartSettings]:
     cfg = profile.warmstart
     return cfg.instances, WarmStartSettings(steps=cfg.steps, batch_size=cfg.batch_size,
                                             learning_rate=cfg.learning_rate, seed=profile.run.seed)
+
+
+def _recorded(spec: PromptSpec) -> dict[str, Any]:
+    """A spec's fields for the recipe; ``affinity_order`` only when on, so earlier recipes keep their cache."""
+    return {k: v for k, v in spec.__dict__.items() if k != "affinity_order" or v}
 
 
 def warm_model_dir(base_dir: Path) -> Path:
@@ -222,11 +230,9 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     out = warm_model_dir(base)
     n_instances, settings = warmstart_settings(profile)
     dataset = dataset or profile.data.datasets[0]
-    style = profile.agent.prompt_style
-    specs = [PromptSpec("tirr", style, profile.agent.top_k, profile.agent.max_tool_calls),
-             PromptSpec("r", style, profile.agent.top_k, profile.agent.max_tool_calls)]
+    specs = [profile_spec(profile.agent, "tirr"), profile_spec(profile.agent, "r")]
     recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
-              "instances": n_instances, "settings": settings.__dict__, "specs": [s.__dict__ for s in specs],
+              "instances": n_instances, "settings": settings.__dict__, "specs": [_recorded(s) for s in specs],
               "base_build": json.loads((base / "build_info.json").read_text())}
     if profile.warmstart.teacher != "category":  # recorded only when used, so v1 recipes keep their cache
         recipe["teacher"] = {"name": profile.warmstart.teacher, "version": MIXED_TEACHER_VERSION,

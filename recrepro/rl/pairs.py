@@ -51,9 +51,10 @@ def shown_items(pair: Mapping[str, Any]) -> tuple[str, str]:
     return str(pair["negative_item"]), str(pair["target_item"])
 
 
-def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, ItemView], max_tool_calls: int
-              ) -> list[dict[str, Any]]:
-    """Two rows per pair (MORE, LESS): the prompt, the columns ``reset(**row)`` reads and the answer."""
+def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, ItemView], max_tool_calls: int,
+              show_affinity: bool = False) -> list[dict[str, Any]]:
+    """Two rows per pair (MORE, LESS): the prompt, the columns ``reset(**row)`` reads and the answer
+    (``show_affinity``: ``agent.affinity_order`` > 0, see :func:`~recrepro.agent.pairwise.ppr_messages`)."""
     by_id = {int(s["sample_id"]): s for s in samples.to_dict("records")}
     rows = []
     for pair in pairs.to_dict("records"):
@@ -67,7 +68,8 @@ def pair_rows(pairs: pd.DataFrame, samples: pd.DataFrame, views: Mapping[str, It
             row.update(pair_columns(a, b))  # the tools name the two items A and B, as the prompt does
             row.update(pair_id=int(pair["pair_id"]), direction=direction,
                        answer_letter=correct_letter(bool(pair["a_is_target"]), direction),
-                       prompt=ppr_messages(history, _view(views, a), _view(views, b), direction, max_tool_calls))
+                       prompt=ppr_messages(history, _view(views, a), _view(views, b), direction, max_tool_calls,
+                                           show_affinity))
             rows.append(row)
     return rows
 

@@ -238,7 +238,8 @@ def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
                                 f"`python -m recrepro.stages.ppr --stage mine --round {k}` first (one process)")
     pairs, _ = read_pairs(paths.pairs)
     ctx = dataset_context(profile, root, dataset)
-    rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
+    rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls,
+                     profile.agent.affinity_order > 0)
     if not rows:
         raise ValueError(f"{paths.pairs}: no training pairs in round {k}; nothing to train (the in-process stage "
                          f"carries the policy forward)")
@@ -331,18 +332,20 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     rounds, valid_rows, before = [], None, None
     # Control pairs: every held-out instance's target against a uniformly drawn other candidate.
     control_rows = pair_rows(random_pairs(ctx.valid, profile.run.seed), ctx.valid, ctx.views,
-                             profile.agent.max_tool_calls)
+                             profile.agent.max_tool_calls, profile.agent.affinity_order > 0)
     for k in range(1, profile.ppr.rounds + 1):
         paths = round_paths(profile, root, dataset, k, folder, start)
         backend = load_backend(profile, root, model_path=paths.start)
         pairs, stats = read_pairs(mine_round(profile, root, ctx, paths, k, backend, log))
         if k == 1:  # the held-out pairs are the stage-1 policy's mistakes, fixed for before and after
-            valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls)
+            valid_rows = pair_rows(pairs["valid"], ctx.valid, ctx.views, profile.agent.max_tool_calls,
+                                   profile.agent.affinity_order > 0)
             before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
             random_before, judged_random_before = preference_accuracy(profile, backend, ctx, control_rows,
                                                                       f"{dataset} random-pair accuracy before")
         del backend
-        rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls)
+        rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls,
+                         profile.agent.affinity_order > 0)
         if rows:
             trained = train_round(profile, ctx, paths, rows, round_stamp(stamp, k, paths), log)
         else:

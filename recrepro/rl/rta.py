@@ -41,7 +41,7 @@ from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import make_env_factory, toolkit_env_factory
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.generators import RolloutSettings
-from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views
+from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views, profile_spec
 from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
@@ -104,8 +104,7 @@ def seeded_subset(samples: pd.DataFrame, limit: int | None, seed: int) -> pd.Dat
 
 
 def prompt_spec(profile: Profile, variant: str) -> PromptSpec:
-    return PromptSpec(variant=variant, style=profile.agent.prompt_style, top_k=profile.agent.top_k,
-                      max_tool_calls=profile.agent.max_tool_calls)
+    return profile_spec(profile.agent, variant)
 
 
 def training_rows(samples: pd.DataFrame, views: Mapping[str, Any], spec: PromptSpec) -> list[dict[str, Any]]:
