@@ -68,13 +68,25 @@ def _declared_sections(notebook: Path) -> list[str]:
     return list(meta.get("sections", []))
 
 
+def notebook_source_hash(notebook: Path) -> str:
+    """SHA-256 of what a notebook does: its cells' types and sources, and its ``metadata.recrepro``.
+
+    Outputs, execution counts and other metadata are left out, so stepping through a notebook in
+    JupyterLab and saving it does not invalidate the chain's cache.
+    """
+    content = json.loads(notebook.read_text())
+    cells = [[cell.get("cell_type"), "".join(cell.get("source", ""))] for cell in content.get("cells", [])]
+    payload = {"cells": cells, "recrepro": content.get("metadata", {}).get("recrepro", {})}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def stage_stamp(notebook: Path, profile: Profile, previous: str, code: str) -> str:
     sections = _declared_sections(notebook)
     unknown = [s for s in sections if s not in profile.to_dict()]
     if unknown:
         raise ValueError(f"{notebook}: metadata.recrepro.sections names unknown profile section(s) {unknown}")
     payload = {
-        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest(),
+        "notebook": notebook_source_hash(notebook),
         "config": profile.section_hash("run", *sections),
         "code": code,
         "previous": previous,

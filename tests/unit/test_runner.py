@@ -95,3 +95,21 @@ def test_code_hash_changes_with_a_used_module_only(tmp_path, monkeypatch):
         f.write("\n# an edit\n")
     after = {n: runner.code_hash(nb) for n, nb in notebooks.items()}
     assert after["01"] == before["01"] and after["07"] != before["07"]
+
+
+def test_saving_outputs_in_lab_keeps_the_stamp(tmp_path):
+    """Issue 15: executing and saving a notebook (outputs, counts, metadata) leaves its stamp alone;
+    editing a cell's source changes it."""
+    _mini_chain(tmp_path)
+    path = tmp_path / "notebooks" / "01_step.ipynb"
+    profile = load_profile("smoke")
+    before = stage_stamp(path, profile, "", "")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="ran\n")]
+    nb.cells[1].execution_count = 7
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.9"}
+    nbformat.write(nb, path)
+    assert stage_stamp(path, profile, "", "") == before
+    nb.cells[1].source += "\nx = 2"
+    nbformat.write(nb, path)
+    assert stage_stamp(path, profile, "", "") != before
