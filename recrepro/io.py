@@ -88,6 +88,20 @@ def write_text_atomic(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
+TIMINGS_SUFFIX = "_timings"  # ``<stem>_timings.csv``: a table's volatile columns, never part of a reference
+
+
+def write_csv_split(path: Path | str, frame: pd.DataFrame, volatile: list[str], keys: list[str]) -> None:
+    """``frame`` without its ``volatile`` columns (wall times, cache counts) at ``path``, and those columns
+    beside ``keys`` in ``<stem>_timings.csv``, so a reproduced run rewrites ``path`` byte for byte."""
+    path = Path(path)
+    present = [c for c in volatile if c in frame.columns]
+    write_text_atomic(path, frame.drop(columns=present).to_csv(index=False))
+    if present:
+        timings = frame[[c for c in keys if c in frame.columns] + present]
+        write_text_atomic(path.with_name(f"{path.stem}{TIMINGS_SUFFIX}.csv"), timings.to_csv(index=False))
+
+
 def write_json_atomic(path: Path | str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -1,8 +1,10 @@
 """Evaluation cards: what an agent evaluation did, beyond its accuracy.
 
-Every agent evaluation writes one card per (dataset, model) into ``results/<profile>/eval_card.json``
+Every agent evaluation writes one card per (dataset, model) into the run's ``results/eval_card.json``
 (a mapping ``"<dataset>/<model>" -> card``, upserted so each evaluation replaces only its own
-card) and re-renders ``eval_card.md``. A card records:
+card) and re-renders ``eval_card.md``. Times (:data:`VOLATILE_KEYS`) differ from run to run, so they
+go to ``eval_timings.json`` / ``.md`` beside it and never into the card: a reproduced run then
+rewrites the card byte for byte (issue 15). A card records:
 
 * validity: share of valid answers, share of every invalid reason (PAPER.md 1.3-1.4 rules, see
   :class:`recrepro.agent.parser.InvalidReason`), duplicate and out-of-range rates (answers that
@@ -101,25 +103,60 @@ def build_card(records: Sequence[TrajectoryRecord], *, dataset: str, model: str,
     }
 
 
+VOLATILE_KEYS = ("tool_latency_s", "wall_s_per_request", "wall_s_total", "notes")  # wall-clock times (and their note)
+SWEEP_PREFIX = "sweep "  # models of the Figure 4/5 sweep points (recrepro.rl.sweeps.row_name)
+
+
 def card_key(card: dict[str, Any]) -> str:
     return f"{card['dataset']}/{card['model']}"
 
 
+def _upsert_json(path: Path, key: str, value: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    mapping = json.loads(path.read_text()) if path.is_file() else {}
+    mapping[key] = value
+    write_json_atomic(path, mapping)
+    return mapping
+
+
 def write_eval_card(results_dir: Path | str, card: dict[str, Any]) -> tuple[Path, Path]:
-    """Upsert ``card`` into ``eval_card.json`` and re-render ``eval_card.md``; returns both paths."""
+    """Upsert ``card`` into ``eval_card.json`` (its times into ``eval_timings.json``) and re-render both
+    ``.md`` files; returns the card's two paths."""
     results_dir = Path(results_dir)
-    path = results_dir / "eval_card.json"
-    cards = json.loads(path.read_text()) if path.is_file() else {}
-    cards[card_key(card)] = card
-    write_json_atomic(path, cards)
-    md = results_dir / "eval_card.md"
-    write_text_atomic(md, render_cards(cards))
-    return path, md
+    key = card_key(card)
+    stable = {k: v for k, v in card.items() if k not in VOLATILE_KEYS}
+    times = {k: card[k] for k in VOLATILE_KEYS if k in card}
+    cards = _upsert_json(results_dir / "eval_card.json", key, stable)
+    write_text_atomic(results_dir / "eval_card.md", render_cards(cards))
+    if times:
+        timings = _upsert_json(results_dir / "eval_timings.json", key, {**times, "n_trajectories": card["n_trajectories"]})
+        write_text_atomic(results_dir / "eval_timings.md", render_timings(timings))
+    return results_dir / "eval_card.json", results_dir / "eval_card.md"
 
 
 def load_eval_cards(results_dir: Path | str) -> dict[str, dict[str, Any]]:
     path = Path(results_dir) / "eval_card.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _ms(value: float) -> str:
+    return "–" if value != value else f"{1000 * value:.1f}"
+
+
+def render_timings(timings: dict[str, dict[str, Any]]) -> str:
+    """Wall times of every evaluation (volatile: they change from run to run and are never committed)."""
+    lines = ["# Agent evaluation timings", "",
+             "Wall-clock times of this run's evaluations; they depend on the machine and its load. "
+             "A request's time runs from its trajectory's first generate call to its end while it shared "
+             "batches with the others; total / trajectories is the throughput cost.", "",
+             "| dataset/model | trajectories | per request mean, ms | p90, ms | total, s | tool latency mean, ms |",
+             "|---|---|---|---|---|---|"]
+    for key in sorted(timings):
+        t = timings[key]
+        request, tool = t.get("wall_s_per_request", {}), t.get("tool_latency_s", {})
+        lines.append(f"| {key} | {t.get('n_trajectories', '–')} | {_ms(request.get('mean', float('nan')))} | "
+                     f"{_ms(request.get('p90', float('nan')))} | {_num(t.get('wall_s_total', float('nan')), 1)} | "
+                     f"{_ms(tool.get('mean', float('nan')))} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(value: float) -> str:
@@ -130,34 +167,46 @@ def _num(value: float, digits: int = 2) -> str:
     return "–" if value != value else f"{value:.{digits}f}"
 
 
+def _card_lines(key: str, c: dict[str, Any]) -> list[str]:
+    """The section of one card."""
+    reasons = ", ".join(f"{k} {_pct(v)}" for k, v in c["invalid_reasons"].items() if v)
+    tools = ", ".join(f"{k} {_num(v)}" for k, v in c["calls_per_tool"].items()) or "none"
+    hist = ", ".join(f"{k}: {v}" for k, v in c["tool_calls_per_trajectory"]["histogram"].items())
+    lines = [
+        f"## {key} ({c['variant']}, profile {c['profile']})", "",
+        f"- model: `{c['model_path']}`; prompt {c['prompt_version']} ({c['prompt_fingerprint']}); "
+        f"{c['n_trajectories']} trajectories on {c['n_instances']} instances",
+        f"- valid answers: **{_pct(c['valid_share'])}**; invalid: {reasons or 'none'}",
+        f"- answers with a duplicate: {_pct(c['duplicate_rate'])}; with an out-of-range index: "
+        f"{_pct(c['out_of_range_rate'])}; truncated: {_pct(c['truncation_rate'])}",
+        f"- tool calls per trajectory: mean {_num(c['tool_calls_per_trajectory']['mean'])}, "
+        f"histogram {{{hist}}}; per tool (mean per trajectory): {tools}",
+        f"- tool error rate: {_pct(c['tool_error_rate'])} of {c['tool_calls_executed']} executed calls"
+        + (f" ({', '.join(f'{k} {v}' for k, v in c['tool_errors_by_kind'].items())})"
+           if c["tool_errors_by_kind"] else ""),
+        f"- tokens per request: prompt {_num(c['prompt_tokens']['mean'], 0)}, generated mean "
+        f"{_num(c['generated_tokens']['mean'], 0)} (p90 {_num(c['generated_tokens']['p90'], 0)}); "
+        "times in `eval_timings.md`",
+        "", "| target position | n | H@1 | H@10 |", "|---|---|---|---|",
+    ]
+    lines += [f"| {r['positions']} | {r['n']} | {_num(r['H@1'], 3)} | {_num(r['H@10'], 3)} |"
+              for r in c["target_position_vs_hit"]]
+    lines.append("")
+    return lines
+
+
 def render_cards(cards: dict[str, dict[str, Any]]) -> str:
-    """A readable summary of every card, one section per (dataset, model)."""
+    """A readable summary of every card, one section per (dataset, model); the sweep points of
+    Figures 4 and 5 follow the main rows under their own heading."""
     lines = ["# Agent evaluation cards", "",
              "One section per evaluated (dataset, model). Rates are shares of trajectories unless noted.", ""]
-    for key in sorted(cards):
-        c = cards[key]
-        reasons = ", ".join(f"{k} {_pct(v)}" for k, v in c["invalid_reasons"].items() if v)
-        tools = ", ".join(f"{k} {_num(v)}" for k, v in c["calls_per_tool"].items()) or "none"
-        hist = ", ".join(f"{k}: {v}" for k, v in c["tool_calls_per_trajectory"]["histogram"].items())
-        lines += [
-            f"## {key} ({c['variant']}, profile {c['profile']})", "",
-            f"- model: `{c['model_path']}`; prompt {c['prompt_version']} ({c['prompt_fingerprint']}); "
-            f"{c['n_trajectories']} trajectories on {c['n_instances']} instances",
-            f"- valid answers: **{_pct(c['valid_share'])}**; invalid: {reasons or 'none'}",
-            f"- answers with a duplicate: {_pct(c['duplicate_rate'])}; with an out-of-range index: "
-            f"{_pct(c['out_of_range_rate'])}; truncated: {_pct(c['truncation_rate'])}",
-            f"- tool calls per trajectory: mean {_num(c['tool_calls_per_trajectory']['mean'])}, "
-            f"histogram {{{hist}}}; per tool (mean per trajectory): {tools}",
-            f"- tool error rate: {_pct(c['tool_error_rate'])} of {c['tool_calls_executed']} executed calls"
-            + (f" ({', '.join(f'{k} {v}' for k, v in c['tool_errors_by_kind'].items())})"
-               if c["tool_errors_by_kind"] else "")
-            + f"; tool latency mean {_num(c['tool_latency_s']['mean'], 4)} s",
-            f"- tokens per request: prompt {_num(c['prompt_tokens']['mean'], 0)}, generated mean "
-            f"{_num(c['generated_tokens']['mean'], 0)} (p90 {_num(c['generated_tokens']['p90'], 0)}); wall time "
-            f"per request mean {_num(c['wall_s_per_request']['mean'])} s, total {_num(c['wall_s_total'], 1)} s",
-            "", "| target position | n | H@1 | H@10 |", "|---|---|---|---|",
-        ]
-        lines += [f"| {r['positions']} | {r['n']} | {_num(r['H@1'], 3)} | {_num(r['H@10'], 3)} |"
-                  for r in c["target_position_vs_hit"]]
-        lines.append("")
+    main = [k for k in sorted(cards) if not cards[k]["model"].startswith(SWEEP_PREFIX)]
+    sweeps = [k for k in sorted(cards) if cards[k]["model"].startswith(SWEEP_PREFIX)]
+    for key in main:
+        lines += _card_lines(key, cards[key])
+    if sweeps:
+        lines += ["# Sweep points (Figures 4 and 5)", "",
+                  "Stage-1 policies of the group-size and backbone sweeps, on the same test lists.", ""]
+    for key in sweeps:
+        lines += _card_lines(key, cards[key])
     return "\n".join(lines) + "\n"

@@ -42,7 +42,7 @@ import pandas as pd
 from recrepro import paths
 from recrepro.agent.card import load_eval_cards
 from recrepro.config import Profile
-from recrepro.io import write_text_atomic
+from recrepro.io import write_csv_split
 from recrepro.metrics import metric_names
 from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
 from recrepro.rl import grpo, ppr, rta
@@ -52,6 +52,7 @@ SWEEPS = ("group_size", "backbone")
 RESULT_STEMS = {"group_size": "fig4_group_size", "backbone": "fig5_backbone_size"}
 RESULT_COLUMNS = ("profile", "dataset", "sweep", "name", "stage", "backbone", "parameters", "group_size", "metric",
                   "value", "lo", "hi", "n", "valid_share", "wall_s_train", "skipped")
+TIMING_COLUMNS = ("wall_s_train",)  # written to <stem>_timings.csv, not into the figure's table (issue 15)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def write_results(profile: Profile, root: Path | str, sweep: str, rows: list[dic
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     path = profile.results_dir(root) / f"{RESULT_STEMS[sweep]}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, frame.to_csv(index=False))
+    write_csv_split(path, frame, list(TIMING_COLUMNS), ["dataset", "sweep", "name", "stage", "metric"])
     return frame
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from recrepro import paths
 from recrepro.data.pipeline import load_benchmark
-from recrepro.io import read_parquet, write_parquet, write_text_atomic
+from recrepro.io import read_parquet, write_csv_split, write_parquet
 from recrepro.models import is_tiny_name
 from recrepro.tools.profile_writers import (HistoryIndex, LLMProfileGenerator, ProfileGenerator, ProfileRequest,
                                              TemplateProfileGenerator, instance_keys)
@@ -195,7 +195,8 @@ def write_user_profiles(profile: "Profile", root: Path | str = ".", generator: P
                         progress: bool = True, tiny_model: Callable[[str], Path] | None = None) -> pd.DataFrame:
     """Write a profile for every instance of every split of every dataset; returns a summary table.
 
-    Also writes it to ``results/<profile>/user_profiles.csv``.
+    Also writes it to the run's ``results/user_profiles.csv`` (cache counts and seconds, which depend on
+    what an earlier run left, to ``user_profiles_timings.csv``).
     """
     root = Path(root)
     rows = []
@@ -217,5 +218,6 @@ def write_user_profiles(profile: "Profile", root: Path | str = ".", generator: P
             "cache": str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
         })
     table = pd.DataFrame(rows)
-    write_text_atomic(profile.results_dir(root) / "user_profiles.csv", table.to_csv(index=False))
+    write_csv_split(profile.results_dir(root) / "user_profiles.csv", table, ["generated", "reused", "seconds"],
+                    ["dataset", "generator"])
     return table

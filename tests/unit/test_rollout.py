@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from recrepro.agent.env import tool_schemas
@@ -242,6 +244,15 @@ def test_eval_card_summarises_the_records(run, tmp_path):
     assert set(load_eval_cards(tmp_path)) == {"synthetic/frozen-TIRR", "synthetic/frozen-R"}
     text = (tmp_path / "eval_card.md").read_text()
     assert "## synthetic/frozen-TIRR" in text and "valid answers: **30.0%**" in text
+    # Issue 15: times live beside the card, so a reproduced run rewrites the card byte for byte.
+    stored = load_eval_cards(tmp_path)["synthetic/frozen-TIRR"]
+    assert not {"wall_s_total", "wall_s_per_request", "tool_latency_s"} & set(stored)
+    timings = json.loads((tmp_path / "eval_timings.json").read_text())
+    assert timings["synthetic/frozen-R"]["wall_s_total"] == 1.0 and timings["synthetic/frozen-R"]["n_trajectories"] == 10
+    assert "| synthetic/frozen-R | 10 |" in (tmp_path / "eval_timings.md").read_text()
+    write_eval_card(tmp_path, {**card, "model": "sweep tiny-qwen3-s-G2"})
+    text = (tmp_path / "eval_card.md").read_text()
+    assert text.index("## synthetic/frozen-TIRR") < text.index("# Sweep points") < text.index("## synthetic/sweep tiny")
 
 
 def test_segmented_generation_gives_the_same_trajectories(tiny_model):

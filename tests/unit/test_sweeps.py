@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from recrepro.config import load_profile
 from recrepro.rl import sweeps
 from recrepro.stages import sweeps as sweep_stage
-from recrepro.rl.sweeps import RESULT_COLUMNS, SweepPoint, count_parameters, point_profile, sweep_points
+from recrepro.rl.sweeps import RESULT_COLUMNS, TIMING_COLUMNS, SweepPoint, count_parameters, point_profile, sweep_points
 
 
 def test_points_follow_the_profile():
@@ -81,7 +81,9 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
                      "tiny-qwen3-m-G2+PPR from tiny-qwen3-m-G2/final", "tiny-qwen3-l-G2",
                      "tiny-qwen3-l-G2+PPR from tiny-qwen3-l-G2/final"]
     fig4 = pd.read_csv(tmp_path / "results/smoke/fig4_group_size.csv")
-    assert tuple(fig4.columns) == RESULT_COLUMNS
+    assert tuple(fig4.columns) == tuple(c for c in RESULT_COLUMNS if c not in TIMING_COLUMNS)
+    timings = pd.read_csv(tmp_path / "results/smoke/fig4_group_size_timings.csv")
+    assert list(timings.columns) == ["dataset", "sweep", "name", "stage", "metric", "wall_s_train"]
     assert len(fig4) == 3 * 5 and set(fig4["metric"]) == {"H@1", "H@5", "H@10", "N@5", "N@10"}
     assert set(fig4["stage"]) == {"RTA"}
     assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 16).all() and (fig4["dataset"] == "ml-100k").all()
