@@ -15,8 +15,8 @@ whether one tiny CPU model beats another on a few dozen ml-100k instances; it re
 
 Every comparison row (:func:`paired_comparison`, :func:`compare_rows`) carries: the mean of each
 row, their difference and its 95% paired-bootstrap interval, the bootstrap p-value with its
-resolution floor 1 / (reps + 1) (``p_text`` prints "< 0.001" when no resample of 1,000 was as
-extreme, never a number that looks exact), and a second test that needs no resampling: exact
+resolution floor 1 / (reps + 1) (``p_text`` prints "< 0.001 (1,000 resamples)" when no resample of
+1,000 was as extreme, never a number that looks exact), and a second test that needs no resampling: exact
 McNemar (two-sided binomial test on the discordant pairs) when both rows are 0/1 per instance (H@K
 of LLM answers), else the Wilcoxon signed-rank test (NDCG, and H@K of a score row with tied
 candidates, whose per-instance values are expectations).
@@ -84,8 +84,9 @@ def floor_bound(reps: int) -> float:
 
 
 def bootstrap_p_text(p: float, at_floor: bool, reps: int) -> str:
-    """``"< 0.001"`` (1,000 resamples) when no resample was as extreme, else :func:`format_p`."""
-    return f"< {floor_bound(reps):g}" if at_floor else format_p(p)
+    """``"< 0.001 (1,000 resamples)"`` when no resample was as extreme (the test's resolution), else
+    :func:`format_p`."""
+    return f"< {floor_bound(reps):g} ({reps:,} resamples)" if at_floor else format_p(p)
 
 
 def is_binary(values: np.ndarray) -> bool:

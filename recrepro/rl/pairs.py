@@ -220,6 +220,9 @@ def read_pairs(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     return pairs, json.loads((folder / "mining_stats.json").read_text())
 
 
+COUNT_COLUMNS = {"n_pairs", "n", "n_before_only", "n_after_only"}
+
+
 def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, Any], profile_name: str,
                    random: Mapping[str, Mapping[str, Any]] | None = None,
                    tests: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
@@ -245,4 +248,7 @@ def accuracy_table(dataset: str, before: Mapping[str, Any], after: Mapping[str, 
         stage = "RTA" if stage_of.get(rec["model"]) == "before" else "RTA+PPR"
         rows.append({"dataset": rec["dataset"], "stage": stage, "source": "paper", "pairs": "paper", "profile": "paper",
                      "all": float(rec["value"]), "mark": rec["mark"]})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for column in COUNT_COLUMNS & set(table.columns):  # counts stay integers beside the paper's empty cells
+        table[column] = table[column].astype("Int64")
+    return table

@@ -25,8 +25,8 @@ def _frame(ids, columns: dict[str, list[float]]) -> pd.DataFrame:
 def test_floor_bound_and_p_text():
     assert floor_bound(1000) == 0.001 and floor_bound(10000) == 0.0001
     assert floor_bound(999) == 0.002 and floor_bound(99) == pytest.approx(0.02)
-    assert bootstrap_p_text(1 / 1001, True, 1000) == "< 0.001"
-    assert bootstrap_p_text(1 / 10001, True, 10000) == "< 0.0001"
+    assert bootstrap_p_text(1 / 1001, True, 1000) == "< 0.001 (1,000 resamples)"
+    assert bootstrap_p_text(1 / 10001, True, 10000) == "< 0.0001 (10,000 resamples)"
     assert bootstrap_p_text(13 / 1001, False, 1000) == "0.0130"
     assert format_p(0.0123) == "0.0123" and format_p(1.2e-6) == "1.2e-06" and format_p(float("nan")) == "–"
 
@@ -46,7 +46,7 @@ def test_always_better_row_sits_at_the_floor_and_prints_a_bound():
     rows = paired_comparison(ours, base, METRICS, reps=1000, seed=7)
     for row in rows:
         assert row["diff"] == 1.0 and (row["diff_lo"], row["diff_hi"]) == (1.0, 1.0)
-        assert row["p_value"] == row["p_floor"] == 1 / 1001 and row["p_text"] == "< 0.001"
+        assert row["p_value"] == row["p_floor"] == 1 / 1001 and row["p_text"] == "< 0.001 (1,000 resamples)"
         assert row["second_test"] == MCNEMAR and row["second_p"] == pytest.approx(2 * 0.5 ** 30, rel=1e-12)
     # two-sided: the other direction is at the floor too
     assert paired_bootstrap(np.zeros(30), np.ones(30), 1000, 7).at_floor
@@ -140,7 +140,7 @@ def test_run_comparisons_writes_the_pairs_whose_files_exist(tmp_path, smoke_prof
     same = frame[frame["comparison"] == "RTA vs its starting policy"]
     assert (same["diff"] == 0).all() and (same["p_value"] == 1).all() and (same["p_text"] == "1.0000").all()
     better = frame[frame["comparison"] == "RTA vs positions"]
-    assert (better["p_text"] == "< 0.001").all() and (better["diff"] == 1).all()
+    assert (better["p_text"] == "< 0.001 (1,000 resamples)").all() and (better["diff"] == 1).all()
     text = (results / "comparisons.md").read_text()
     assert "| RTA vs positions | trained-TIRR-RTA | First ten candidates | H@10 | 1.0000 | 0.0000 | " \
            "1.0000 [1.0000, 1.0000] | < 0.001 | 0.0020 (exact McNemar) | 10 |" in text

@@ -88,7 +88,7 @@ def test_run_significance_prefers_ppr_and_writes_csv_and_md(tmp_path, smoke_prof
     # the p-value at the floor 1/1001 prints as a bound, never as "0.0010"; McNemar: 2 * 0.5**10 = 0.00195
     assert ("| ml-100k | N@10 | AgenticRec (RTA+PPR) | SASRec | 1.0000 | 0.0000 | 1.0000 [1.0000, 1.0000] | < 0.001 "
             "| 0.0020 (exact McNemar) | 10 |") in (results / "significance.md").read_text()
-    assert (frame["p_text"] == "< 0.001").all() and (frame["p_floor"] == 1 / 1001).all()
+    assert (frame["p_text"] == "< 0.001 (1,000 resamples)").all() and (frame["p_floor"] == 1 / 1001).all()
 
 
 def test_without_agenticrec_the_file_says_why(tmp_path, smoke_profile):
