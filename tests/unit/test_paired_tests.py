@@ -143,7 +143,7 @@ def test_run_comparisons_writes_the_pairs_whose_files_exist(tmp_path, smoke_prof
     assert (better["p_text"] == "< 0.001 (1,000 resamples)").all() and (better["diff"] == 1).all()
     text = (results / "comparisons.md").read_text()
     assert "| RTA vs positions | trained-TIRR-RTA | First ten candidates | H@10 | 1.0000 | 0.0000 | " \
-           "1.0000 [1.0000, 1.0000] | < 0.001 | 0.0020 (exact McNemar) | 10 |" in text
+           "1.0000 [1.0000, 1.0000] | < 0.001 (1,000 resamples) | 0.0020 (exact McNemar) | 10 |" in text
     assert "Not compared (a per-instance file is missing): tools vs reasoning only (trained-TIRR-RTA vs trained-R)" \
         in text
 

@@ -86,7 +86,7 @@ def test_run_significance_prefers_ppr_and_writes_csv_and_md(tmp_path, smoke_prof
     assert pd.read_csv(results / "significance.csv").columns.tolist()[:4] == ["dataset", "metric", "ours_model",
                                                                              "baseline_model"]
     # the p-value at the floor 1/1001 prints as a bound, never as "0.0010"; McNemar: 2 * 0.5**10 = 0.00195
-    assert ("| ml-100k | N@10 | AgenticRec (RTA+PPR) | SASRec | 1.0000 | 0.0000 | 1.0000 [1.0000, 1.0000] | < 0.001 "
+    assert ("| ml-100k | N@10 | AgenticRec (RTA+PPR) | SASRec | 1.0000 | 0.0000 | 1.0000 [1.0000, 1.0000] | < 0.001 (1,000 resamples) "
             "| 0.0020 (exact McNemar) | 10 |") in (results / "significance.md").read_text()
     assert (frame["p_text"] == "< 0.001 (1,000 resamples)").all() and (frame["p_floor"] == 1 / 1001).all()
 
