@@ -34,6 +34,7 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/bench_amazon_parse.py
+	$(PY) benchmarks/bench_parser.py
 
 clean-runs:
 	rm -rf runs/$(PROFILE)

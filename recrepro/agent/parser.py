@@ -59,11 +59,13 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 BOXED = "\\boxed{"
 
-_THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL)
-_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# Blocks are found with str.find (:func:`_split_blocks`), not with lazy regexes: ``findall`` of
+# ``<answer>(.*?)</answer>`` restarts its scan at every opening tag, which is quadratic on text with
+# thousands of unclosed tags. The regexes below start at a literal and cannot backtrack quadratically.
 _BOXED_LIST = re.compile(r"\\boxed\{\s*\[(?P<body>[^\[\]{}]*)\]\s*\}")
-_INTEGER = re.compile(r"[+-]?\d+")
+_BRACE = re.compile(r"[{}]")
+_INTEGER = re.compile(r"[+-]?\d+")  # what int() reads: any Unicode digits, a sign, leading zeros
+_INDEX = re.compile(r"-?(?:0|[1-9][0-9]*)")  # how an index is written: ASCII digits, no '+', no leading zero
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,32 @@ class ToolCallParse:
         return len(self.calls) + self.n_malformed
 
 
+def _split_blocks(text: str, open_tag: str, close_tag: str) -> tuple[list[str], list[str], int]:
+    """Closed ``open_tag ... close_tag`` blocks, left to right, each closed by the first closing tag after
+    its opening tag (as the lazy regex ``open(.*?)close`` finds them): their bodies, the text outside
+    them, and the position of an opening tag left unclosed (-1 if none; the outside text stops there).
+
+    Linear time: every character is scanned at most once for each tag.
+    """
+    bodies: list[str] = []
+    outside: list[str] = []
+    pos = 0
+    while (start := text.find(open_tag, pos)) >= 0:
+        outside.append(text[pos:start])
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            return bodies, outside, start  # no later opening tag can be closed either
+        bodies.append(text[start + len(open_tag):end])
+        pos = end + len(close_tag)
+    outside.append(text[pos:])
+    return bodies, outside, -1
+
+
 def strip_thinking(text: str) -> str:
     """The text outside ``<think>`` blocks; an unclosed block swallows the rest of the text."""
     if not isinstance(text, str):
         return ""
-    return _THINK_BLOCK.sub("", text)
+    return "".join(_split_blocks(text, THINK_OPEN, THINK_CLOSE)[1])
 
 
 def _invalid(reason: InvalidReason, detail: str, raw: tuple[int, ...] | None = None,
@@ -122,37 +145,54 @@ def _invalid(reason: InvalidReason, detail: str, raw: tuple[int, ...] | None = N
     return ParsedAnswer(None, reason, detail, raw, out_of_range, duplicates)
 
 
-def _parse_int_list(body: str) -> tuple[int, ...] | None:
-    """Integers of a comma-separated list body; None if any element is not a plain integer."""
+def _parse_int_list(body: str) -> tuple[tuple[int, ...] | None, str]:
+    """Indices of a comma-separated list body, or None and why not.
+
+    An index is written in plain ASCII digits with at most a minus sign: ``+1``, ``01`` or digits of
+    other scripts (Arabic-Indic, fullwidth), which int() would read, are not indices the prompt asks
+    for, so they are rejected rather than repaired.
+    """
     if not body.strip():
-        return ()
+        return (), ""
     parts = [part.strip() for part in body.split(",")]
     if any(not _INTEGER.fullmatch(part) for part in parts):
-        return None
+        return None, "list elements are not all integers"
+    odd = next((part for part in parts if not _INDEX.fullmatch(part)), None)
+    if odd is not None:
+        return None, f"list element {odd[:20]!r} is not a plain index (ASCII digits, no '+', no leading zero)"
     # Bounded length keeps int() cheap on adversarial input; such numbers are out of range anyway.
-    return tuple(int(part) if len(part) <= 18 else 10**18 for part in parts)
+    return tuple(int(part) if len(part) <= 18 else 10**18 for part in parts), ""
+
+
+def _answer_body(text: str) -> tuple[str | None, InvalidReason | None, str]:
+    """The body of the one closed answer block outside ``<think>``, holding exactly one ``\\boxed{``;
+    else None with the reason and detail. Shared by rankings and pairwise letters."""
+    if not isinstance(text, str):
+        return None, InvalidReason.NO_ANSWER, "not a string"
+    visible = strip_thinking(text)
+    n_open, n_close = visible.count(ANSWER_OPEN), visible.count(ANSWER_CLOSE)
+    if n_open == 0:
+        return None, InvalidReason.NO_ANSWER, "no <answer> tag outside <think>"
+    bodies = _split_blocks(visible, ANSWER_OPEN, ANSWER_CLOSE)[0] if n_open == n_close == 1 else []
+    if len(bodies) != 1:  # counts first: with several tags no block needs finding
+        return None, InvalidReason.BAD_FORMAT, f"expected one closed answer block, found {n_open} open / {n_close} close"
+    body = bodies[0]
+    if body.count(BOXED) != 1:
+        return None, InvalidReason.BAD_FORMAT, f"expected exactly one \\boxed{{...}}, found {body.count(BOXED)}"
+    return body, None, ""
 
 
 def parse_answer(text: str, n_candidates: int, top_k: int) -> ParsedAnswer:
     """Parse the final answer from one assistant turn (the last one of a trajectory)."""
-    if not isinstance(text, str):
-        return _invalid(InvalidReason.NO_ANSWER, "not a string")
-    visible = strip_thinking(text)
-    n_open, n_close = visible.count(ANSWER_OPEN), visible.count(ANSWER_CLOSE)
-    if n_open == 0:
-        return _invalid(InvalidReason.NO_ANSWER, "no <answer> tag outside <think>")
-    blocks = _ANSWER_BLOCK.findall(visible)
-    if n_open != 1 or n_close != 1 or len(blocks) != 1:
-        return _invalid(InvalidReason.BAD_FORMAT, f"expected one closed answer block, found {n_open} open / {n_close} close")
-    body = blocks[0]
-    if body.count(BOXED) != 1:
-        return _invalid(InvalidReason.BAD_FORMAT, f"expected exactly one \\boxed{{...}}, found {body.count(BOXED)}")
+    body, reason, detail = _answer_body(text)
+    if body is None:
+        return _invalid(reason, detail)
     match = _BOXED_LIST.search(body)
     if match is None:
         return _invalid(InvalidReason.BAD_FORMAT, "\\boxed{...} does not hold a [list]")
-    indices = _parse_int_list(match.group("body"))
+    indices, detail = _parse_int_list(match.group("body"))
     if indices is None:
-        return _invalid(InvalidReason.BAD_FORMAT, "list elements are not all integers")
+        return _invalid(InvalidReason.BAD_FORMAT, detail)
     out_of_range = sum(1 for i in indices if not 1 <= i <= n_candidates)
     duplicates = len(indices) - len(set(indices))
     if out_of_range:
@@ -176,16 +216,19 @@ def parse_tool_calls(text: str) -> ToolCallParse:
     if not isinstance(text, str):
         return ToolCallParse()
     visible = strip_thinking(text)
+    bodies, outside, unclosed = _split_blocks(visible, CALL_OPEN, CALL_CLOSE)
     calls: list[ToolCall] = []
     errors: list[str] = []
-    for body in _CALL_BLOCK.findall(visible):
+    for body in bodies:
         call = _decode_call(body)
         if isinstance(call, str):
             errors.append(call)
         else:
             calls.append(call)
     malformed = len(errors)
-    leftover = _CALL_BLOCK.sub("", visible)
+    # The text with the closed blocks cut out (joining the pieces may form a tag, as the former
+    # regex substitution did).
+    leftover = "".join(outside) + (visible[unclosed:] if unclosed >= 0 else "")
     unmatched = leftover.count(CALL_OPEN) + leftover.count(CALL_CLOSE)
     errors.extend(["unbalanced <tool_call> tag"] * unmatched)
     return ToolCallParse(tuple(calls), tuple(errors), malformed)
@@ -342,7 +385,6 @@ CHOICE_LETTERS = ("A", "B")
 # Reasons that belong to the trajectory (tool calls, budget, token limits) rather than to the answer
 # text; they take precedence over the letter exactly as over a ranking (REASON_PRECEDENCE).
 TRAJECTORY_REASONS = (InvalidReason.TOO_MANY_TOOL_CALLS, InvalidReason.BAD_TOOL_CALL, InvalidReason.TRUNCATED)
-_BOXED_LETTER = re.compile(r"\\boxed\{\s*(?P<body>[^{}]*?)\s*\}")
 
 
 @dataclass(frozen=True)
@@ -364,23 +406,24 @@ def parse_choice(text: str, letters: Sequence[str] = CHOICE_LETTERS) -> ChoiceVe
     ``\\boxed{X}`` with X one of ``letters`` (upper case). Whitespace inside the braces is tolerated;
     lower case, ``\\boxed{[A]}``, ``\\boxed{A, B}`` or any other content is ``bad_format`` [G]: the
     prompt asks for the capital letter, and nothing is repaired (as for rankings)."""
-    if not isinstance(text, str):
-        return ChoiceVerdict(None, InvalidReason.NO_ANSWER, "not a string")
-    visible = strip_thinking(text)
-    n_open, n_close = visible.count(ANSWER_OPEN), visible.count(ANSWER_CLOSE)
-    if n_open == 0:
-        return ChoiceVerdict(None, InvalidReason.NO_ANSWER, "no <answer> tag outside <think>")
-    blocks = _ANSWER_BLOCK.findall(visible)
-    if n_open != 1 or n_close != 1 or len(blocks) != 1:
-        return ChoiceVerdict(None, InvalidReason.BAD_FORMAT,
-                             f"expected one closed answer block, found {n_open} open / {n_close} close")
-    body = blocks[0]
-    if body.count(BOXED) != 1:
-        return ChoiceVerdict(None, InvalidReason.BAD_FORMAT, f"expected exactly one \\boxed{{...}}, found {body.count(BOXED)}")
-    match = _BOXED_LETTER.search(body)
-    if match is None or match.group("body") not in letters:
+    body, reason, detail = _answer_body(text)
+    if body is None:
+        return ChoiceVerdict(None, reason, detail)
+    letter = _boxed_letter(body)
+    if letter is None or letter not in letters:
         return ChoiceVerdict(None, InvalidReason.BAD_FORMAT, f"\\boxed{{...}} does not hold one of {list(letters)}")
-    return ChoiceVerdict(match.group("body"), None)
+    return ChoiceVerdict(letter, None)
+
+
+def _boxed_letter(body: str) -> str | None:
+    """The stripped text between the one ``\\boxed{`` of ``body`` and the next brace when that brace
+    closes it; None when there is no such brace or it opens another. (A lazy regex for this
+    backtracked quadratically over long runs of spaces.)"""
+    start = body.find(BOXED) + len(BOXED)
+    brace = _BRACE.search(body, start)
+    if brace is None or brace.group() != "}":
+        return None
+    return body[start:brace.start()].strip()
 
 
 def choice_verdict(turns: Sequence[str], trajectory_reason: InvalidReason | str | None = None,

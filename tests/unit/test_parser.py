@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
 import string
+import time
 
 import pytest
 
+from recrepro.agent import parser
 from recrepro.agent.parser import (REASON_PRECEDENCE, InvalidReason, ToolCall, check_call_against_schema,
-                                   format_answer, format_tool_call, judge_trajectory, parse_answer,
+                                   format_answer, format_tool_call, judge_trajectory, parse_answer, parse_choice,
                                    parse_tool_calls, strip_thinking)
 
 N, K = 20, 10
@@ -243,3 +246,124 @@ def test_non_strings_do_not_raise(value):
     assert parse_answer(value, N, K).reason is InvalidReason.NO_ANSWER
     assert parse_tool_calls(value).n_attempted == 0
     assert judge_trajectory([value], N, K, 10, SCHEMAS).reason is InvalidReason.NO_ANSWER
+
+
+# ---------------------------------------------------------------------------------------- index spelling (issue 15)
+
+
+@pytest.mark.parametrize("first, shown", [
+    ("+1", "+1"), ("01", "01"), ("-01", "-01"), ("00", "00"),
+    ("\u0661", "\u0661"),  # ARABIC-INDIC DIGIT ONE: int() reads it as 1
+    ("\uff11", "\uff11"),  # FULLWIDTH DIGIT ONE
+    ("1\u0660", "1\u0660"),  # ASCII 1 then ARABIC-INDIC ZERO: int() reads 10
+])
+def test_indices_not_written_in_plain_ascii_are_bad_format(first, shown):
+    parsed = parse_answer(answer(f"{first}, 2, 3, 4, 5, 6, 7, 8, 9, 11"), N, K)
+    assert (parsed.reason, parsed.ranking, parsed.raw_indices) == (InvalidReason.BAD_FORMAT, None, None)
+    assert parsed.detail == f"list element {shown!r} is not a plain index (ASCII digits, no '+', no leading zero)"
+    verdict = judge_trajectory([answer(f"{first}, 2, 3, 4, 5, 6, 7, 8, 9, 11")], N, K, 10, SCHEMAS)
+    assert not verdict.valid and verdict.reason is InvalidReason.BAD_FORMAT
+
+
+def test_plain_index_spellings_keep_their_old_verdicts():
+    assert parse_answer(answer("10, 2, 3, 4, 5, 6, 7, 8, 9, 1"), N, K).ranking == (10, 2, 3, 4, 5, 6, 7, 8, 9, 1)
+    for first in ("0", "-0", "-1", "-10"):  # a minus sign is an out-of-range index, not a spelling problem
+        parsed = parse_answer(answer(f"{first}, 2, 3, 4, 5, 6, 7, 8, 9, 10"), N, K)
+        assert parsed.reason is InvalidReason.OUT_OF_RANGE and parsed.n_out_of_range == 1, first
+    mixed = parse_answer(answer("x, +1, 3, 4, 5, 6, 7, 8, 9, 10"), N, K)  # not an integer at all wins
+    assert mixed.detail == "list elements are not all integers"
+    long = parse_answer(answer("0" * 100 + "1, 2, 3, 4, 5, 6, 7, 8, 9, 10"), N, K)
+    assert long.detail == f"list element {'0' * 20!r} is not a plain index (ASCII digits, no '+', no leading zero)"
+
+
+# ---------------------------------------------------------------------------------------- linear time (issue 15)
+
+REPEATS = 16_000  # took > 10 s (<answer>) and > 30 s (<tool_call>) with findall over lazy regexes
+
+
+class CountingStr(str):
+    """A str that records how many characters each ``find`` scanned (the parser's only scans of tags)."""
+
+    scanned: int = 0
+
+    def find(self, sub, start=0, end=None):
+        found = super().find(sub, start, end)
+        CountingStr.scanned += (found + len(sub) if found >= 0 else len(self)) - start
+        return found
+
+
+@pytest.mark.parametrize("open_tag, close_tag", [("<answer>", "</answer>"), ("<tool_call>", "</tool_call>"),
+                                                 ("<think>", "</think>")])
+def test_block_scan_reads_each_character_a_bounded_number_of_times(open_tag, close_tag):
+    for text in (open_tag * REPEATS, close_tag * REPEATS, (open_tag + "x" + close_tag) * REPEATS,
+                 (open_tag + close_tag + close_tag) * REPEATS, (open_tag * 3 + close_tag) * REPEATS):
+        CountingStr.scanned = 0
+        parser._split_blocks(CountingStr(text), open_tag, close_tag)
+        assert CountingStr.scanned <= 2 * len(text) + len(close_tag)
+
+
+def test_many_unclosed_tags_get_the_right_verdict_quickly():
+    began = time.perf_counter()
+    opens = parse_answer("<answer>" * REPEATS, N, K)
+    assert (opens.reason, opens.detail) == (InvalidReason.BAD_FORMAT,
+                                           f"expected one closed answer block, found {REPEATS} open / 0 close")
+    closes = parse_answer("</answer>" * REPEATS + "<answer>", N, K)
+    assert closes.detail == f"expected one closed answer block, found 1 open / {REPEATS} close"
+    calls = parse_tool_calls("<tool_call>" * REPEATS)
+    assert calls.errors == ("unbalanced <tool_call> tag",) * REPEATS and calls.n_attempted == 0
+    blocks = parse_tool_calls("<tool_call>{oops</tool_call>" * REPEATS + "<tool_call>")
+    assert (calls.n_attempted, blocks.n_attempted, len(blocks.errors)) == (0, REPEATS, REPEATS + 1)
+    verdict = judge_trajectory(["<tool_call>" * REPEATS, "<answer>" * REPEATS], N, K, 10, SCHEMAS)
+    assert (verdict.reason, verdict.n_tool_calls, verdict.n_bad_tool_calls) == (InvalidReason.BAD_TOOL_CALL, 0,
+                                                                                REPEATS)
+    assert parse_choice("<answer>" * REPEATS).reason is InvalidReason.BAD_FORMAT
+    assert strip_thinking("<think>" * REPEATS + "x") == "" and strip_thinking("</think>" * 3) == "</think>" * 3
+    assert time.perf_counter() - began < 5.0  # a generous bound: linear scans take milliseconds
+
+
+def test_megabyte_inputs_parse():
+    spaces = " " * 1_000_000
+    assert parse_choice(f"<answer>\\boxed{{A{spaces}}}</answer>").letter == "A"  # the lazy regex took minutes
+    assert parse_choice(f"<answer>\\boxed{{A{spaces}</answer>").reason is InvalidReason.BAD_FORMAT
+    assert parse_answer(f"<answer>\\boxed{{[{spaces}1,2,3,4,5,6,7,8,9,10]}}</answer>", N, K).ranking == tuple(GOOD)
+    padded = "<think>" + "x" * 1_000_000 + "</think>" + format_answer(GOOD) + format_tool_call("get_user_profile")
+    assert parse_answer(padded, N, K).valid and parse_tool_calls(padded).n_attempted == 1
+
+
+# The regexes the parser used before issue 15 (quadratic on many unclosed tags): the linear scans must
+# find exactly what they found.
+OLD_BLOCKS = {("<think>", "</think>"): re.compile(r"<think>(.*?)(?:</think>|\Z)", re.DOTALL),
+              ("<tool_call>", "</tool_call>"): re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL),
+              ("<answer>", "</answer>"): re.compile(r"<answer>(.*?)</answer>", re.DOTALL)}
+OLD_LETTER = re.compile(r"\\boxed\{\s*(?P<body>[^{}]*?)\s*\}")
+SCAN_PIECES = ["<answer>", "</answer>", "<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_", "call>",
+               "</", "<", ">", "answer>", "\\boxed{", "{", "}", " ", "\n", "\u3000", "A", "B", "a", "x"]
+
+
+def old_choice(text: str) -> tuple[str | None, InvalidReason | None]:
+    visible = OLD_BLOCKS["<think>", "</think>"].sub("", text)
+    if visible.count("<answer>") == 0:
+        return None, InvalidReason.NO_ANSWER
+    blocks = OLD_BLOCKS["<answer>", "</answer>"].findall(visible)
+    if visible.count("<answer>") != 1 or visible.count("</answer>") != 1 or len(blocks) != 1 \
+            or blocks[0].count("\\boxed{") != 1:
+        return None, InvalidReason.BAD_FORMAT
+    match = OLD_LETTER.search(blocks[0])
+    if match is None or match.group("body") not in ("A", "B"):
+        return None, InvalidReason.BAD_FORMAT
+    return match.group("body"), None
+
+
+def test_linear_scans_agree_with_the_old_regexes():
+    rng = random.Random(15)
+    for _ in range(4000):
+        text = "".join(rng.choice(SCAN_PIECES) for _ in range(rng.randint(0, 30)))
+        for (open_tag, close_tag), old in OLD_BLOCKS.items():
+            bodies, outside, unclosed = parser._split_blocks(text, open_tag, close_tag)
+            if open_tag == "<think>":  # an unclosed think block swallows the rest
+                assert "".join(outside) == old.sub("", text) == strip_thinking(text), text
+                continue
+            assert bodies == old.findall(text), text
+            assert "".join(outside) + (text[unclosed:] if unclosed >= 0 else "") == old.sub("", text), text
+        choice = parse_choice(text)
+        assert (choice.letter, choice.reason) == old_choice(text), text
