@@ -52,8 +52,41 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str,
     return out
 
 
-def list_ranks(predictions: Sequence[Sequence[int] | None], targets: Sequence[int]) -> np.ndarray:
-    """1-based rank of each target in its predicted list; 0 where the list is None or misses it."""
+def _check_positions(positions: Sequence[int] | np.ndarray, n: int | None) -> np.ndarray:
+    """``positions`` (1-based candidate positions) as int64 after checking each lies within 1..n.
+
+    With ``n=None`` (the candidate count is not known) only positions below 1 are rejected. A bad one
+    raises ValueError naming it, its row and n: numpy would read position 0 or -1 as the last column
+    and a list scan would silently count it a miss.
+    """
+    if n is not None and n < 1:
+        raise ValueError(f"n_candidates must be at least 1, got {n}")
+    values = np.asarray(positions)
+    if values.ndim != 1:
+        raise ValueError(f"target positions: expected one per instance, got an array of shape {values.shape}")
+    if values.size == 0:
+        return values.astype(np.int64)
+    whole = np.issubdtype(values.dtype, np.integer) or (
+        np.issubdtype(values.dtype, np.floating) and bool(np.all(np.isfinite(values) & (values == np.round(values)))))
+    if not whole:  # bool is not an integer dtype to numpy, so True is refused too
+        raise ValueError(f"target positions must be whole numbers, got {values[:5].tolist()}")
+    outside = (values < 1) if n is None else (values < 1) | (values > n)
+    if outside.any():
+        row = int(np.argmax(outside))
+        bound = "at least 1" if n is None else f"within 1..{n}"
+        raise ValueError(f"target position {values[row]} (row {row}) is not {bound}")
+    return values.astype(np.int64)
+
+
+def list_ranks(predictions: Sequence[Sequence[int] | None], targets: Sequence[int],
+               n_candidates: int | None = None) -> np.ndarray:
+    """1-based rank of each target in its predicted list; 0 where the list is None or misses it.
+
+    Targets must be positions within 1..``n_candidates`` (at least 1 when it is not given), one per list.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    _check_positions(targets, n_candidates)
     ranks = np.zeros(len(targets), dtype=np.int64)
     for row, (predicted, target) in enumerate(zip(predictions, targets)):
         if predicted:
@@ -65,9 +98,9 @@ def list_ranks(predictions: Sequence[Sequence[int] | None], targets: Sequence[in
 
 
 def list_metrics(predictions: Sequence[Sequence[int] | None], targets: Sequence[int],
-                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+                 ks: Sequence[int] = DEFAULT_KS, n_candidates: int | None = None) -> dict[str, np.ndarray]:
     """Per-instance metrics for ranked lists of candidate indices (None = invalid answer)."""
-    return rank_metrics(list_ranks(predictions, targets), ks)
+    return rank_metrics(list_ranks(predictions, targets, n_candidates), ks)
 
 
 def _discount_prefix(n: int) -> np.ndarray:
@@ -79,13 +112,19 @@ def score_metrics(scores: np.ndarray, target_positions: np.ndarray, ks: Sequence
                   tie_policy: str = "expected") -> dict[str, np.ndarray]:
     """Per-instance metrics for a score matrix [n, n_candidates]; ``target_positions`` are 1-based.
 
-    NaN scores are treated as -inf (the lowest possible score, tied with other unknowns).
+    NaN scores are treated as -inf (the lowest possible score, tied with other unknowns). Every target
+    position must lie within 1..n_candidates.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected a matrix [instances, candidates], got shape {scores.shape}")
     scores = np.where(np.isnan(scores), -np.inf, scores)
     n, width = scores.shape
+    positions = _check_positions(target_positions, width)
+    if len(positions) != n:
+        raise ValueError(f"{len(positions)} target positions for {n} rows of scores")
     rows = np.arange(n)
-    target_scores = scores[rows, np.asarray(target_positions) - 1]
+    target_scores = scores[rows, positions - 1]
     better = (scores > target_scores[:, None]).sum(axis=1)
     tied = (scores == target_scores[:, None]).sum(axis=1)  # includes the target itself
     if tie_policy == "pessimistic":
@@ -106,6 +145,8 @@ def score_metrics(scores: np.ndarray, target_positions: np.ndarray, ks: Sequence
 
 def chance_metrics(n_candidates: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Analytic expectation for a uniformly random ranking of n candidates with one positive."""
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be at least 1, got {n_candidates}")
     constant = np.zeros((1, n_candidates))
     return {name: float(values[0]) for name, values in score_metrics(constant, np.array([1]), ks).items()}
 
@@ -213,9 +254,15 @@ def position_buckets(n_candidates: int, width: int = POSITION_BUCKET_WIDTH) -> l
 
 def bucket_means(positions: Sequence[int] | np.ndarray, values: Mapping[str, Sequence[float] | np.ndarray],
                  n_candidates: int, width: int = POSITION_BUCKET_WIDTH) -> list[dict]:
-    """Per target-position bucket: its label ("1-5"), instance count and the mean of each value (NaN if empty)."""
-    positions = np.asarray(positions)
+    """Per target-position bucket: its label ("1-5"), instance count and the mean of each value (NaN if empty).
+
+    Every position must lie within 1..n_candidates (one outside would fall in no bucket unnoticed).
+    """
+    positions = _check_positions(positions, n_candidates)
     arrays = {name: np.asarray(v, dtype=np.float64) for name, v in values.items()}
+    for name, array in arrays.items():
+        if array.shape != positions.shape:
+            raise ValueError(f"{name}: {array.shape[0] if array.ndim else 1} values for {len(positions)} positions")
     rows = []
     for lo, hi in position_buckets(n_candidates, width):
         inside = (positions >= lo) & (positions <= hi)

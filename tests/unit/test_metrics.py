@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recrepro.metrics import (bootstrap_ci, chance_metrics, list_metrics, metric_names,
+from recrepro.metrics import (bootstrap_ci, bucket_means, chance_metrics, list_metrics, list_ranks, metric_names,
                               paired_bootstrap_pvalue, rank_metrics, score_metrics)
 
 
@@ -96,3 +96,49 @@ def test_paired_bootstrap_pvalue_known_cases():
     better = np.ones(200)
     worse = np.r_[np.ones(20), np.zeros(180)]
     assert paired_bootstrap_pvalue(better, worse, reps=200, seed=0) == pytest.approx(1 / 201)
+
+
+# ---------------------------------------------------------------- target positions outside 1..n (issue 15)
+
+
+@pytest.mark.parametrize("positions, message", [
+    ([1, 0, 3], "target position 0 (row 1) is not within 1..4"),  # numpy read 0 as the last column
+    ([-1, 2, 3], "target position -1 (row 0) is not within 1..4"),
+    ([1, 2, 5], "target position 5 (row 2) is not within 1..4"),  # was an IndexError
+    (np.array([1.0, 4.0, 9.0]), "target position 9.0 (row 2) is not within 1..4"),
+    ([1, 2.5, 3], "target positions must be whole numbers, got [1.0, 2.5, 3.0]"),
+    ([True, True, True], "target positions must be whole numbers, got [True, True, True]"),
+    ([1, 2], "2 target positions for 3 rows of scores"),
+    ([[1], [2], [3]], "target positions: expected one per instance, got an array of shape (3, 1)"),
+])
+def test_score_metrics_rejects_positions_outside_the_candidates(positions, message):
+    scores = np.arange(12, dtype=float).reshape(3, 4)
+    with pytest.raises(ValueError) as error:
+        score_metrics(scores, positions)
+    assert str(error.value) == message
+    for policy in ("expected", "pessimistic"):
+        assert score_metrics(scores, np.array([1.0, 4.0, 2.0]), tie_policy=policy)["H@1"].tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match=r"scores: expected a matrix \[instances, candidates\], got shape \(4,\)"):
+        score_metrics(np.zeros(4), [1])
+
+
+def test_list_metrics_rejects_positions_outside_the_candidates():
+    with pytest.raises(ValueError, match=r"target position 0 \(row 1\) is not at least 1"):
+        list_metrics([[1, 2], [1, 2]], [1, 0])  # no candidate count given: only positions below 1 are known bad
+    with pytest.raises(ValueError, match=r"target position 21 \(row 0\) is not within 1..20"):
+        list_metrics([[21, 1]], [21], n_candidates=20)
+    with pytest.raises(ValueError, match="3 predictions for 2 targets"):
+        list_ranks([None, None, None], [1, 2])
+    assert list_ranks([[3, 20], None], [20, 1], n_candidates=20).tolist() == [2, 0]
+    assert list_metrics([], [], n_candidates=20)["H@1"].tolist() == []
+
+
+def test_bucket_means_and_chance_reject_bad_positions():
+    with pytest.raises(ValueError, match=r"target position 21 \(row 1\) is not within 1..20"):
+        bucket_means([1, 21], {"H@10": [1.0, 0.0]}, 20)  # fell in no bucket, silently
+    with pytest.raises(ValueError, match=r"target position 0 \(row 0\) is not within 1..20"):
+        bucket_means(np.array([0]), {"H@10": [1.0]}, 20)
+    with pytest.raises(ValueError, match="H@10: 1 values for 2 positions"):
+        bucket_means([1, 2], {"H@10": [1.0]}, 20)
+    with pytest.raises(ValueError, match="n_candidates must be at least 1, got 0"):
+        chance_metrics(0)
