@@ -35,10 +35,19 @@ class StageResult:
     output: Path
 
 
-def find_notebooks(root: Path) -> list[Path]:
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+def find_notebooks(root: Path | str) -> list[Path]:
+    """The chain, ``<root>/notebooks/NN_*.ipynb`` in number order.
+
+    A root without them raises FileNotFoundError naming the folder: a chain of no notebooks would
+    otherwise "finish" having run nothing.
+    """
+    folder = Path(root) / "notebooks"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; the root must be the repository root, "
+                                "which holds notebooks/")
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
-        raise FileNotFoundError(f"{root / 'notebooks'}: no NN_*.ipynb notebooks found")
+        raise FileNotFoundError(f"{folder}: no NN_*.ipynb notebooks (two digits, '_', a name, e.g. 00_setup.ipynb)")
     return notebooks
 
 

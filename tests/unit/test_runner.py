@@ -113,3 +113,21 @@ def test_saving_outputs_in_lab_keeps_the_stamp(tmp_path):
     nb.cells[1].source += "\nx = 2"
     nbformat.write(nb, path)
     assert stage_stamp(path, profile, "", "") != before
+
+
+def test_a_root_without_notebooks_is_an_error_naming_the_folder(tmp_path):
+    """Issue 15: a wrong root must not be a chain of nothing."""
+    folder = tmp_path / "notebooks"
+    with pytest.raises(FileNotFoundError) as missing:
+        find_notebooks(str(tmp_path))
+    assert str(missing.value) == f"{folder}: no such folder; the root must be the repository root, which holds notebooks/"
+    folder.mkdir()
+    (folder / "setup.ipynb").write_text("{}")  # not numbered: not part of the chain
+    (folder / "1_short.ipynb").write_text("{}")
+    with pytest.raises(FileNotFoundError) as empty:
+        find_notebooks(tmp_path)
+    assert str(empty.value) == f"{folder}: no NN_*.ipynb notebooks (two digits, '_', a name, e.g. 00_setup.ipynb)"
+    with pytest.raises(FileNotFoundError, match="no NN_"):
+        run_chain("smoke", tmp_path, log=lambda _: None)
+    (folder / "00_setup.ipynb").write_text("{}")
+    assert find_notebooks(tmp_path) == [folder / "00_setup.ipynb"]
