@@ -59,9 +59,8 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 BOXED = "\\boxed{"
 
-# Blocks are found with str.find (:func:`_split_blocks`), not with lazy regexes: ``findall`` of
-# ``<answer>(.*?)</answer>`` restarts its scan at every opening tag, which is quadratic on text with
-# thousands of unclosed tags. The regexes below start at a literal and cannot backtrack quadratically.
+# Blocks are found with str.find (:func:`_split_blocks`): findall of a lazy ``<answer>(.*?)</answer>``
+# rescans from every unclosed tag (quadratic). The regexes below cannot backtrack quadratically.
 _BOXED_LIST = re.compile(r"\\boxed\{\s*\[(?P<body>[^\[\]{}]*)\]\s*\}")
 _BRACE = re.compile(r"[{}]")
 _INTEGER = re.compile(r"[+-]?\d+")  # what int() reads: any Unicode digits, a sign, leading zeros
@@ -113,12 +112,9 @@ class ToolCallParse:
 
 
 def _split_blocks(text: str, open_tag: str, close_tag: str) -> tuple[list[str], list[str], int]:
-    """Closed ``open_tag ... close_tag`` blocks, left to right, each closed by the first closing tag after
-    its opening tag (as the lazy regex ``open(.*?)close`` finds them): their bodies, the text outside
-    them, and the position of an opening tag left unclosed (-1 if none; the outside text stops there).
-
-    Linear time: every character is scanned at most once for each tag.
-    """
+    """Closed ``open_tag ... close_tag`` blocks as the lazy regex ``open(.*?)close`` finds them: their bodies,
+    the text outside them, and the position of an opening tag left unclosed (-1 if none; the outside text
+    stops there). Linear time: every character is scanned at most once for each tag."""
     bodies: list[str] = []
     outside: list[str] = []
     pos = 0
@@ -146,12 +142,9 @@ def _invalid(reason: InvalidReason, detail: str, raw: tuple[int, ...] | None = N
 
 
 def _parse_int_list(body: str) -> tuple[tuple[int, ...] | None, str]:
-    """Indices of a comma-separated list body, or None and why not.
-
-    An index is written in plain ASCII digits with at most a minus sign: ``+1``, ``01`` or digits of
-    other scripts (Arabic-Indic, fullwidth), which int() would read, are not indices the prompt asks
-    for, so they are rejected rather than repaired.
-    """
+    """Indices of a comma-separated list body, or None and why not. An index is plain ASCII digits with at
+    most a minus sign: ``+1``, ``01`` or other scripts' digits (Arabic-Indic, fullwidth), which int() would
+    read, are rejected, not repaired."""
     if not body.strip():
         return (), ""
     parts = [part.strip() for part in body.split(",")]
@@ -226,8 +219,7 @@ def parse_tool_calls(text: str) -> ToolCallParse:
         else:
             calls.append(call)
     malformed = len(errors)
-    # The text with the closed blocks cut out (joining the pieces may form a tag, as the former
-    # regex substitution did).
+    # The text with the closed blocks cut out (joined pieces may form a tag, as with a regex substitution).
     leftover = "".join(outside) + (visible[unclosed:] if unclosed >= 0 else "")
     unmatched = leftover.count(CALL_OPEN) + leftover.count(CALL_CLOSE)
     errors.extend(["unbalanced <tool_call> tag"] * unmatched)
