@@ -7,12 +7,14 @@ both gzipped JSON lines, fetched by :mod:`recrepro.data.amazon_download`. This m
   one line at a time with ``orjson``, keeping only the few fields the kit needs, ids interned into
   integer codes in ``array.array`` buffers (each distinct id string is stored once). A raw file is
   never held in memory as a whole (the reviews of a large category are several GB uncompressed);
-  the parser holds a few MB of decompressed text at a time.
+  the parser holds a few MB of decompressed text at a time (:mod:`recrepro.data.gzip_lines`).
 
 Error policy. Bad *input data* raises :class:`~recrepro.data.schema.DataError` naming the file and
-line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream. Rows that
-are well-formed JSON but unusable (no user, no item, non-numeric timestamp or rating) are skipped
-and counted in ``skips`` so that the data stage can report them.
+line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream; and
+:func:`load_category` refuses an empty reviews or metadata file (no JSON line), naming the file and
+the dataset. Rows that are well-formed JSON but unusable (no user, no item, non-numeric timestamp or
+rating, a rating off the 1-5 star scale) are skipped and counted in ``skips`` so that the data stage
+can report them.
 
 Skip counters (keys of ``skips``). A review is counted under the first check it fails, in the
 order listed; ``timestamp_in_seconds`` is a note on a review that passed the four checks.
@@ -21,6 +23,7 @@ order listed; ``timestamp_in_seconds`` is a note on a review that passed the fou
 ``review_missing_user``    user_id missing, empty or not a string (review skipped)
 ``review_missing_item``    parent_asin missing, empty or not a string (review skipped)
 ``review_bad_rating``      rating missing or not a number (review skipped)
+``review_rating_out_of_scale``  rating outside the 1..5 stars of :data:`RATING_SCALE` (review skipped)
 ``review_outside_window``  timestamp outside [window_start_ts, window_end_ts) (review filtered)
 ``timestamp_in_seconds``   timestamp below 1e11, taken to be seconds already (review kept);
                            counted whether or not the review falls inside the window
@@ -43,18 +46,21 @@ import math
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from recrepro.data.amazon_download import GZIP_ERRORS, READ_CHUNK_BYTES, inflate, prefetch, raw_paths
+from recrepro.data.amazon_download import raw_paths
+from recrepro.data.gzip_lines import iter_line_batches, json_error, object_error
 from recrepro.data.schema import CATEGORY_SEPARATOR, INTERACTION_COLUMNS, ITEM_COLUMNS, DataError
 
 # Official timestamps are Unix milliseconds. 1e11 ms is March 1973 while 1e11 s is the year 5138,
 # so any real review time below this bound must already be in seconds.
 SECONDS_BOUND = 100_000_000_000
+# Amazon's star ratings; a rating outside them is bad data (a review is skipped, not clipped).
+RATING_SCALE = (1.0, 5.0)
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
@@ -66,11 +72,15 @@ _INT64_MAX = (1 << 63) - 1
 
 @dataclass
 class ParsedFile:
-    """The compact result of parsing one raw file: a canonical frame and what was dropped."""
+    """The compact result of parsing one raw file: a canonical frame and what was dropped.
+
+    ``lines`` counts every line, ``records`` the non-blank ones (JSON values; 0 for an empty file).
+    """
 
     frame: pd.DataFrame
     skips: dict[str, int]
     lines: int
+    records: int = 0
 
 
 @dataclass
@@ -87,51 +97,9 @@ class AmazonTables:
     lines: dict[str, int] = field(default_factory=dict)
 
 
-def iter_line_batches(
-    path: Path, read_bytes: int = READ_CHUNK_BYTES,
-) -> Iterator[tuple[int, list[bytes]]]:
-    """Yield ``(first_line_no, lines)`` from a gzipped text file, one decompressed chunk at a time.
-
-    Lines come without their newline; line numbers are 1-based and count blank lines. Batches
-    instead of single lines keep the per-line cost of the reader to a list step. A truncated or
-    corrupt gzip stream raises :class:`DataError` naming the file and the last complete line.
-    """
-    path = Path(path)
-    line_no = 0
-    tail = b""
-    try:
-        for chunk in prefetch(inflate(path, read_bytes)):
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()  # a line cut by the chunk border is finished by the next chunk
-            if lines:
-                yield line_no + 1, lines
-                line_no += len(lines)
-    except GZIP_ERRORS as exc:
-        raise DataError(
-            f"{path}: truncated or corrupt gzip after line {line_no} ({type(exc).__name__}: {exc})"
-        ) from exc
-    if tail:
-        yield line_no + 1, [tail]
-
-
-# The hot loops carry no line counter; on the rare bad line its number is recovered with
-# ``batch.index(raw)``. An identical earlier line would have failed the same way and raised
-# first, so the first match is this line.
-
-
-def _json_error(
-    raw: bytes, batch: list[bytes], first: int, path: Path, exc: Exception,
-) -> DataError:
-    return DataError(f"{path}:{first + batch.index(raw)}: not valid JSON ({exc})")
-
-
-def _object_error(value: Any, raw: bytes, batch: list[bytes], first: int, path: Path) -> DataError:
-    line_no = first + batch.index(raw)
-    return DataError(f"{path}:{line_no}: expected a JSON object, got {type(value).__name__}")
-
-
 _REVIEW_SKIPS = ("review_bad_timestamp", "review_missing_user", "review_missing_item",
-                 "review_bad_rating", "review_outside_window", "timestamp_in_seconds")
+                 "review_bad_rating", "review_rating_out_of_scale", "review_outside_window",
+                 "timestamp_in_seconds")
 
 
 def _review_fields(
@@ -157,6 +125,9 @@ def _review_fields(
     rating = rec.get("rating")
     if type(rating) not in (int, float):
         skips["review_bad_rating"] += 1
+        return None
+    if not RATING_SCALE[0] <= rating <= RATING_SCALE[1]:
+        skips["review_rating_out_of_scale"] += 1
         return None
     if ts >= SECONDS_BOUND:
         seconds = math.floor(ts // 1000)  # floor division keeps int ms exact
@@ -190,28 +161,33 @@ def read_reviews(
     add_user, add_item = user_codes.append, item_codes.append
     add_rating, add_time = ratings.append, times.append
     bound = SECONDS_BOUND
+    low, high = RATING_SCALE
     outside = 0
-    lines = 0
+    lines = records = 0
     for first, batch in iter_line_batches(path):
         lines = first + len(batch) - 1
+        records += len(batch)  # blank lines are taken off below (rare, so off the hot path)
         for raw in batch:
             try:
                 rec = loads(raw)
             except decode_error as exc:
                 if raw.strip():
-                    raise _json_error(raw, batch, first, path, exc) from None
+                    raise json_error(raw, batch, first, path, exc) from None
+                records -= 1
                 continue  # blank line
             # Fast path: an official record (every field present, timestamp an int in ms, rating
-            # a float). Subscripting is cheaper than .get; a non-object raises TypeError.
+            # a float on the star scale). Subscripting is cheaper than .get; a non-object raises
+            # TypeError.
             try:
                 ts, user, item, rating = (
                     rec["timestamp"], rec["user_id"], rec["parent_asin"], rec["rating"])
                 fast = (type(ts) is int and ts >= bound and type(user) is str and user != ""
-                        and type(item) is str and item != "" and type(rating) is float)
+                        and type(item) is str and item != "" and type(rating) is float
+                        and low <= rating <= high)
             except KeyError:
                 fast = False
             except TypeError:
-                raise _object_error(rec, raw, batch, first, path) from None
+                raise object_error(rec, raw, batch, first, path) from None
             if fast:
                 ts //= 1000
             else:
@@ -228,7 +204,7 @@ def read_reviews(
             add_time(ts)
     skips["review_outside_window"] = outside
     frame = _interactions_frame(users, items, user_codes, item_codes, ratings, times)
-    return ParsedFile(frame, skips, lines)
+    return ParsedFile(frame, skips, lines, records)
 
 
 def _interactions_frame(
@@ -296,29 +272,31 @@ def read_meta(path: Path, keep_items: set[str] | None = None) -> ParsedFile:
     Only items in ``keep_items`` are kept (all when None). The first line of a parent_asin wins.
     A missing title becomes "" (the data stage drops and counts items without a usable title).
     """
-    rows, skips, lines = _parse_meta(Path(path), keep_items)
-    return ParsedFile(_items_frame(sorted(rows), rows), skips, lines)
+    rows, skips, lines, records = _parse_meta(Path(path), keep_items)
+    return ParsedFile(_items_frame(sorted(rows), rows), skips, lines, records)
 
 
 def _parse_meta(
     path: Path, keep_items: set[str] | None,
-) -> tuple[dict[str, tuple[Any, ...]], dict[str, int], int]:
-    """item_id -> field tuple for the kept items, plus skip counts and the number of lines."""
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, int], int, int]:
+    """item_id -> field tuple for the kept items, plus skip counts and the numbers of lines and records."""
     rows: dict[str, tuple[Any, ...]] = {}
     skips = dict.fromkeys(("meta_missing_item", "meta_duplicate_item", "meta_bad_price"), 0)
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    lines = 0
+    lines = records = 0
     for first, batch in iter_line_batches(path):
         lines = first + len(batch) - 1
+        records += len(batch)
         for raw in batch:
             try:
                 rec = loads(raw)
             except decode_error as exc:
                 if raw.strip():
-                    raise _json_error(raw, batch, first, path, exc) from None
+                    raise json_error(raw, batch, first, path, exc) from None
+                records -= 1
                 continue  # blank line
             if type(rec) is not dict:
-                raise _object_error(rec, raw, batch, first, path)
+                raise object_error(rec, raw, batch, first, path)
             item = rec.get("parent_asin")
             if type(item) is not str or not item:
                 skips["meta_missing_item"] += 1
@@ -331,7 +309,7 @@ def _parse_meta(
                 skips["meta_duplicate_item"] += 1
                 continue
             rows[item] = _meta_row(rec, skips)
-    return rows, skips, lines
+    return rows, skips, lines, records
 
 
 def _meta_row(rec: dict[str, Any], skips: dict[str, int]) -> tuple[Any, ...]:
@@ -431,14 +409,23 @@ def load_category(
 
     ``items`` has one row per item with at least one review in the window, in item_id order;
     an item without a metadata line keeps "" / NaN fields and is counted as ``item_without_meta``.
+    An empty file (0 bytes, or a gzip stream without a JSON line) raises :class:`DataError` naming
+    the file and the dataset: otherwise the data stage would only find later that no interaction
+    survives filtering.
     """
     paths = raw_paths(raw_dir, category)
-    for path in paths.values():
+    for kind, path in paths.items():
         if not path.is_file():
             raise DataError(f"{path}: raw file missing; run fetch_category({category!r}) first")
+        if path.stat().st_size == 0:
+            raise _empty_file(path, kind, category, "0 bytes")
     reviews = read_reviews(paths["reviews"], window_start_ts, window_end_ts)
+    if reviews.records == 0:
+        raise _empty_file(paths["reviews"], "reviews", category, "no JSON line")
     item_ids = sorted(set(reviews.frame["item_id"]))
-    rows, meta_skips, meta_lines = _parse_meta(paths["meta"], set(item_ids))
+    rows, meta_skips, meta_lines, meta_records = _parse_meta(paths["meta"], set(item_ids))
+    if meta_records == 0:
+        raise _empty_file(paths["meta"], "meta", category, "no JSON line")
     skips = {**reviews.skips, **meta_skips}
     skips["item_without_meta"] = sum(1 for item in item_ids if item not in rows)
     return AmazonTables(
@@ -447,3 +434,10 @@ def load_category(
         skips=skips,
         lines={paths["reviews"].name: reviews.lines, paths["meta"].name: meta_lines},
     )
+
+
+def _empty_file(path: Path, kind: str, category: str, what: str) -> DataError:
+    """The error for an empty raw file: which file, of which dataset, and how to recover."""
+    label = "reviews" if kind == "reviews" else "metadata"
+    return DataError(f"{path}: the {label} file of dataset {category!r} is empty ({what}); "
+                     f"delete it and run fetch_category({category!r}) again")

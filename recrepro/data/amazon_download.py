@@ -98,9 +98,11 @@ def download(
 ) -> DownloadRecord:
     """Download ``url`` to ``dest``, resuming an earlier partial download.
 
-    If ``dest`` exists and matches ``expected_sha256`` (or no hash is given) nothing is fetched.
-    Otherwise the bytes go into ``<dest>.part``; an existing ``.part`` is resumed with a ``Range``
-    request (a server that ignores ``Range`` and answers 200 restarts it from byte zero).
+    If ``dest`` exists and matches ``expected_sha256`` nothing is fetched; with no hash given (the
+    download record was lost), an existing ``dest`` is kept only when it reads as one complete gzip
+    stream, so that a truncated or damaged file never gets its hash recorded. Otherwise the bytes go
+    into ``<dest>.part``; an existing ``.part`` is resumed with a ``Range`` request (a server that
+    ignores ``Range`` and answers 200 restarts it from byte zero).
 
     ``.part`` policy: after a network failure or a transfer that ended short of the announced
     length, the ``.part`` is kept and :class:`DownloadError` is raised (call again to resume).
@@ -113,11 +115,11 @@ def download(
     """
     dest = Path(dest)
     want = expected_sha256.lower() if expected_sha256 else None
-    if dest.is_file():
+    if dest.is_file() and (want is not None or _complete_gzip(dest)):
         digest = sha256_file(dest)
         if want is None or digest == want:
             return DownloadRecord(url, dest, dest.stat().st_size, digest)
-        # The local copy is stale or damaged: fetch again; it is replaced only once verified.
+    # No local copy, or a stale or damaged one: fetch again; dest is replaced only once verified.
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     _transfer(url, part, progress=progress, timeout=timeout, chunk_bytes=chunk_bytes)
@@ -266,6 +268,15 @@ def check_gzip(path: Path, name: Path | None = None) -> None:
         raise DataError(f"{shown}: not a complete gzip file ({type(exc).__name__}: {exc})") from exc
 
 
+def _complete_gzip(path: Path) -> bool:
+    """Whether ``path`` reads through as one complete gzip stream (see :func:`check_gzip`)."""
+    try:
+        check_gzip(path)
+    except DataError:
+        return False
+    return True
+
+
 def fetch_category(
     raw_dir: Path, base_url: str, category: str, progress: bool = True,
 ) -> dict[str, DownloadRecord]:
@@ -275,6 +286,8 @@ def fetch_category(
     rewritten atomically after each file. The recorded hash pins the data: on a later call a file
     whose bytes still match it is not fetched again, and a file that no longer matches is fetched
     again and must match the record (delete ``downloads.json`` to accept a changed upstream file).
+    Without a record (``downloads.json`` lost, or the URL changed) a local file is verified as one
+    complete gzip stream before its hash is recorded; a file that fails is fetched again.
     """
     paths = raw_paths(raw_dir, category)
     manifest_path = paths["reviews"].parent / DOWNLOADS_NAME

@@ -297,6 +297,32 @@ def test_fetch_category_records_downloads_and_skips_matching_files(server: FileS
     assert len(server.log) == 3 and (folder / f"{CATEGORY}.jsonl.gz").read_bytes() == reviews_gz
 
 
+def test_a_local_file_without_a_record_is_verified_before_its_hash_is_recorded(server: FileServer,
+                                                                                tmp_path: Path) -> None:
+    """Issue 15: with downloads.json lost, a truncated local file must not be pinned; it is fetched again."""
+    reviews_gz, meta_gz = gz_lines([review("U1", "I1", T0 * MS)]), gz_lines([meta("I1")])
+    server.files[f"/base/review_categories/{CATEGORY}.jsonl.gz"] = reviews_gz
+    server.files[f"/base/meta_categories/meta_{CATEGORY}.jsonl.gz"] = meta_gz
+    paths = amazon_download.raw_paths(tmp_path, CATEGORY)
+    write(paths["reviews"], reviews_gz[:-9])  # the gzip trailer (CRC-32, length) is missing
+    write(paths["meta"], meta_gz)             # complete: kept, nothing fetched
+    fetch_category(tmp_path, server.url("/base"), CATEGORY, progress=False)
+    assert [e["path"] for e in server.log] == [f"/base/review_categories/{CATEGORY}.jsonl.gz"]
+    assert paths["reviews"].read_bytes() == reviews_gz
+    files = json.loads((paths["reviews"].parent / "downloads.json").read_text())["files"]
+    assert files["reviews"]["sha256"] == hashlib.sha256(reviews_gz).hexdigest()
+    assert files["meta"]["sha256"] == hashlib.sha256(meta_gz).hexdigest()
+
+
+def test_download_without_a_hash_replaces_a_damaged_file(server: FileServer, body: bytes, tmp_path: Path) -> None:
+    server.files["/f.gz"] = body
+    dest = write(tmp_path / "f.gz", b"not gzip")
+    record = download(server.url("/f.gz"), dest, progress=False)
+    assert dest.read_bytes() == body and record.sha256 == hashlib.sha256(body).hexdigest()
+    assert download(server.url("/f.gz"), dest, progress=False) == record  # now complete: not fetched again
+    assert len(server.log) == 1
+
+
 # ---------------------------------------------------------------- line reader
 
 
@@ -352,7 +378,7 @@ def test_read_reviews_exact_frame(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(parsed.frame, expected)
     assert tuple(parsed.frame.columns) == INTERACTION_COLUMNS
     assert all(type(v) is str for v in parsed.frame["user_id"])
-    assert parsed.lines == 5 and not any(parsed.skips.values())
+    assert parsed.lines == parsed.records == 5 and not any(parsed.skips.values())
     # Same input in another order gives the same frame (keys are distinct here).
     rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
     again = read_reviews(write(tmp_path / "r2.jsonl.gz", gz_lines(rows[::-1])))
@@ -406,12 +432,31 @@ def test_unusable_reviews_are_skipped_and_counted(tmp_path: Path) -> None:
     parsed = read_reviews(path)
     assert parsed.skips == {
         "review_bad_timestamp": 2, "review_missing_user": 2, "review_missing_item": 1,
-        "review_bad_rating": 2, "review_outside_window": 0, "timestamp_in_seconds": 1,
+        "review_bad_rating": 2, "review_rating_out_of_scale": 0, "review_outside_window": 0,
+        "timestamp_in_seconds": 1,
     }
     pd.testing.assert_frame_equal(parsed.frame, frame([
         ("U1", "I1", 5.0, T0), ("U7", "I2", 5.0, T0 + 7), ("U8", "I2", 5.0, T0 + 8),
     ]))
-    assert parsed.lines == 12
+    assert (parsed.lines, parsed.records) == (12, 10)  # the two blank lines are no records
+
+
+def test_ratings_off_the_star_scale_are_skipped_and_counted(tmp_path: Path) -> None:
+    """Issue 15: Amazon ratings are 1..5 stars; anything else is bad data, skipped and counted."""
+    path = write(tmp_path / "r.jsonl.gz", gz_lines([
+        review("U1", "I1", T0 * MS, 1.0), review("U2", "I1", T0 * MS, 5),    # both ends are in
+        review("U3", "I1", T0 * MS, 0.0), review("U4", "I1", T0 * MS, 0),    # zero stars: fast and slow path
+        review("U5", "I1", T0 * MS, 5.5), review("U6", "I1", T0 * MS, 50),
+        review("U7", "I1", T0 * MS, -1.0), review("U8", "I1", T0 * MS, 0.999),
+        review("U9", "I1", T0 - 5, 6.0),                                     # off the scale before the window
+    ]))
+    parsed = read_reviews(path, window_start_ts=T0)
+    assert parsed.skips == {
+        "review_bad_timestamp": 0, "review_missing_user": 0, "review_missing_item": 0,
+        "review_bad_rating": 0, "review_rating_out_of_scale": 7, "review_outside_window": 0,
+        "timestamp_in_seconds": 0,
+    }
+    pd.testing.assert_frame_equal(parsed.frame, frame([("U1", "I1", 1.0, T0), ("U2", "I1", 5.0, T0)]))
 
 
 def test_non_json_line_names_file_and_line(tmp_path: Path) -> None:
@@ -516,13 +561,34 @@ def test_load_category(tmp_path: Path) -> None:
     assert tables.lines == {f"{CATEGORY}.jsonl.gz": 4, f"meta_{CATEGORY}.jsonl.gz": 4}
 
 
-def test_load_category_requires_both_files_and_handles_empty_ones(tmp_path: Path) -> None:
+def test_load_category_requires_both_files(tmp_path: Path) -> None:
     paths = amazon_download.raw_paths(tmp_path, CATEGORY)
     write(paths["reviews"], gz_lines([]))
     with pytest.raises(DataError, match="meta_Video_Games.jsonl.gz: raw file missing"):
         load_category(tmp_path, CATEGORY, None, None)
-    write(paths["meta"], gz_lines([]))
+
+
+@pytest.mark.parametrize("empty", [b"", gz_lines([]), gz_lines(["", "  "])], ids=["0 bytes", "no line", "blank"])
+def test_an_empty_raw_file_is_an_error_naming_file_and_dataset(tmp_path: Path, empty: bytes) -> None:
+    """Issue 15: an empty file is named as such, not reported later as "no interaction survives filtering"."""
+    paths = amazon_download.raw_paths(tmp_path, CATEGORY)
+    what = "0 bytes" if empty == b"" else "no JSON line"
+    good_reviews, good_meta = gz_lines([review("U1", "I1", T0 * MS)]), gz_lines([meta("I1")])
+    for kind, label in (("reviews", "reviews"), ("meta", "metadata")):
+        write(paths["reviews"], empty if kind == "reviews" else good_reviews)
+        write(paths["meta"], empty if kind == "meta" else good_meta)
+        with pytest.raises(DataError) as error:
+            load_category(tmp_path, CATEGORY, None, None)
+        assert str(error.value) == (f"{paths[kind]}: the {label} file of dataset 'Video_Games' is empty ({what}); "
+                                    "delete it and run fetch_category('Video_Games') again")
+
+
+def test_a_raw_file_of_unusable_lines_is_not_empty(tmp_path: Path) -> None:
+    """Its skips are counted as before; the data stage reports them."""
+    paths = amazon_download.raw_paths(tmp_path, CATEGORY)
+    write(paths["reviews"], gz_lines([review(None, "I1", T0 * MS)]))
+    write(paths["meta"], gz_lines([meta(None)]))
     tables = load_category(tmp_path, CATEGORY, None, None)
-    pd.testing.assert_frame_equal(tables.interactions, frame([]))
-    assert tables.items.empty and tuple(tables.items.columns) == ITEM_COLUMNS
-    assert tables.lines == {paths["reviews"].name: 0, paths["meta"].name: 0}
+    assert tables.interactions.empty and tables.items.empty and tuple(tables.items.columns) == ITEM_COLUMNS
+    assert (tables.skips["review_missing_user"], tables.skips["meta_missing_item"]) == (1, 1)
+    assert tables.lines == {paths["reviews"].name: 1, paths["meta"].name: 1}
