@@ -33,8 +33,8 @@ class RunConfig:
     name: str
     seed: int
     runs_dir: str
-    results_dir: str
-    figures_dir: str
+    results_dir: str  # the committed reference tables, <results_dir>/<name>/ (a run writes runs/<name>/results)
+    figures_dir: str  # the committed reference figures, <figures_dir>/<name>/
     device: str  # "cpu", "cuda" or "auto"
     jobs: int = 1  # independent training jobs run side by side, one torch thread each (recrepro.jobs)
 
@@ -255,10 +255,11 @@ class Profile:
         return Path(root) / self.run.runs_dir / self.run.name
 
     def results_dir(self, root: Path | str = ".") -> Path:
-        return Path(root) / self.run.results_dir / self.run.name
+        """This run's tables (``runs/<name>/results``); the committed reference is ``paths.reference_dir``."""
+        return self.run_dir(root) / "results"
 
     def figures_dir(self, root: Path | str = ".") -> Path:
-        return Path(root) / self.run.figures_dir / self.run.name
+        return self.run_dir(root) / "figures"
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -361,19 +362,6 @@ def model_context(profile: Profile) -> int:
     return profile.rta.max_prompt_length + profile.rta.max_completion_length
 
 
-def completions_per_micro_step(profile: Profile, processes: int) -> int:
-    """Completions per process per micro-step: ``rta.batch_size`` instances x G spread over processes and
-    ``rta.gradient_accumulation_steps`` (as TRL splits them); a split that does not divide evenly raises."""
-    rta = profile.rta
-    completions = rta.batch_size * rta.group_size
-    split = processes * rta.gradient_accumulation_steps
-    if completions % split:
-        raise ConfigError(f"rta.gradient_accumulation_steps: rta.batch_size x rta.group_size = {completions} completions "
-                          f"per step cannot be split evenly over {processes} process(es) x "
-                          f"{rta.gradient_accumulation_steps} accumulation steps")
-    return completions // split
-
-
 def _validate_context(profile: Profile) -> None:
     rta, agent = profile.rta, profile.agent
     if rta.max_prompt_length < 1 or rta.max_completion_length < 1:
@@ -407,12 +395,20 @@ def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = No
         raise ConfigError(f"{path}: the top level must be a mapping")
     for dotted, value in (overrides or {}).items():
         _apply_override(raw, dotted, value, path)
+    if overrides and "run.name" not in overrides and isinstance(raw.get("run"), dict) and "name" in raw["run"]:
+        # A run with --set is a run of its own: its own folder and name, so its rows never join the profile's.
+        raw["run"]["name"] = f"{raw['run']['name']}+{override_key(overrides)}"
     try:
         profile = _build(Profile, raw, "")
         _validate(profile)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return dataclasses.replace(profile, source_path=str(path))
+
+
+def override_key(overrides: dict[str, Any]) -> str:
+    """Eight hex digits naming a set of overrides (order-free): the suffix of its run's name."""
+    return hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:

@@ -1,6 +1,9 @@
 """Every folder and file of a run, in one place: ``runs/<profile>/...`` (``Profile.run_dir``).
 
-Layout (``<d>`` = dataset; tables and figures go to ``results/<profile>/`` and ``figures/<profile>/``):
+Layout (``<d>`` = dataset). A run writes only here; the committed reference outputs
+``results/<profile>/`` and ``figures/<profile>/`` change only through ``python -m recrepro promote``
+(:func:`reference_dir`). A run with ``--set`` overrides is named ``<profile>+<8 hex digits>``
+(``recrepro.config.override_key``), so it has a folder, and tables, of its own.
 
     data/<d>/                  canonical tables and splits (notebook 01)
     recbole_work/<d>/          RecBole's own files while it trains (notebook 02)
@@ -10,6 +13,8 @@ Layout (``<d>`` = dataset; tables and figures go to ``results/<profile>/`` and `
     agent_eval/<d>/<model>.jsonl  the trajectories behind an LLM row
     sft/<d>/  rta/<d>/  ppr/<d>/  sweeps/<d>/   trained policies and their logs
     jobs/                      side-by-side job logs and resolved profiles
+    results/                   this run's tables (``Profile.results_dir``), stamped with run and config
+    figures/                   this run's figures (``Profile.figures_dir``)
     environment.json           versions and hardware of the run
 """
 
@@ -66,3 +71,11 @@ def jobs_dir(profile: Profile, root: Path | str = ".") -> Path:
 
 def environment_file(profile: Profile, root: Path | str = ".") -> Path:
     return run_dir(profile, root) / "environment.json"
+
+
+def reference_dir(profile: Profile, kind: str, root: Path | str = ".") -> Path:
+    """The committed reference of ``kind`` ("results" or "figures"): ``results/<name>/`` or ``figures/<name>/``."""
+    if kind not in ("results", "figures"):
+        raise ValueError(f"unknown reference kind {kind!r}; expected 'results' or 'figures'")
+    folder = profile.run.results_dir if kind == "results" else profile.run.figures_dir
+    return Path(root) / folder / profile.run.name

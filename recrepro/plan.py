@@ -28,13 +28,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recrepro.config import ConfigError, Profile, completions_per_micro_step, model_context
+from recrepro.config import ConfigError, Profile, model_context
 from recrepro.paper import reported_dataset_stats
 
 GIB = 1024 ** 3
 OVERHEAD_GIB = 3.0  # [G] CUDA context, NCCL buffers, fragmentation
 PAPER_SECONDS_PER_REQUEST = (16.0, 21.0)  # [N] PAPER.md 1.3: one A800, vLLM, end to end
 TRAIN_SHARE = 0.8  # [N] PAPER.md 1.2: global temporal split 8:1:1
+
+
+def completions_per_micro_step(profile: Profile, processes: int) -> int:
+    """Completions per process per micro-step: ``rta.batch_size`` instances x G spread over processes and
+    ``rta.gradient_accumulation_steps`` (as TRL splits them); a split that does not divide evenly raises."""
+    rta = profile.rta
+    completions = rta.batch_size * rta.group_size
+    split = processes * rta.gradient_accumulation_steps
+    if completions % split:
+        raise ConfigError(f"rta.gradient_accumulation_steps: rta.batch_size x rta.group_size = {completions} completions "
+                          f"per step cannot be split evenly over {processes} process(es) x "
+                          f"{rta.gradient_accumulation_steps} accumulation steps")
+    return completions // split
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,7 @@ def shape_of(name: str) -> Shape:
 
 
 def micro_batch(profile: Profile, processes: int) -> int:
-    """Completions per process per micro-step (:func:`recrepro.config.completions_per_micro_step`)."""
+    """Completions per process per micro-step (:func:`completions_per_micro_step`)."""
     try:
         return completions_per_micro_step(profile, processes)
     except ConfigError as exc:

@@ -50,7 +50,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
-from recrepro.config import Profile, completions_per_micro_step, model_context
+from recrepro.config import Profile, model_context
+from recrepro.plan import completions_per_micro_step
 from recrepro.io import atomic_dir, write_json_atomic
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
@@ -76,7 +77,7 @@ def vllm_colocate_available(profile: Profile) -> bool:
 
 
 def per_device_batch(profile: Profile, processes: int) -> int:
-    """TRL's ``per_device_train_batch_size``: :func:`recrepro.config.completions_per_micro_step`."""
+    """TRL's ``per_device_train_batch_size``: :func:`recrepro.plan.completions_per_micro_step`."""
     return completions_per_micro_step(profile, processes)
 
 

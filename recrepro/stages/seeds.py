@@ -36,17 +36,14 @@ from recrepro.stages.evaluate import run_zero_shot
 
 OURS, BASELINE = "trained-TIRR-RTA", "frozen-TIRR"  # Table 2 names of issue 12 (a)
 METRICS = ("H@10", "N@10")
-SEED_RESULTS = "runs/seeds/results"  # per-seed tables stay out of the committed results/
-SEED_FIGURES = "runs/seeds/figures"
 LAST_SHARED_NOTEBOOK = 3  # 00-03: data, SASRec, profiles; stage 1 then runs for TIRR only
 SUMMARY_COLUMNS = ["seed", "dataset", "metric", "ours", "baseline", "diff", "diff_lo", "diff_hi", "p_text",
                    "second_test", "second_p", "n"]
 
 
 def seed_profile(profile: Profile, seed: int) -> Profile:
-    """``profile`` with ``run.seed = seed``, its own run name and its tables under ``runs/seeds``."""
-    run = dataclasses.replace(profile.run, seed=int(seed), name=f"{profile.run.name}-seed{seed}",
-                              results_dir=SEED_RESULTS, figures_dir=SEED_FIGURES, jobs=1)
+    """``profile`` with ``run.seed = seed`` and its own run name (so its own run folder and tables)."""
+    run = dataclasses.replace(profile.run, seed=int(seed), name=f"{profile.run.name}-seed{seed}", jobs=1)
     return dataclasses.replace(profile, run=run)
 
 

@@ -16,6 +16,7 @@ from recrepro.stages.profiles import run_user_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1}
+RUN = load_profile("smoke", OVERRIDES)  # where the chain of this module writes
 
 
 def notebook_text(path: Path) -> str:
@@ -38,12 +39,12 @@ def test_chain_00_to_03(tmp_path):
     results = run_chain("smoke", root=tmp_path, stop=3, overrides=OVERRIDES, log=lambda *_: None)
     assert [(r.notebook[:2], r.status) for r in results] == [("00", "ran"), ("01", "ran"), ("02", "ran"), ("03", "ran")]
 
-    cache = tmp_path / "runs/smoke/user_profiles/ml-100k/template-v1.parquet"
+    cache = RUN.run_dir(tmp_path) / "user_profiles/ml-100k/template-v1.parquet"
     profiles = pd.read_parquet(cache)
     assert len(profiles) > 100 and (profiles["last_time"] < profiles["cutoff_time"]).all()
-    assert (tmp_path / "results/smoke/user_profiles.csv").is_file()
+    assert (RUN.results_dir(tmp_path) / "user_profiles.csv").is_file()
 
-    text = notebook_text(tmp_path / "runs/smoke/notebooks/03_profiles.ipynb")
+    text = notebook_text(RUN.run_dir(tmp_path) / "notebooks/03_profiles.ipynb")
     assert "collaborative space = SASRec" in text  # notebook 02's export was found
     for name in TOOL_NAMES:
         assert f"### {name}(" in text

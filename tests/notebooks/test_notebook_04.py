@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "warmstart.steps": 20, "warmstart.instances": 16,
              "rta.max_steps": 2, "rta.train_instances": 8, "rta.batch_size": 4, "rta.eval_instances": 8,
              "agent.eval_instances": 8}
+RUN = load_profile("smoke", OVERRIDES)  # where the chain of this module writes
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,8 @@ def chain_root(tmp_path_factory):
 def test_chain_00_to_04_trains_both_variants_and_writes_rows(chain_root):
     root, results = chain_root
     assert [(r.notebook[:2], r.status) for r in results] == [(f"0{i}", "ran") for i in range(5)]
-    assert (root / "runs/smoke/notebooks/04_rta.ipynb").is_file()
-    rta = root / "runs/smoke/rta/ml-100k"
+    assert (RUN.run_dir(root) / "notebooks/04_rta.ipynb").is_file()
+    rta = RUN.run_dir(root) / "rta/ml-100k"
     log = pd.read_csv(rta / "train_log.csv")
     assert list(log["step"]) == [0, 1, 2]
     assert log["val_H@10"].notna().tolist() == [True, False, True]  # before, and after the last step
@@ -45,14 +46,14 @@ def test_chain_00_to_04_trains_both_variants_and_writes_rows(chain_root):
         assert (rta / variant / "final" / "config.json").is_file()
         assert (rta / variant / "final" / "tokenizer_config.json").is_file()
         assert (rta / variant / "checkpoints" / "checkpoint-2" / "optimizer.pt").is_file()
-    table2 = pd.read_csv(root / "results/smoke/table2.csv")
+    table2 = pd.read_csv(RUN.results_dir(root) / "table2.csv")
     ours = table2[table2["source"] == "measured"].set_index("model")
     assert {"trained-TIRR-RTA", "trained-R"} <= set(ours.index)
     assert (ours.loc[["trained-TIRR-RTA", "trained-R"], "n"] == 8).all()
     assert (table2["source"] == "paper").any() and "trained-TIRR-RTA" in set(table2[table2["source"] == "paper"]["model"])
-    table1 = pd.read_csv(root / "results/smoke/table1.csv")
+    table1 = pd.read_csv(RUN.results_dir(root) / "table1.csv")
     assert "AgenticRec (RTA)" in set(table1[table1["source"] == "measured"]["model"])
-    cards = json.loads((root / "results/smoke/eval_card.json").read_text())
+    cards = json.loads((RUN.results_dir(root) / "eval_card.json").read_text())
     assert {"ml-100k/trained-TIRR-RTA", "ml-100k/trained-R"} <= set(cards)
 
 

@@ -12,6 +12,8 @@ from recrepro.io import verify_manifest
 from recrepro.stages.ppr import run_ppr
 from tests.notebooks.conftest import REDUCED_OVERRIDES
 
+RUN = load_profile("smoke", REDUCED_OVERRIDES)  # where the chain of this module writes
+
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def chain_root(reduced_chain):
 def test_chain_00_to_05_mines_pairs_and_writes_accuracy_and_rows(chain_root):
     root, results = chain_root
     assert [(r.notebook[:2], r.status) for r in results] == [(f"0{i}", "ran") for i in range(6)]
-    folder = root / "runs/smoke/ppr/ml-100k"
+    folder = RUN.run_dir(root) / "ppr/ml-100k"
     manifest = verify_manifest(folder / "round1/pairs")
     stats = json.loads((folder / "round1/pairs/mining_stats.json").read_text())
     assert stats["train"]["instances"] == 8 and stats["valid"]["instances"] == 6
@@ -40,14 +42,14 @@ def test_chain_00_to_05_mines_pairs_and_writes_accuracy_and_rows(chain_root):
         assert len(pd.read_csv(folder / "train_log.csv")) >= 1
     accuracy = json.loads((folder / "preference_accuracy.json").read_text())
     assert accuracy["before"]["n_pairs"] == accuracy["after"]["n_pairs"] == stats["valid"]["pairs"]
-    table = pd.read_csv(root / "results/smoke/preference_accuracy.csv")
+    table = pd.read_csv(RUN.results_dir(root) / "preference_accuracy.csv")
     assert set(table["source"]) == {"measured", "paper"}
     assert table[table["source"] == "paper"]["all"].tolist() == [0.19, 0.24]
-    table2 = pd.read_csv(root / "results/smoke/table2.csv")
+    table2 = pd.read_csv(RUN.results_dir(root) / "table2.csv")
     ours = table2[table2["source"] == "measured"].set_index("model")
     assert {"trained-TIRR-RTA", "trained-TIRR-RTA+PPR"} <= set(ours.index)
     assert ours.loc["trained-TIRR-RTA+PPR", "n"] == 6
-    table1 = pd.read_csv(root / "results/smoke/table1.csv")
+    table1 = pd.read_csv(RUN.results_dir(root) / "table1.csv")
     assert "AgenticRec (RTA+PPR)" in set(table1[table1["source"] == "measured"]["model"])
 
 

@@ -23,6 +23,7 @@ OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "agent.eval_instances": 
              "agent.max_new_tokens_per_turn": 128, "warmstart.steps": 6, "warmstart.instances": 12,
              "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2, "sft.max_new_tokens": 48}
 PLANTED = "AgenticRec (RTA)"
+RUN = load_profile("smoke", OVERRIDES)  # where the chain of this module writes
 
 
 def plant_agenticrec(root: Path) -> list[int]:
@@ -54,7 +55,7 @@ def chain_root(tmp_path_factory):
 def test_notebook_06_writes_frozen_rows_cards_and_trajectories(chain_root):
     root, results = chain_root
     assert [r.notebook for r in results if r.status == "ran"] == ["06_evaluate.ipynb"]
-    results_dir = root / "results" / "smoke"
+    results_dir = RUN.results_dir(root)
     table2 = pd.read_csv(results_dir / "table2.csv")
     ours = table2[table2["source"] != "paper"].set_index("model")
     assert {"Chance", "frozen-R", "frozen-TIRR"} <= set(ours.index)
@@ -74,22 +75,22 @@ def test_notebook_06_writes_frozen_rows_cards_and_trajectories(chain_root):
     assert cards["ml-100k/frozen-R"]["tool_calls_per_trajectory"]["mean"] == 0.0 or \
         cards["ml-100k/frozen-R"]["invalid_reasons"]["bad_tool_call"] > 0
     assert (results_dir / "eval_card.md").read_text().startswith("# Agent evaluation cards")
-    lines = (root / "runs" / "smoke" / "agent_eval" / "ml-100k" / "frozen-TIRR.jsonl").read_text().splitlines()
+    lines = (RUN.run_dir(root) / "agent_eval" / "ml-100k" / "frozen-TIRR.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
     assert first["messages"][0]["role"] == "system" and "turns" in first
-    assert (root / "runs" / "smoke" / "models" / "tiny-qwen3-s-warm" / "warmstart_info.json").is_file()
+    assert (RUN.run_dir(root) / "models" / "tiny-qwen3-s-warm" / "warmstart_info.json").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_notebook_06_adds_sft_row_not_run_rows_and_significance(chain_root):
     root, _ = chain_root
-    results_dir = root / "results" / "smoke"
+    results_dir = RUN.results_dir(root)
     table1 = pd.read_csv(results_dir / "table1.csv")
     measured = table1[table1["source"] == "measured"].set_index("model")
     sft = measured.loc["TALLRec-like (SFT)"]
     assert sft["n"] == OVERRIDES["agent.eval_instances"] and 0.0 <= sft["H@1"] <= sft["H@10"] <= 1.0
-    info = json.loads((root / "runs/smoke/sft/ml-100k/final/sft_info.json").read_text())
+    info = json.loads((RUN.run_dir(root) / "sft/ml-100k/final/sft_info.json").read_text())
     assert info["steps"] == 2 and info["instances"] == 8 and len(info["losses"]) == 2
     not_run = table1[table1["source"] == "not run"]
     assert sorted(not_run["model"]) == sorted(["ReaRec", "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO",

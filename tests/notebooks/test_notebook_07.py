@@ -8,6 +8,11 @@ import json
 import pandas as pd
 import pytest
 
+from recrepro.config import load_profile
+from tests.notebooks.conftest import REDUCED_OVERRIDES
+
+RUN = load_profile("smoke", REDUCED_OVERRIDES)  # where the chain of this module writes
+
 
 METRICS = {"H@1", "H@5", "H@10", "N@5", "N@10"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # every test here needs the chain fixture
@@ -21,8 +26,8 @@ def chain_root(reduced_chain):
 def test_chain_00_to_07_draws_the_three_figures(chain_root):
     root, results = chain_root
     assert results[-1].notebook == "07_figures.ipynb" and all(r.status == "ran" for r in results)
-    assert (root / "runs/smoke/notebooks/07_figures.ipynb").is_file()
-    figures = root / "figures/smoke"
+    assert (RUN.run_dir(root) / "notebooks/07_figures.ipynb").is_file()
+    figures = RUN.figures_dir(root)
     for stem in ("fig3_tool_usage", "fig4_group_size", "fig5_backbone_size"):
         assert (figures / f"{stem}.png").stat().st_size > 10_000, stem
         assert (figures / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
@@ -30,11 +35,11 @@ def test_chain_00_to_07_draws_the_three_figures(chain_root):
 
 def test_sweep_results_are_long_tables_of_real_runs(chain_root):
     root, _ = chain_root
-    fig4 = pd.read_csv(root / "results/smoke/fig4_group_size.csv")
+    fig4 = pd.read_csv(RUN.results_dir(root) / "fig4_group_size.csv")
     assert sorted(fig4["group_size"].unique()) == [2, 4, 8] and set(fig4["metric"]) == METRICS
-    assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 3).all()
+    assert (fig4["profile"] == RUN.run.name).all() and (fig4["n"] == 3).all()
     assert fig4["value"].between(0, 1).all() and (fig4["backbone"] == "tiny-qwen3-s").all()
-    fig5 = pd.read_csv(root / "results/smoke/fig5_backbone_size.csv")
+    fig5 = pd.read_csv(RUN.results_dir(root) / "fig5_backbone_size.csv")
     sizes = fig5.drop_duplicates("backbone")
     assert list(sizes["backbone"]) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
     assert sizes["parameters"].is_monotonic_increasing and sizes["parameters"].nunique() == 3
@@ -46,7 +51,7 @@ def test_sweep_results_are_long_tables_of_real_runs(chain_root):
     s_point = fig5[(fig5["backbone"] == "tiny-qwen3-s") & (fig5["stage"] == "RTA")].set_index("metric")["value"]
     g2 = fig4[fig4["group_size"] == 2].set_index("metric")["value"]
     assert s_point.to_dict() == g2.to_dict()
-    sweeps = root / "runs/smoke/sweeps/ml-100k"
+    sweeps = RUN.run_dir(root) / "sweeps/ml-100k"
     for name in ("tiny-qwen3-s-G2", "tiny-qwen3-s-G4", "tiny-qwen3-s-G8", "tiny-qwen3-m-G2", "tiny-qwen3-l-G2"):
         assert (sweeps / name / "final" / "config.json").is_file(), name
         log = pd.read_csv(sweeps / name / "train_log.csv")
@@ -62,11 +67,11 @@ def test_sweep_results_are_long_tables_of_real_runs(chain_root):
 def test_sweeps_stay_out_of_the_main_tables(chain_root):
     root, _ = chain_root
     for stem in ("table1", "table2"):
-        table = pd.read_csv(root / f"results/smoke/{stem}.csv")
+        table = pd.read_csv(RUN.results_dir(root) / f"{stem}.csv")
         assert not table["model"].str.startswith("sweep").any(), stem
     # The main stage-1 run keeps its own folder and warm-started start model.
-    assert (root / "runs/smoke/rta/ml-100k/tirr/final/config.json").is_file()
-    warm = json.loads((root / "runs/smoke/models/tiny-qwen3-s-warm/warmstart_info.json").read_text())
+    assert (RUN.run_dir(root) / "rta/ml-100k/tirr/final/config.json").is_file()
+    warm = json.loads((RUN.run_dir(root) / "models/tiny-qwen3-s-warm/warmstart_info.json").read_text())
     assert warm["settings"]["steps"] == 20  # the chain's warm start, not the sweep's 2 steps
-    assert json.loads((root / "runs/smoke/models/tiny-qwen3-m-warm/warmstart_info.json").read_text())[
+    assert json.loads((RUN.run_dir(root) / "models/tiny-qwen3-m-warm/warmstart_info.json").read_text())[
         "settings"]["steps"] == 2

@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recrepro.config import load_profile
 from recrepro.runner import run_chain
 from tests.conftest import REPO_ROOT
+
+RUN = load_profile("smoke")  # the shipped profile: runs/smoke
 
 EXACT_MODELS = {"Chance", "Random", "MostPop"}
 RECBOLE_MODELS = {"SASRec", "GRU4Rec", "Caser"}
@@ -97,7 +100,7 @@ def test_main_command_runs_every_notebook(full_chain):
     print(f"smoke chain wall time: {wall:.0f} s")
     assert [(r.notebook[:2], r.status) for r in results] == [(f"0{i}", "ran") for i in range(8)]
     for r in results:
-        assert (root / "runs" / "smoke" / "notebooks" / r.notebook).is_file()
+        assert (RUN.run_dir(root) / "notebooks" / r.notebook).is_file()
 
 
 @pytest.mark.slow
@@ -105,14 +108,14 @@ def test_main_command_runs_every_notebook(full_chain):
 @pytest.mark.parametrize("stem", ["table1", "table2"])
 def test_fresh_tables_match_the_committed_reference(full_chain, stem):
     root = full_chain[0]
-    problems = compare_tables(_measured(root / "results" / "smoke" / f"{stem}.csv"), _measured(REFERENCE / f"{stem}.csv"))
+    problems = compare_tables(_measured(RUN.results_dir(root) / f"{stem}.csv"), _measured(REFERENCE / f"{stem}.csv"))
     assert problems == [], "\n".join(problems)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_paper_row_of_table1_is_measured_or_marked_not_run(full_chain):
-    table = pd.read_csv(full_chain[0] / "results" / "smoke" / "table1.csv")
+    table = pd.read_csv(RUN.results_dir(full_chain[0]) / "table1.csv")
     paper_models = set(table.loc[table["source"] == "paper", "model"])
     shown = set(table.loc[table["source"] != "paper", "model"])
     not_run = set(table.loc[table["source"] == "not run", "model"])
@@ -127,7 +130,7 @@ def test_every_paper_row_of_table1_is_measured_or_marked_not_run(full_chain):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("stem", FIGURES)
 def test_figures_exist_and_are_not_trivial(full_chain, stem):
-    folder = full_chain[0] / "figures" / "smoke"
+    folder = RUN.figures_dir(full_chain[0])
     assert (folder / f"{stem}.png").stat().st_size > 10_000
     assert (folder / f"{stem}.pdf").stat().st_size > 5_000
     assert (REPO_ROOT / "figures" / "smoke" / f"{stem}.png").is_file(), "reference figure not committed"

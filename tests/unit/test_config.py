@@ -131,3 +131,18 @@ def test_in_training_validation_is_greedy_and_batched_by_rta_eval_batch_size():
     paper = validation_settings(load_profile("paper"))
     assert (paper.do_sample, paper.batch_size, paper.progress) == (False, 8, False)
     assert validation_settings(load_profile("cpu")).batch_size is None  # CPU: all at once, as before
+
+
+def test_overrides_name_a_run_of_their_own():
+    """Issue 15: a profile loaded with overrides gets ``<name>+<key>`` (order-free), its own run folder and
+    tables; naming ``run.name`` explicitly keeps that name."""
+    from recrepro.config import override_key
+
+    base = load_profile("smoke")
+    a = load_profile("smoke", {"data.max_users": 50, "recbole.epochs": 1})
+    b = load_profile("smoke", {"recbole.epochs": 1, "data.max_users": 50})
+    assert a.run.name == b.run.name == f"smoke+{override_key({'data.max_users': 50, 'recbole.epochs': 1})}"
+    assert len(override_key({"x": 1})) == 8 and override_key({"x": 1}) != override_key({"x": 2})
+    assert a.run_dir("r") != base.run_dir("r") and a.results_dir("r").as_posix() == f"r/runs/{a.run.name}/results"
+    assert base.results_dir("r").as_posix() == "r/runs/smoke/results" and base.run.name == "smoke"
+    assert load_profile("smoke", {"data.max_users": 50, "run.name": "mine"}).run.name == "mine"

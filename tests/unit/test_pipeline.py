@@ -37,7 +37,7 @@ def test_artifacts_schema_and_stats(built):
         assert (frame["split"] == split).all() and len(frame) > 0
     stats = pd.read_csv(profile.results_dir(root) / "dataset_stats.csv")
     row = stats.iloc[0]
-    assert row["users"] == 40 and row["profile"] == "smoke"
+    assert row["users"] == 40 and row["profile"] == profile.run.name and profile.run.name.startswith("smoke+")
     assert row["samples_train"] + row["samples_valid"] + row["samples_test"] == sum(len(f) for f in bench.samples.values())
     for column in ("sparsity", "mean_history_length", "paper_users", "paper_items", "paper_interactions"):
         assert column in stats.columns
@@ -71,7 +71,7 @@ def test_tampered_artifact_is_refused(built, tmp_path):
 
     profile, root = built
     copy = tmp_path / "copy"
-    shutil.copytree(profile.run_dir(root), copy / "runs" / "smoke")
+    shutil.copytree(profile.run_dir(root), copy / "runs" / profile.run.name)
     target = dataset_dir(profile, "ml-100k", copy) / "samples_test.parquet"
     target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ManifestError, match="samples_test.parquet: SHA-256 .* does not match"):
@@ -82,8 +82,9 @@ def test_changed_config_is_refused(built):
     from recrepro.config import load_profile
 
     profile, root = built
-    with pytest.raises(DataError, match="different data config"):
-        load_benchmark(load_profile("smoke", {"data.max_users": 40, "data.history_max": 5}), "ml-100k", root)
+    changed = load_profile("smoke", {"data.max_users": 40, "data.history_max": 5, "run.name": profile.run.name})
+    with pytest.raises(DataError, match="different data config"):  # same run folder (named), other data config
+        load_benchmark(changed, "ml-100k", root)
 
 
 def test_failed_stage_leaves_previous_artifacts_intact(built, monkeypatch):

@@ -18,7 +18,7 @@ from recrepro.agent.parser import (InvalidReason, choice_verdict, format_choice,
                                    parse_choice)
 from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.teacher import encode_transcript, n_ppr_examples, ppr_teacher_letter, ppr_teacher_transcript
-from recrepro.config import load_profile
+from recrepro.config import load_profile, override_key
 from recrepro.io import ManifestError
 from recrepro.rl import grpo, mining, ppr, rta
 from recrepro.rl import pairs as pair_task
@@ -344,7 +344,7 @@ def test_cli_passes_profile_overrides_and_force_to_run_ppr(monkeypatch, tmp_path
 
     monkeypatch.setattr(ppr_stage, "run_ppr", fake_run_ppr)
     assert ppr_stage.main(["--profile", "smoke", "--root", str(tmp_path), "--force", "--set", "ppr.max_steps=3"]) == 0
-    assert calls == [(3, "smoke", str(tmp_path), True)]
+    assert calls == [(3, f"smoke+{override_key({'ppr.max_steps': 3})}", str(tmp_path), True)]
     assert "RTA" in capsys.readouterr().out
 
 

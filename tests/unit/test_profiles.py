@@ -143,7 +143,7 @@ def test_write_user_profiles_stage(tmp_path):
     row = table.iloc[0]
     assert (row["generator"], row["prompt_version"], row["reused"]) == ("template", "v1", 0)
     assert row["generated"] == row["profiles"] > 0
-    assert (tmp_path / row["cache"]).is_file() and (tmp_path / "results/smoke/user_profiles.csv").is_file()
+    assert (tmp_path / row["cache"]).is_file() and (tiny_profile.results_dir(tmp_path) / "user_profiles.csv").is_file()
     again = write_user_profiles(tiny_profile, tmp_path, progress=False).iloc[0]
     assert (again["generated"], again["reused"]) == (0, row["profiles"])
 

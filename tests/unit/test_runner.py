@@ -8,7 +8,7 @@ import shutil
 import nbformat
 import pytest
 
-from recrepro.config import load_profile
+from recrepro.config import load_profile, override_key
 from recrepro.runner import find_notebooks, run_chain, stage_stamp
 from tests.conftest import REPO_ROOT
 
@@ -34,8 +34,9 @@ def test_second_run_skips_and_change_reruns_downstream(tmp_path):
     assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_step.ipynb").is_file()
     second = run_chain("smoke", tmp_path, log=lambda _: None)
     assert [r.status for r in second] == ["skipped", "skipped"]
-    changed = run_chain("smoke", tmp_path, overrides={"data.history_max": 5}, log=lambda _: None)
-    assert [r.status for r in changed] == ["skipped", "ran"]  # 00 does not read the data section
+    # Same run folder (named explicitly), changed data section: 00 does not read it, so only 01 re-runs.
+    changed = run_chain("smoke", tmp_path, overrides={"data.history_max": 5, "run.name": "smoke"}, log=lambda _: None)
+    assert [r.status for r in changed] == ["skipped", "ran"]
     forced = run_chain("smoke", tmp_path, start=1, stop=1, force=True, log=lambda _: None)
     assert [(r.notebook, r.status) for r in forced] == [("01_step.ipynb", "ran")]
 
@@ -131,3 +132,16 @@ def test_a_root_without_notebooks_is_an_error_naming_the_folder(tmp_path):
         run_chain("smoke", tmp_path, log=lambda _: None)
     (folder / "00_setup.ipynb").write_text("{}")
     assert find_notebooks(tmp_path) == [folder / "00_setup.ipynb"]
+
+
+@pytest.mark.slow
+def test_a_run_with_overrides_is_a_run_of_its_own(tmp_path):
+    """Issue 15: ``--set data.max_users=50`` runs in ``runs/smoke+<key>/``; the profile's run is untouched."""
+    _mini_chain(tmp_path)
+    run_chain("smoke", tmp_path, log=lambda _: None)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs" / "smoke").rglob("*"))
+    other = run_chain("smoke", tmp_path, overrides={"data.max_users": 50}, log=lambda _: None)
+    assert [r.status for r in other] == ["ran", "ran"]
+    name = f"smoke+{override_key({'data.max_users': 50})}"
+    assert (tmp_path / "runs" / name / "notebooks" / "01_step.ipynb").is_file()
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs" / "smoke").rglob("*")) == before

@@ -14,7 +14,7 @@ def test_seed_profile_has_its_own_seed_folders_and_one_job():
     seeded = seed_profile(profile, 7)
     assert (seeded.run.seed, seeded.run.name, seeded.run.jobs) == (7, "cpu-seed7", 1)
     assert seeded.run_dir("r").as_posix() == "r/runs/cpu-seed7"
-    assert seeded.results_dir("r").as_posix() == "r/runs/seeds/results/cpu-seed7"
+    assert seeded.results_dir("r").as_posix() == "r/runs/cpu-seed7/results"
     assert profile.run.seed == 2026 and profile.run.name == "cpu"  # the main profile is not changed
     assert seeded.rta == profile.rta and seeded.warmstart == profile.warmstart
 

@@ -80,16 +80,16 @@ def test_run_sweeps_writes_long_csvs_and_runs_shared_points_once(tmp_path, monke
                      "tiny-qwen3-s-G2+PPR from tiny-qwen3-s-G2/final", "tiny-qwen3-m-G2",
                      "tiny-qwen3-m-G2+PPR from tiny-qwen3-m-G2/final", "tiny-qwen3-l-G2",
                      "tiny-qwen3-l-G2+PPR from tiny-qwen3-l-G2/final"]
-    fig4 = pd.read_csv(tmp_path / "results/smoke/fig4_group_size.csv")
+    fig4 = pd.read_csv(profile.results_dir(tmp_path) / "fig4_group_size.csv")
     assert tuple(fig4.columns) == tuple(c for c in RESULT_COLUMNS if c not in TIMING_COLUMNS)
-    timings = pd.read_csv(tmp_path / "results/smoke/fig4_group_size_timings.csv")
+    timings = pd.read_csv(profile.results_dir(tmp_path) / "fig4_group_size_timings.csv")
     assert list(timings.columns) == ["dataset", "sweep", "name", "stage", "metric", "wall_s_train"]
     assert len(fig4) == 3 * 5 and set(fig4["metric"]) == {"H@1", "H@5", "H@10", "N@5", "N@10"}
     assert set(fig4["stage"]) == {"RTA"}
     assert (fig4["profile"] == "smoke").all() and (fig4["n"] == 16).all() and (fig4["dataset"] == "ml-100k").all()
     h1 = fig4[fig4["metric"] == "H@1"].set_index("group_size")["value"]
     assert h1.to_dict() == pytest.approx({2: 0.2, 4: 0.4, 8: 0.8})
-    fig5 = pd.read_csv(tmp_path / "results/smoke/fig5_backbone_size.csv")
+    fig5 = pd.read_csv(profile.results_dir(tmp_path) / "fig5_backbone_size.csv")
     assert list(fig5["backbone"].unique()) == ["tiny-qwen3-s", "tiny-qwen3-m", "tiny-qwen3-l"]
     assert list(fig5.drop_duplicates("backbone")["parameters"]) == [12000, 12000, 12000]
     assert set(fig5["sweep"]) == {"backbone"} and set(fig5["group_size"]) == {2}
