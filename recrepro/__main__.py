@@ -1,5 +1,6 @@
 """Command line: ``python -m recrepro run --profile smoke [--from NN] [--to NN] [--force]`` runs the notebook
-chain; ``python -m recrepro plan --profile paper [--gpus 4] [--gpu-memory-gib 80]`` prints the GPU plan."""
+chain; ``python -m recrepro plan --profile paper [--gpus 4] [--gpu-memory-gib 80]`` prints the GPU plan;
+``python -m recrepro figures --profile cpu [--only fig4]`` redraws Figures 3-5 from the saved CSVs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from recrepro.config import ConfigError, load_profile, parse_overrides
 from recrepro.plan import Hardware, PlanError, stage_lines
 from recrepro.runner import run_chain
+from recrepro.stages import figures
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpus", type=int, default=4, help="GPUs per training launch (paper: 4 x A800)")
     plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
     plan.add_argument("--concurrency", type=int, default=64, help="requests vLLM generates at once per GPU [G]")
+    figures.add_arguments(sub.add_parser("figures", help="redraw Figures 3-5 from the saved log and sweep CSVs"))
     for sub_parser in (run, plan):
         sub_parser.add_argument("--set", dest="overrides", action="append", default=[],
                                 help="override a profile value, e.g. --set data.max_users=50")
     args = parser.parse_args(argv)
     try:
-        return _run(args) if args.command == "run" else _plan(args)
+        return {"run": _run, "plan": _plan, "figures": figures.run_cli}[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,8 +10,13 @@ reproduction. The layouts follow PAPER.md 1.6:
 * Figure 5: H@K and N@K against the backbone size (parameter count).
 
 Figures 4 and 5 take the sweep CSVs of :mod:`recrepro.rl.sweeps` as they are (long format); dashed
-lines are the analytic chance levels (:func:`recrepro.metrics.chance_metrics`). At smoke size the
-figures show the machinery, never the paper's trends.
+lines are the analytic chance levels (:func:`recrepro.metrics.chance_metrics`). Every interval of the
+inputs (``lo`` / ``hi``, ``val_<metric>_lo`` / ``_hi``) is drawn as an error bar; metric axes start a
+little below 0 and markers are not clipped, so a point at 0 shows. At smoke size the figures show the
+machinery, never the paper's trends.
+
+``python -m recrepro figures --profile P [--only fig4]`` (or ``python -m recrepro.stages.figures``)
+redraws them from the saved CSVs in seconds: this module imports no training code.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -29,22 +34,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from recrepro.config import load_profile
-from recrepro.metrics import chance_metrics
-from recrepro.rl.rta import train_log_path
-from recrepro.rl.rta_log import read_train_log
+from recrepro import paths  # noqa: E402
+from recrepro.config import load_profile  # noqa: E402
+from recrepro.metrics import chance_metrics  # noqa: E402
+from recrepro.stages.plots import interval_bars, metric_limits, save_figure  # noqa: E402
 
 METRICS = ["H@1", "H@5", "H@10", "N@5", "N@10"]
 CHANCE_N10 = chance_metrics(20, [10])["N@10"]  # PAPER.md 1.1: 20 candidates, one positive
+DODGE = 1.04  # Figure 5's dotted (stage-1) points sit this factor right of the solid ones on the log axis
 
 
-def _save(fig: plt.Figure, out_dir: Path | str, stem: str) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    return paths
+FIGURES = {"fig3": "fig3_tool_usage", "fig4": "fig4_group_size", "fig5": "fig5_backbone_size"}  # name -> file stem
 
 
 def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
@@ -52,17 +52,18 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
                     hit10: str = "val_H@10") -> tuple[plt.Figure, list[Path]]:
     """Figure 3 from the stage-1 training log (one row per logging step, column ``step``)."""
     sns.set_theme(style="whitegrid", context="paper")
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11.5, 3.6))
     steps = log.dropna(subset=[tool_calls])
-    ax_a.plot(steps["step"], steps[tool_calls], marker="o", color="tab:blue", label="tool calls per trajectory")
+    ax_a.plot(steps["step"], steps[tool_calls], marker="o", color="tab:blue", label="tool calls per trajectory",
+              clip_on=False)
     ax_a.set(xlabel="training step", ylabel="mean tool calls per trajectory")
-    ax_a.set_ylim(bottom=0)
+    ax_a.set_ylim(*metric_limits(max(ax_a.get_ylim()[1], 1.0)))  # 0 a little above the bottom, as on the twin
     ax_a.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     twin = ax_a.twinx()
     twin.grid(False)  # one grid (the left axis's) is enough
     twin.plot(steps["step"], 100 * steps[positive_with_tool], marker="s", color="tab:orange",
-              label="positive trajectories with a tool call")
-    twin.set(ylabel="% of positively rewarded trajectories", ylim=(0, 105))
+              label="positive trajectories with a tool call", clip_on=False)
+    twin.set(ylabel="% of positively rewarded trajectories", ylim=metric_limits(100))
     lines = ax_a.get_lines() + twin.get_lines()
     ax_a.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
     ax_a.set_title("(a) tool usage during stage-1 training")
@@ -71,17 +72,19 @@ def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
         if column not in evals or evals[column].isna().all():
             continue
         metric = column.removeprefix("val_")
-        ax_b.plot(evals["step"], evals[column], marker="o", color=color, label=f"{metric} (validation slice)")
-        if f"{column}_lo" in evals and evals[f"{column}_lo"].notna().any():  # logs before the interval had none
-            ax_b.fill_between(evals["step"], evals[f"{column}_lo"], evals[f"{column}_hi"], color=color, alpha=0.15,
-                              label=f"{metric} 95% bootstrap interval")
+        ax_b.plot(evals["step"], evals[column], marker="o", color=color, label=f"{metric} (validation slice)",
+                  clip_on=False)
+        if f"{column}_lo" in evals and f"{column}_hi" in evals:  # logs before the interval had none
+            interval_bars(ax_b, evals["step"], evals[column], evals[f"{column}_lo"], evals[f"{column}_hi"], color,
+                          label=f"{metric} 95% bootstrap interval")
         ax_b.axhline(chance, color=color, ls="--", lw=1, alpha=0.6, label=f"{metric} chance ({chance:.3f})")
-    ax_b.set(xlabel="training step", ylabel="validation metric", ylim=(0, 1), title="(b) H@10 and N@10 over training steps")
+    ax_b.set(xlabel="training step", ylabel="validation metric", ylim=metric_limits(),
+             title="(b) H@10 and N@10 over training steps")
     ax_b.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_b.legend(fontsize=8)
+    ax_b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the panel, never over a point
     fig.suptitle(f"Figure 3 — stage-1 (RTA) training, {profile} profile", fontsize=11)
     fig.tight_layout()
-    return fig, _save(fig, out_dir, "fig3_tool_usage")
+    return fig, save_figure(fig, out_dir, FIGURES["fig3"])
 
 
 def _long_metrics(table: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -102,28 +105,32 @@ def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile:
                   stem: str, ticks: dict[float, str], log_base: int | None,
                   chance: dict[str, float] | None, secondary: tuple[pd.DataFrame, str] | None = None
                   ) -> tuple[plt.Figure, list[Path]]:
-    """Two panels (HitRate@K, NDCG@K) of metric-vs-``x`` lines, chance levels dashed in the same colour.
+    """Panels HitRate@K and NDCG@K (those with rows) of metric-vs-``x`` lines, chance levels dashed in the same colour.
 
     ``secondary`` = (table, label): the same metrics drawn dotted in the same colours (e.g. stage 1
-    beside stage 1 + PPR).
+    beside stage 1 + PPR), with their intervals, a little right of the solid points (DODGE on the log
+    axis) so the two sets of error bars do not cover each other.
     """
     sns.set_theme(style="whitegrid", context="paper")
     long = _long_metrics(table, x)
     other = _long_metrics(secondary[0], x) if secondary is not None else None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
-    for ax, family in zip(axes, ("HitRate@K", "NDCG@K")):
+    families = [family for family in ("HitRate@K", "NDCG@K") if (long["family"] == family).any()]  # no empty panel
+    fig, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.6), sharex=True, squeeze=False)
+    for ax, family in zip(axes[0], families):
         part = long[long["family"] == family]
         for i, (metric, rows) in enumerate(part.groupby("metric", sort=False)):
             rows = rows.sort_values(x)
             colour = f"C{i}"
-            ax.plot(rows[x], rows["value"], marker="o", color=colour, label=metric)
-            if {"lo", "hi"} <= set(rows.columns) and rows[["lo", "hi"]].notna().all().all():
-                # the 95% bootstrap interval of each point (the sweep CSVs' lo / hi columns)
-                ax.errorbar(rows[x], rows["value"], yerr=[rows["value"] - rows["lo"], rows["hi"] - rows["value"]],
-                            fmt="none", ecolor=colour, elinewidth=1, capsize=3)
+            ax.plot(rows[x], rows["value"], marker="o", color=colour, label=metric, clip_on=False)
+            if {"lo", "hi"} <= set(rows.columns):  # the 95% bootstrap interval of each point that has one
+                interval_bars(ax, rows[x], rows["value"], rows["lo"], rows["hi"], colour)
             if other is not None:
                 dotted = other[other["metric"] == metric].sort_values(x)
-                ax.plot(dotted[x], dotted["value"], marker=".", ls=":", color=colour, alpha=0.8)
+                shifted = dotted[x] * (DODGE if log_base else 1.0)
+                ax.plot(shifted, dotted["value"], marker=".", ls=":", color=colour, alpha=0.8, clip_on=False)
+                if {"lo", "hi"} <= set(dotted.columns):
+                    interval_bars(ax, shifted, dotted["value"], dotted["lo"], dotted["hi"], colour,
+                                  alpha=0.6, capsize=2, ls=":")
             if chance and metric in chance:
                 ax.axhline(chance[metric], color=colour, ls="--", lw=0.8, alpha=0.7)
         if other is not None:
@@ -134,11 +141,12 @@ def _metric_lines(table: pd.DataFrame, x: str, xlabel: str, title: str, profile:
             ax.set_xscale("log", base=log_base)
         ax.set_xticks(list(ticks), list(ticks.values()))
         ax.minorticks_off()
-        ax.set(xlabel=xlabel, ylabel=f"{family} (test subset; bars: 95% interval)", ylim=(0, 1), title=family)
+        ax.set(xlabel=xlabel, ylabel=f"{family} on the test subset", ylim=metric_limits(),
+               title=f"{family} (bars: 95% interval)")
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{title}, {profile} profile", fontsize=11)
     fig.tight_layout()
-    return fig, _save(fig, out_dir, stem)
+    return fig, save_figure(fig, out_dir, stem)
 
 
 def plot_group_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
@@ -146,7 +154,7 @@ def plot_group_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
     """Figure 4: test metrics against the group size G (column ``group_size``; long or wide table)."""
     sizes = sorted(int(g) for g in table["group_size"].unique())
     return _metric_lines(table, "group_size", "group size G (rollouts per instance, log scale)",
-                         "Figure 4 — effect of the group size G", profile, out_dir, "fig4_group_size",
+                         "Figure 4 — effect of the group size G", profile, out_dir, FIGURES["fig4"],
                          {g: str(g) for g in sizes}, 2, chance)
 
 
@@ -178,17 +186,28 @@ def plot_backbone_size(table: pd.DataFrame, profile: str, out_dir: Path | str,
                                     f"{_valid_label(getattr(row, 'valid_share', None))})"
              for row in points.itertuples()}
     return _metric_lines(table.astype({"parameters": float}), "parameters", "backbone parameters (log scale)",
-                         title, profile, out_dir, "fig5_backbone_size", ticks, 10, chance, secondary)
+                         title, profile, out_dir, FIGURES["fig5"], ticks, 10, chance, secondary)
+
+
+def train_log_file(profile: Any, root: Path | str, dataset: str) -> Path:
+    """The main TIRR run's stage-1 log, as :func:`recrepro.rl.rta.train_log_path` (tested equal) names it:
+    spelled here so that redrawing imports no training code."""
+    return paths.stage_dir(profile, "rta", dataset, root) / "train_log.csv"
+
+
+def sweep_csv(profile: Any, root: Path | str, name: str) -> Path:
+    """This run's ``fig4_group_size.csv`` or ``fig5_backbone_size.csv`` (``recrepro.rl.sweeps.RESULT_STEMS``)."""
+    return profile.results_dir(root) / f"{FIGURES[name]}.csv"
 
 
 def figure3(profile: Any, root: Path | str = ".", dataset: str | None = None) -> tuple[plt.Figure, list[Path]]:
     """Figure 3 from the main TIRR run's log (``runs/<profile>/rta/<dataset>/train_log.csv``, notebook 04)."""
 
     dataset = dataset or (profile.sweeps.dataset or profile.data.datasets[0])
-    path = train_log_path(profile, root, dataset, "tirr")
+    path = train_log_file(profile, root, dataset)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no stage-1 TIRR training log; run notebook 04 (RTA) first")
-    return plot_tool_usage(read_train_log(path), profile.run.name, profile.figures_dir(root))
+    return plot_tool_usage(pd.read_csv(path), profile.run.name, profile.figures_dir(root))
 
 
 def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFrame]) -> dict[str, tuple]:
@@ -200,32 +219,79 @@ def figures_4_and_5(profile: Any, root: Path | str, sweeps: dict[str, pd.DataFra
             "fig5": plot_backbone_size(sweeps["backbone"], profile.run.name, out_dir, chance)}
 
 
-def redraw(profile: Any, root: Path | str = ".") -> dict[str, tuple]:
-    """Figures 3-5 again from the saved training log and sweep CSVs (seconds; nothing is retrained)."""
-    results = profile.results_dir(root)
-    sweeps = {name: pd.read_csv(results / f"{stem}.csv") for name, stem in
-              (("group_size", "fig4_group_size"), ("backbone", "fig5_backbone_size")) if (results / f"{stem}.csv").is_file()}
-    out = {}
-    if len(sweeps) == 2:
-        out.update(figures_4_and_5(profile, root, sweeps))
-    try:
-        out["fig3"] = figure3(profile, root)
-    except FileNotFoundError as exc:
-        print(f"[figures] Figure 3 not redrawn: {exc}")
+def _from_csv(name: str, plot: Callable[..., tuple]) -> Callable[[Any, Path | str], tuple]:
+    def draw(profile: Any, root: Path | str) -> tuple:
+        path = sweep_csv(profile, root, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no sweep table for {name}; run notebook 07 (the sweeps) first")
+        chance = chance_metrics(profile.data.n_candidates, profile.eval.ks)
+        return plot(pd.read_csv(path), profile.run.name, profile.figures_dir(root), chance)
+    return draw
+
+
+DRAW = {"fig3": figure3, "fig4": _from_csv("fig4", plot_group_size), "fig5": _from_csv("fig5", plot_backbone_size)}
+
+
+def redraw(profile: Any, root: Path | str = ".", only: Sequence[str] | None = None) -> dict[str, tuple]:
+    """Figures 3-5 again from the saved training log and sweep CSVs (seconds; nothing is retrained).
+
+    ``only`` (names of :data:`FIGURES`): just those, and a missing input is a FileNotFoundError naming
+    the file. Without it every figure whose input exists is drawn, the others are named on stdout;
+    an error if none can be drawn.
+    """
+    unknown = [name for name in only or () if name not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    out, missing = {}, []
+    for name in dict.fromkeys(only or FIGURES):
+        try:
+            out[name] = DRAW[name](profile, root)
+        except FileNotFoundError as exc:
+            if only:
+                raise
+            missing.append(str(exc))
+            print(f"[figures] {name} not redrawn: {exc}")
+    if not out:
+        raise FileNotFoundError("no figure redrawn: " + "; ".join(missing))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m recrepro.stages.figures --profile cpu``: redraw the figures from the saved outputs."""
-    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.figures", description=main.__doc__)
-    parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--root", default=".")
-    args = parser.parse_args(argv)
-    drawn = redraw(load_profile(args.profile), args.root)
-    for name, (fig, paths) in drawn.items():
+def figure_names(text: str) -> list[str]:
+    """``--only`` values: names of :data:`FIGURES`, comma- or space-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FIGURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown figure {text!r}; choose from {', '.join(FIGURES)}")
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``python -m recrepro figures`` and ``python -m recrepro.stages.figures``."""
+    parser.add_argument("--profile", default="smoke", help="profile name or path to a YAML file")
+    parser.add_argument("--root", default=".", help="repository root (holds runs/, results/, figures/)")
+    parser.add_argument("--only", nargs="+", type=figure_names, action="extend", metavar="FIG",
+                        help=f"redraw just these figures ({', '.join(FIGURES)}); a missing input is then an error")
+    return parser
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Redraw, print one line per figure; 1 with the message when an input is missing."""
+    only = [name for names in args.only for name in names] if args.only else None  # --only a,b c
+    try:
+        drawn = redraw(load_profile(args.profile), args.root, only)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, (fig, files) in drawn.items():
         plt.close(fig)
-        print(name, ", ".join(str(p) for p in paths))
+        print(name, ", ".join(str(p) for p in files))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recrepro.stages.figures --profile cpu [--only fig4]``: redraw the figures from the saved outputs."""
+    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.figures", description=main.__doc__)
+    return run_cli(add_arguments(parser).parse_args(argv))
 
 
 if __name__ == "__main__":
