@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recrepro-installed
 
-.PHONY: setup reproduce test test-fast lab bench clean-runs
+.PHONY: setup reproduce compare promote test test-fast lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['recrepro']['no_deps']))")
 	touch $(STAMP)
 
+# The chain, then the comparison with the committed reference (it never writes results/ or figures/).
 reproduce: setup
 	$(PY) -m recrepro run --profile $(PROFILE)
+	$(PY) -m recrepro compare --profile $(PROFILE)
+
+compare: setup
+	$(PY) -m recrepro compare --profile $(PROFILE)
+
+# The only way the committed reference outputs change: review `git diff results figures` afterwards.
+promote: setup
+	$(PY) -m recrepro promote --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -q

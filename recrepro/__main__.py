@@ -1,6 +1,8 @@
 """Command line: ``python -m recrepro run --profile smoke [--from NN] [--to NN] [--force]`` runs the notebook
 chain; ``python -m recrepro plan --profile paper [--gpus 4] [--gpu-memory-gib 80]`` prints the GPU plan;
-``python -m recrepro figures --profile cpu [--only fig4]`` redraws Figures 3-5 from the saved CSVs."""
+``python -m recrepro figures --profile cpu [--only fig4]`` redraws Figures 3-5 from the saved CSVs;
+``python -m recrepro compare --profile smoke`` says whether the run reproduces the committed reference
+(exit 1 when not); ``python -m recrepro promote --profile smoke`` makes the run the new reference."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from recrepro.config import ConfigError, load_profile, parse_overrides
 from recrepro.plan import Hardware, PlanError, stage_lines
 from recrepro.runner import run_chain
+from recrepro.reference import compare, promote
 from recrepro.stages import figures
 
 
@@ -36,6 +39,20 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+def _compare(args: argparse.Namespace) -> int:
+    result = compare(load_profile(args.profile, parse_overrides(args.overrides)), Path(args.root))
+    print(result.report())
+    return 0 if result.match else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile, parse_overrides(args.overrides))
+    copied = promote(profile, Path(args.root))
+    print(f"reference of {profile.run.name!r} updated: {len(copied['results'])} tables, "
+          f"{len(copied['figures'])} figures; review with `git diff` before committing")
+    return 0
+
+
     parser = argparse.ArgumentParser(prog="recrepro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook chain through papermill")
@@ -50,16 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
     plan.add_argument("--concurrency", type=int, default=64, help="requests vLLM generates at once per GPU [G]")
     figures.add_arguments(sub.add_parser("figures", help="redraw Figures 3-5 from the saved log and sweep CSVs"))
-    for sub_parser in (run, plan):
+    check = sub.add_parser("compare", help="does the run reproduce the committed reference? (exit 1 if not)")
+    adopt = sub.add_parser("promote", help="copy the run's tables and figures into the committed reference")
+    for sub_parser in (check, adopt):
+        sub_parser.add_argument("--profile", default="smoke")
+        sub_parser.add_argument("--root", default=".", help="repository root (holds runs/ and results/)")
+    for sub_parser in (run, plan, check, adopt):
         sub_parser.add_argument("--set", dest="overrides", action="append", default=[],
                                 help="override a profile value, e.g. --set data.max_users=50")
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "plan": _plan, "figures": figures.run_cli}[args.command](args)
+        commands = {"run": _run, "plan": _plan, "figures": figures.run_cli, "compare": _compare, "promote": _promote}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

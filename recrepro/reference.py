@@ -213,6 +213,9 @@ def compare(profile: Profile, root: Path | str = ".") -> Comparison:
     ours, ref = profile.results_dir(root), reference_dir(profile, "results", root)
     if not ref.is_dir():
         raise FileNotFoundError(f"{ref}: no committed reference for {profile.run.name!r}")
+    if not ours.is_dir():
+        raise FileNotFoundError(f"{ours}: no run outputs to compare; run `python -m recrepro run --profile "
+                                f"{profile.run.name}` first")
     stamp_results(profile, root)
     result = Comparison(config_digest(profile), _reference_config(ref))
     if result.reference_config is not None and result.reference_config != result.run_config:

@@ -115,3 +115,17 @@ def test_compare_without_a_reference_is_a_clear_error(tmp_path):
     _write_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no committed reference for 'smoke'"):
         compare(PROFILE, tmp_path)
+
+
+def test_command_line_exit_codes(tmp_path, capsys):
+    from recrepro.__main__ import main
+
+    assert main(["compare", "--profile", "smoke", "--root", str(tmp_path)]) == 2  # no reference yet
+    _write_run(tmp_path)
+    assert main(["promote", "--profile", "smoke", "--root", str(tmp_path)]) == 0
+    assert "reference of 'smoke' updated" in capsys.readouterr().out
+    assert main(["compare", "--profile", "smoke", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("MATCH")
+    (PROFILE.results_dir(tmp_path) / "dataset_stats.csv").write_text("dataset,users\nml-100k,1\n")
+    assert main(["compare", "--profile", "smoke", "--root", str(tmp_path)]) == 1
+    assert "NO MATCH" in capsys.readouterr().out
