@@ -6,7 +6,8 @@ columns, ``run`` and ``config``; a ``Run:`` line under a Markdown title; a comme
 table); the runner calls it after each notebook. Both stamps are functions of the configuration,
 so a reproduced run rewrites each table byte for byte.
 
-``results/<name>/`` and ``figures/<name>/`` hold the committed reference. They change only through
+``results/<name>/`` and ``figures/<name>/`` hold the committed reference, and
+``results/<name>/notebooks/`` the reference run's executed notebooks. They change only through
 :func:`promote` (``python -m recrepro promote --profile P``), which copies a run's outputs there
 without their volatile siblings (``*_timings.*``: wall times, cache counts).
 
@@ -49,6 +50,7 @@ LLM_TOL = 0.10
 ROW_TABLES = ("table1.csv", "table2.csv")
 DETERMINISTIC_FILES = ("dataset_stats.csv", "user_profiles.csv")
 METRIC_PREFIXES = ("H@", "N@")
+NOTEBOOKS_FOLDER = "notebooks"  # results/<name>/notebooks: the reference run's executed notebooks
 
 
 def config_digest(profile: Profile) -> str:
@@ -123,12 +125,17 @@ def stamp_results(profile: Profile, root: Path | str = ".") -> list[Path]:
     return changed
 
 
+def _kept(path: Path) -> bool:
+    """Outputs worth a reference: not volatile, not a temporary or a failed notebook."""
+    return path.is_file() and not is_volatile(path) and not path.name.startswith(".") and ".failed." not in path.name
+
+
 def _copy_outputs(source: Path, target: Path) -> list[str]:
-    """Replace ``target``'s files with ``source``'s non-volatile ones; returns the names copied."""
+    """Replace ``target``'s files with ``source``'s kept ones (:func:`_kept`); returns the names copied."""
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: the run has no outputs here; run the chain first")
     target.mkdir(parents=True, exist_ok=True)
-    produced = {p.name for p in source.iterdir() if p.is_file() and not is_volatile(p)}
+    produced = {p.name for p in source.iterdir() if _kept(p)}
     for stale in target.iterdir():
         if stale.is_file() and stale.name not in produced:
             stale.unlink()
@@ -138,10 +145,17 @@ def _copy_outputs(source: Path, target: Path) -> list[str]:
 
 
 def promote(profile: Profile, root: Path | str = ".") -> dict[str, list[str]]:
-    """Make the run's tables and figures the committed reference (the only way it changes)."""
+    """Make the run's tables, figures and executed notebooks the committed reference (the only way it
+    changes). The executed notebooks go to ``results/<name>/notebooks/``, so a reader sees every output
+    without running anything; :func:`compare` does not read them (their logs hold wall times)."""
     stamp_results(profile, root)
-    return {"results": _copy_outputs(profile.results_dir(root), reference_dir(profile, "results", root)),
-            "figures": _copy_outputs(profile.figures_dir(root), reference_dir(profile, "figures", root))}
+    results = reference_dir(profile, "results", root)
+    copied = {"results": _copy_outputs(profile.results_dir(root), results),
+              "figures": _copy_outputs(profile.figures_dir(root), reference_dir(profile, "figures", root))}
+    notebooks = profile.run_dir(root) / "notebooks"
+    if notebooks.is_dir():
+        copied["notebooks"] = _copy_outputs(notebooks, results / NOTEBOOKS_FOLDER)
+    return copied
 
 
 def tolerance_for(model: str) -> float:

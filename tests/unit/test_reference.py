@@ -30,6 +30,10 @@ def _write_run(root, table1: str = TABLE, extra: dict[str, str] | None = None):
     for name, text in files.items():
         (results / name).write_text(text)
     (figures / "fig4_group_size.png").write_bytes(b"png")
+    notebooks = PROFILE.run_dir(root) / "notebooks"
+    notebooks.mkdir()
+    for name in ("00_setup.ipynb", "04_rta.failed.ipynb", ".04_rta.x.tmp.ipynb"):
+        (notebooks / name).write_text("{}")
     return results
 
 
@@ -58,6 +62,8 @@ def test_promote_copies_outputs_without_timings_and_drops_stale_files(tmp_path):
     (reference / "old_table.csv").write_text("stale\n")
     copied = promote(PROFILE, tmp_path)
     assert "table1.csv" in copied["results"] and copied["figures"] == ["fig4_group_size.png"]
+    assert copied["notebooks"] == ["00_setup.ipynb"]  # executed notebooks, not failed or temporary ones
+    assert (reference / "notebooks" / "00_setup.ipynb").is_file()
     names = {p.name for p in reference.iterdir()}
     assert "old_table.csv" not in names and "eval_timings.md" not in names
     assert not any("timings" in n for n in names)
