@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from recrepro.config import ConfigError, load_profile, parse_overrides
+from recrepro.config import ConfigError, load_profile
+from recrepro.overrides import parse_overrides
 from recrepro.plan import Hardware, PlanError, stage_lines
 from recrepro.runner import run_chain
 from recrepro.reference import compare, promote

@@ -1,14 +1,16 @@
 """Typed configuration: profile YAML files loaded into frozen dataclasses.
 
 A profile (``recrepro/profiles/<name>.yaml``) is the single place where every run setting lives.
-Loading is strict: an unknown or misspelled key, a missing key or a value of the wrong type raises
-:class:`ConfigError` naming the file and the dotted key, with the closest valid key suggested.
+Loading is strict: an unknown or misspelled key (in the file or in an override), a missing key or a value
+of the wrong type raises :class:`ConfigError` naming the file and the dotted key, with the closest valid key
+suggested. Command-line overrides are parsed in :mod:`recrepro.overrides`.
 Values taken from the paper carry their PAPER.md mark ([P], [N], [S], [G]) in YAML comments.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import hashlib
 import json
@@ -297,6 +299,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, (datetime.date, int, float)) and not isinstance(value, bool):
+        return value.isoformat() if isinstance(value, datetime.date) else str(value)  # YAML read text as a date/number
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -306,6 +310,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _did_you_mean(key: Any, names: Sequence[str], prefix: str) -> str:
+    """`` (did you mean 'prefix.name'?)`` for the valid name closest to a mistyped ``key``, else ""."""
+    guess = difflib.get_close_matches(str(key), list(names), n=1)
+    return f" (did you mean '{prefix}{guess[0]}'?)" if guess else ""
+
+
 def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name != "source_path"]
@@ -313,8 +323,7 @@ def _build(cls: type, mapping: dict[str, Any], where: str) -> Any:
     prefix = f"{where}." if where else ""
     for key in mapping:
         if key not in names:
-            guess = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{guess[0]}'?)" if guess else ""
+            hint = _did_you_mean(key, names, prefix)
             raise ConfigError(f"unknown key '{prefix}{key}'{hint}; valid keys: {', '.join(names)}")
     missing = [name for name in names if name not in mapping]
     if missing:
@@ -337,6 +346,10 @@ def _validate(profile: Profile) -> None:
         raise ConfigError(f"data.split_ratios: expected three shares summing to 1, got {data.split_ratios}")
     if data.n_candidates < 2 or data.history_max < 1 or data.min_history < 1:
         raise ConfigError("data: n_candidates must be >= 2, history_max and min_history >= 1")
+    if data.max_users is not None and data.max_users < 1:
+        raise ConfigError(f"data.max_users: expected a positive number of users, or null for all, got {data.max_users}")
+    if any(not 1 <= k <= data.n_candidates for k in profile.eval.ks):
+        raise ConfigError(f"eval.ks: every k must be within 1..{data.n_candidates} (data.n_candidates), got {profile.eval.ks}")
     if profile.eval.tie_policy not in ("expected", "pessimistic"):
         raise ConfigError(f"eval.tie_policy: expected 'expected' or 'pessimistic', got {profile.eval.tie_policy!r}")
     if profile.user_profile.generator not in ("template", "llm"):
@@ -412,35 +425,15 @@ def override_key(overrides: dict[str, Any]) -> str:
 
 
 def _apply_override(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    """Set ``raw[a][b] = value`` for ``dotted`` = ``a.b``; a typo is named with the closest valid key."""
     *parents, leaf = dotted.split(".")
-    node = raw
+    node, prefix = raw, ""
     for part in parents:
         if not isinstance(node.get(part), dict):
-            raise ConfigError(f"{path}: override '{dotted}': no section '{part}'")
-        node = node[part]
+            sections = [key for key, sub in node.items() if isinstance(sub, dict)]
+            raise ConfigError(f"{path}: override '{dotted}': no section '{part}'{_did_you_mean(part, sections, prefix)}")
+        node, prefix = node[part], f"{prefix}{part}."
     if leaf not in node:
-        raise ConfigError(f"{path}: override '{dotted}': unknown key '{leaf}'")
+        hint = _did_you_mean(leaf, list(node), prefix)
+        raise ConfigError(f"{path}: override '{dotted}': unknown key '{leaf}'{hint}")
     node[leaf] = value
-
-
-def _override_value(text: str) -> Any:
-    """A command-line value read as YAML; ``2e-4`` (a string to YAML 1.1) is read as the float it means."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and any(c.isdigit() for c in value):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` command-line items as profile overrides; the values are read as YAML."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"override {item!r}: expected key=value")
-        out[key] = _override_value(value)
-    return out
-

@@ -10,8 +10,9 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.io import write_text_atomic
+from recrepro.overrides import load_cli_profile
 from recrepro.rl import grpo
 from recrepro.rl.pairs import accuracy_table
 from recrepro.rl.ppr import mine_stage, run_dataset, train_stage
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-mine and retrain even when the stamp is unchanged")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
+    profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
     if args.stage != "train" and grpo.n_processes() > 1:
         raise SystemExit(f"--stage {args.stage} runs on one process; under accelerate launch use --stage train")
     if args.stage == "all":

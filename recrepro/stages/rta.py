@@ -14,8 +14,9 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from recrepro import paths
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.jobs import Job, profile_file, run_jobs
+from recrepro.overrides import load_cli_profile
 from recrepro.rl.grpo import finished_policy, n_processes, on_cpu, vllm_colocate_available
 from recrepro.rl.rta import (VARIANTS, check_variant, config_stamp, evaluate_policy, prepare_setup, run_variant,
                              starting_model, train_policy, variant_dir, write_rows)
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
+    profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
     if args.stage == "all" and n_processes() > 1:
         raise SystemExit("--stage all evaluates on one process; under accelerate launch use --stage train, "
                          "then --stage eval without the launcher")

@@ -25,10 +25,11 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from recrepro import paths
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.evaluation import per_instance_path
 from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
+from recrepro.overrides import load_cli_profile
 from recrepro.rl.rta import run_variant
 from recrepro.runner import run_chain
 from recrepro.significance import compare_rows
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--one", action="store_true", help="run one seed's work (the profile is already seeded)")
     parser.add_argument("--summary-only", action="store_true", help="only (re)write seeds.csv and seeds.md")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
+    profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
     if args.one:
         run_one_seed(profile, Path(args.profile), args.root)
         return 0

@@ -19,9 +19,10 @@ from typing import Any, Callable
 import pandas as pd
 
 from recrepro import paths
-from recrepro.config import Profile, load_profile, parse_overrides
+from recrepro.config import Profile
 from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
+from recrepro.overrides import load_cli_profile
 from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.sweeps import (RESULT_COLUMNS, SWEEPS, SweepPoint, adopt_main_policy, canonical_backbone,
                                 neighbour_pairs, point_profile, result_rows, row_name, run_point, run_point_ppr,
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pairs (one process); ppr-train: its PPR training (under accelerate launch)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile, parse_overrides(args.set))
+    profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
     points = all_points(profile)
     if args.list:
         backbone = {p.name for p in sweep_points(profile)["backbone"]}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datetime
+
 import pytest
 import yaml
 
@@ -91,15 +93,19 @@ def test_unknown_profile_name():
 
 
 def test_command_line_overrides_read_yaml_and_exponent_floats():
-    from recrepro.config import parse_overrides
+    from recrepro.overrides import parse_overrides
 
     parsed = parse_overrides(["rta.learning_rate=2e-4", "data.max_users=40", "run.device=cpu",
                               "data.window_end=null", "rta.use_lora=true", "agent.model_name_or_path=tiny-qwen3-m"])
     assert parsed == {"rta.learning_rate": 2e-4, "data.max_users": 40, "run.device": "cpu",
                       "data.window_end": None, "rta.use_lora": True, "agent.model_name_or_path": "tiny-qwen3-m"}
     assert load_profile("smoke", parse_overrides(["rta.learning_rate=2e-4"])).rta.learning_rate == 2e-4
-    with pytest.raises(SystemExit, match="expected key=value"):
-        parse_overrides(["rta.learning_rate"])
+    for item in ("rta.learning_rate", "=5"):
+        with pytest.raises(ConfigError) as error:
+            parse_overrides([item])
+        assert str(error.value) == f"override {item!r}: expected key=value, e.g. data.max_users=50"
+    with pytest.raises(ConfigError, match=r"^override 'data.datasets': '\[a' is not a YAML value \("):
+        parse_overrides(["data.datasets=[a"])
 
 
 def test_vllm_context_is_prompt_plus_completion_and_must_fit_the_backbone():
@@ -146,3 +152,86 @@ def test_overrides_name_a_run_of_their_own():
     assert a.run_dir("r") != base.run_dir("r") and a.results_dir("r").as_posix() == f"r/runs/{a.run.name}/results"
     assert base.results_dir("r").as_posix() == "r/runs/smoke/results" and base.run.name == "smoke"
     assert load_profile("smoke", {"data.max_users": 50, "run.name": "mine"}).run.name == "mine"
+
+
+# ---------------------------------------------------------------- bad input found in review (issue 15, item 7)
+
+SMOKE = PROFILE_DIR / "smoke.yaml"
+
+
+def test_set_typos_get_the_did_you_mean_that_yaml_typos_get():
+    from recrepro.overrides import parse_overrides
+
+    with pytest.raises(ConfigError) as leaf:
+        load_profile("smoke", parse_overrides(["data.max_userz=5"]))
+    assert str(leaf.value) == (f"{SMOKE}: override 'data.max_userz': unknown key 'max_userz' "
+                               "(did you mean 'data.max_users'?)")
+    with pytest.raises(ConfigError) as section:
+        load_profile("smoke", {"dat.max_users": 5})
+    assert str(section.value) == f"{SMOKE}: override 'dat.max_users': no section 'dat' (did you mean 'data'?)"
+    with pytest.raises(ConfigError) as far:
+        load_profile("smoke", {"data.zzz": 5})
+    assert str(far.value) == f"{SMOKE}: override 'data.zzz': unknown key 'zzz'"  # nothing close: no guess
+
+
+def test_dates_and_numbers_are_text_for_string_keys(tmp_path):
+    from recrepro.overrides import parse_overrides
+
+    parsed = parse_overrides(["data.window_start=2020-01-01", "run.name=007", "agent.model_name_or_path=1e5",
+                              "data.window_end=null", "data.max_users=40", "rta.learning_rate=1e-6"])
+    assert parsed == {"data.window_start": "2020-01-01", "run.name": "007", "agent.model_name_or_path": "1e5",
+                      "data.window_end": None, "data.max_users": 40, "rta.learning_rate": 1e-6}  # others as before
+    assert parse_overrides(["data.window_end=2021-06-30T00:00:00"]) == {"data.window_end": "2021-06-30T00:00:00"}
+    profile = load_profile("smoke", parsed)
+    assert (profile.data.window_start, profile.run.name, profile.agent.model_name_or_path) == ("2020-01-01", "007",
+                                                                                                 "1e5")
+    # A programmatic override or a profile file: YAML dates and numbers for str keys become their text.
+    assert load_profile("smoke", {"data.window_start": datetime.date(2020, 1, 1)}).data.window_start == "2020-01-01"
+
+    def mutate(raw):
+        raw["data"]["window_start"], raw["data"]["window_end"] = datetime.date(2020, 1, 1), "2021-01-01"
+        raw["run"]["name"], raw["data"]["datasets"] = 7, ["ml-100k"]
+
+    path = _write(tmp_path, mutate)
+    assert "window_start: 2020-01-01\n" in path.read_text()  # unquoted: YAML reads a date
+    loaded = load_profile(path)
+    assert (loaded.data.window_start, loaded.data.window_end, loaded.run.name) == ("2020-01-01", "2021-01-01", "7")
+    with pytest.raises(ConfigError, match=r"run.name: expected str, got \['a'\]"):  # a list is still no text
+        load_profile("smoke", parse_overrides(["run.name=[a]"]))
+    with pytest.raises(ConfigError, match="run.name: expected str, got True"):
+        load_profile("smoke", {"run.name": True})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.max_users": -5}, "data.max_users: expected a positive number of users, or null for all, got -5"),
+    ({"data.max_users": 0}, "data.max_users: expected a positive number of users, or null for all, got 0"),
+    ({"eval.ks": [0, 25]}, "eval.ks: every k must be within 1..20 (data.n_candidates), got [0, 25]"),
+    ({"eval.ks": [1, 21]}, "eval.ks: every k must be within 1..20 (data.n_candidates), got [1, 21]"),
+    ({"data.n_candidates": 5, "agent.affinity_order": 0},
+     "eval.ks: every k must be within 1..5 (data.n_candidates), got [1, 5, 10]"),
+])
+def test_semantic_checks_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_profile("smoke", overrides)
+    assert str(error.value) == f"{SMOKE}: {message}"
+
+
+def test_semantic_checks_accept_the_edges():
+    assert load_profile("smoke", {"data.max_users": 1}).data.max_users == 1
+    assert load_profile("smoke", {"data.max_users": None}).data.max_users is None
+    assert load_profile("smoke", {"eval.ks": [1, 20]}).eval.ks == [1, 20]
+
+
+def test_a_set_item_without_equals_exits_2_with_a_message(capsys):
+    from recrepro.__main__ import main
+    from recrepro.overrides import load_cli_profile
+
+    assert main(["plan", "--profile", "smoke", "--set", "data.max_users"]) == 2
+    assert capsys.readouterr().err == "error: override 'data.max_users': expected key=value, e.g. data.max_users=50\n"
+    assert main(["plan", "--profile", "smoke", "--set", "data.max_userz=5"]) == 2
+    assert "(did you mean 'data.max_users'?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # the stage CLIs (seeds, rta, ppr, sweeps) load through this
+        load_cli_profile("smoke", ["data.max_users"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: override 'data.max_users': expected key=value, e.g. data.max_users=50\n"
+    assert load_cli_profile("smoke", ["data.max_users=40"]).data.max_users == 40
