@@ -11,17 +11,20 @@ re-runs that stage and the ones after it, and a change upstream re-runs everythi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from recrepro.config import Profile, load_profile
 from recrepro.imports import all_modules, closure, import_graph, notebook_imports
 from recrepro.io import atomic_path, write_json_atomic
+from recrepro.progress import LABEL_ENV, LOG_ENV, LogRelay
 
 PACKAGE_DIR = Path(__file__).parent
 KERNEL_NAME = "python3"
@@ -103,15 +106,56 @@ def stage_stamp(notebook: Path, profile: Profile, previous: str, code: str) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def stage_label(notebook: Path) -> str:
+    """The bracketed name of a notebook's progress lines: ``04_rta.ipynb`` -> ``04 rta``."""
+    return notebook.stem.replace("_", " ", 1)
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the working directory, else to ``root``, else absolute."""
+    for base in (Path.cwd().resolve(), root):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+@contextlib.contextmanager
+def _stage_log(notebook: Path, log_file: Path, profile_name: str, log: Callable[[str], None]) -> Iterator[None]:
+    """A fresh log file for the notebook, named to its kernel (``RECREPRO_LOG``, ``RECREPRO_LABEL``) while it
+    runs, and its progress lines (``[04 rta] ...``) relayed to ``log`` as they are written."""
+    label = stage_label(notebook)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text(f"# {notebook.name}, profile {profile_name}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    saved = {name: os.environ.get(name) for name in (LOG_ENV, LABEL_ENV)}
+    os.environ[LOG_ENV], os.environ[LABEL_ENV] = str(log_file), label  # the kernel inherits the environment
+    relay = LogRelay(log_file, log, keep=lambda line: line.startswith(f"[{label}] ")).start()
+    try:
+        yield
+    finally:
+        relay.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_chain(profile_name: str, root: Path | str = ".", start: int | None = None, stop: int | None = None,
               force: bool = False, overrides: dict[str, Any] | None = None, log=print) -> list[StageResult]:
-    """Run notebooks ``start``..``stop`` (inclusive, by number) of the chain for one profile."""
+    """Run notebooks ``start``..``stop`` (inclusive, by number) of the chain for one profile.
+
+    Each notebook that runs gets its log, ``runs/<profile>/logs/<notebook>.log`` (named on the console):
+    its stage's output and progress lines; the progress lines (with their ETA) are relayed to ``log``
+    while the notebook runs (:mod:`recrepro.progress`).
+    """
     import papermill
 
     root = Path(root).resolve()
     profile = load_profile(profile_name, overrides)
     run_dir = profile.run_dir(root)
-    out_dir, stamp_dir = run_dir / "notebooks", run_dir / "stamps"
+    out_dir, stamp_dir, log_dir = run_dir / "notebooks", run_dir / "stamps", run_dir / "logs"
     results: list[StageResult] = []
     previous = ""
     graph = import_graph(PACKAGE_DIR)  # parsed once, not once per notebook
@@ -128,11 +172,12 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
             log(f"[skip] {notebook.name}: inputs and config unchanged")
             results.append(StageResult(notebook.name, "skipped", 0.0, output))
             continue
-        log(f"[run ] {notebook.name}")
+        log_file = log_dir / f"{notebook.stem}.log"
+        log(f"[run ] {notebook.name}  (log: {_shown(log_file, root)})")
         began = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
         failed = out_dir / f"{notebook.stem}.failed.ipynb"
-        with atomic_path(output) as tmp:
+        with atomic_path(output) as tmp, _stage_log(notebook, log_file, profile_name, log):
             try:
                 papermill.execute_notebook(
                     str(notebook), str(tmp), parameters={"profile": profile_name, "root": str(root),
@@ -142,7 +187,7 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
             except papermill.PapermillExecutionError:
                 # The previous good output stays; the failed run is kept beside it for inspection.
                 shutil.copyfile(tmp, failed)
-                log(f"[fail] {notebook.name}: executed copy at {failed}")
+                log(f"[fail] {notebook.name}: executed copy at {failed}; log {_shown(log_file, root)}")
                 raise
         failed.unlink(missing_ok=True)
         seconds = time.perf_counter() - began
