@@ -45,6 +45,7 @@ from recrepro.config import Profile
 from recrepro.evaluation import evaluate_lists
 from recrepro.io import write_text_atomic
 from recrepro.models import is_tiny_name, load_causal_lm
+from recrepro.progress import format_duration, say
 
 FROZEN_LABELS = {  # variant -> (table 2 model name, table 1 model name)
     "r": ("frozen-R", "LLMRank-like (frozen R)"),
@@ -161,6 +162,10 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
                       prompt_fingerprint=prompt_fingerprint())
     write_eval_card(profile.results_dir(root), card)
     save_trajectories(paths.trajectories_file(profile, dataset, model, root), records)
+    if settings.progress:
+        scores = ", ".join(f"{m} {row[m]:.3f}" for m in ("H@1", "H@10") if m in row)
+        say(f"{dataset} {model}: {len(records)} trajectories in {format_duration(wall)}; "
+            f"valid answers {card['valid_share']:.0%}" + (f"; {scores}" if scores else ""))
     return AgentEvaluation(dataset, model, variant, records, row, card)
 
 

@@ -32,6 +32,7 @@ from recrepro.agent.env import Episode, RecAgentEnv, ToolCallRecord, env_tools, 
 from recrepro.agent.parser import TrajectoryVerdict, check_call_against_schema, parse_tool_calls
 from recrepro.agent.generators import GenOutput, GenRequest, Generator, RolloutSettings
 from recrepro.agent.prompt import render_prompt
+from recrepro.progress import Progress, format_duration, say, spaced
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,16 +153,24 @@ class RolloutEngine:
         """All trajectories of all tasks, batched; records in (task, sample) order.
 
         Trajectory keys (what generators see) are ``first_key + task_index * n_samples + sample``.
+        With ``settings.progress``, each turn reports its generate calls (``batch k/n``, ETA of the turn)
+        and how many trajectories have finished, at most one line per 10 s over all turns, and the run
+        ends with a summary line (:mod:`recrepro.progress`).
         """
         live = [self._start(key, task, s) for key, (task, s) in
                 enumerate(((t, s) for t in tasks for s in range(n_samples)), start=first_key)]
         self._share_prefix([t.ids for t in live])
         done: dict[int, TrajectoryRecord] = {}
-        bar = _progress(len(live), desc, self.settings.progress)
+        n, show = len(live), self.settings.progress and bool(live)
+        write, began = spaced(), time.perf_counter()
+        if show:
+            say(f"{desc}: rolling out {n} trajectories")
         step = 0
         while live:
             still = []
-            for chunk in self._chunks(live):
+            chunks = self._chunks(live)
+            bar = Progress(f"{desc} turn {step + 1}", len(chunks), unit="batch", enabled=show, write=write)
+            for chunk in chunks:
                 limit = max(self._turn_limit(t) for t in chunk)
                 if self.settings.segment_tokens:
                     limit = min(limit, self.settings.segment_tokens)
@@ -176,10 +185,12 @@ class RolloutEngine:
                     else:
                         done[traj.key] = self._finish(traj)
                         self.generator.release(traj.key)
-                        bar.update(1)
+                bar.update(1, note=f"{len(done)}/{n} trajectories finished")
+            bar.close()
             live = still
             step += 1
-        bar.close()
+        if show:
+            say(f"{desc}: {n} trajectories finished in {step} turn(s), {format_duration(time.perf_counter() - began)}")
         return [done[key] for key in sorted(done)]
 
     def run_one_by_one(self, tasks: Sequence[AgentTask], n_samples: int = 1,
@@ -190,14 +201,13 @@ class RolloutEngine:
         progress = self.settings.progress
         self.settings = _replace(self.settings, progress=False)
         try:
-            bar = _progress(len(tasks) * n_samples, desc, progress)
-            for t, task in enumerate(tasks):
-                for s in range(n_samples):
-                    record = self.run([task], 1, first_key=t * n_samples + s)[0]
-                    record.sample_index = s
-                    records.append(record)
-                    bar.update(1)
-            bar.close()
+            with Progress(desc, len(tasks) * n_samples, unit="trajectory", enabled=progress) as bar:
+                for t, task in enumerate(tasks):
+                    for s in range(n_samples):
+                        record = self.run([task], 1, first_key=t * n_samples + s)[0]
+                        record.sample_index = s
+                        records.append(record)
+                        bar.update(1)
         finally:
             self.settings = _replace(self.settings, progress=progress)
         return records
@@ -307,9 +317,3 @@ def _replace(settings: RolloutSettings, **changes: Any) -> RolloutSettings:
     import dataclasses
 
     return dataclasses.replace(settings, **changes)
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)

@@ -25,6 +25,7 @@ from recrepro.agent.teacher import (MIXED_TEACHER_VERSION, PPR_TEACHER_VERSION, 
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir
 from recrepro.models import checkpointing_argument, load_causal_lm
+from recrepro.progress import say, trainer_progress
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,14 @@ class WarmStartSettings:
 
 
 def warm_start(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]],
-               settings: WarmStartSettings, progress: bool = True) -> list[float]:
+               settings: WarmStartSettings, progress: bool = True, what: str = "warm start") -> list[float]:
     """Fine-tune ``model`` in place on (ids, mask) examples with TRL's ``SFTTrainer``; returns the loss per step.
 
     One optimizer step takes ``settings.batch_size`` examples as micro-batches of one (unpadded,
     gradient accumulation), so the loss is the mean over every trained token of the step. AdamW,
     linear warm-up then linear decay to a tenth, gradient clipping at 1, no gradient checkpointing.
     Examples longer than ``settings.max_length`` keep their last tokens (the answer is at the end).
+    With ``progress``, steps, ETA and loss are reported as ``what`` (:mod:`recrepro.progress`).
     """
     import tempfile
 
@@ -74,24 +76,20 @@ def warm_start(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], l
         trainer = _warm_start_trainer_class()(model=model, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_list(rows),
                                               optimizers=(optimizer, schedule))
-        _quiet_logs(trainer, every=max(1, settings.steps // 8) if progress else 0)
+        _quiet_logs(trainer, what if progress else None)
         trainer.train()
     model.eval()
     return [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
 
 
-def _quiet_logs(trainer: Any, every: int) -> None:
-    """Replace the trainer's dict per step (800 lines in a notebook) by one short line every ``every`` steps."""
-    from transformers.trainer_callback import PrinterCallback, TrainerCallback
-
-    class EveryNSteps(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if every and logs and "loss" in logs and (state.global_step % every == 0 or state.global_step == 1):
-                print(f"[warm start] step {state.global_step}/{state.max_steps} loss {float(logs['loss']):.3f}",
-                      flush=True)
+def _quiet_logs(trainer: Any, what: str | None) -> None:
+    """Replace the trainer's dict per step (800 lines in a notebook) by progress lines with the ETA and the
+    loss (throttled, :class:`recrepro.progress.Progress`); none with ``what`` None."""
+    from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(EveryNSteps())
+    if what is not None:
+        trainer.add_callback(trainer_progress(what, note_key="loss"))
 
 
 def _warm_start_trainer_class() -> type:
@@ -153,9 +151,11 @@ def copy_curriculum(model: Any, tokenizer: Any, examples: Sequence[tuple[list[in
     short = [copy_tail(e, COPY_SHORT_TOKENS) for e in sources]
     longer = list(examples) + [copy_tail(e, n) for e in sources for n in COPY_LONG_TOKENS]
     losses = warm_start(model, tokenizer, short, dataclasses.replace(settings, steps=steps,
-                                                                     batch_size=COPY_SHORT_BATCH), progress)
+                                                                     batch_size=COPY_SHORT_BATCH), progress,
+                        "copy curriculum, short tails")
     return losses + warm_start(model, tokenizer, longer, dataclasses.replace(settings, steps=steps,
-                                                                             batch_size=COPY_LONG_BATCH), progress)
+                                                                             batch_size=COPY_LONG_BATCH), progress,
+                               "copy curriculum, longer tails")
 
 
 def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
@@ -245,6 +245,8 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     info = out / "warmstart_info.json"
     if not force and info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
         return out
+    if progress:
+        say(f"warm start: building {out.name} ({settings.steps} steps on teacher transcripts of {dataset})")
     bench = load_benchmark(profile, dataset, root)
     train = bench.samples["train"]
     chosen = train.sample(n=min(n_instances, len(train)), random_state=profile.run.seed).sort_values("sample_id")

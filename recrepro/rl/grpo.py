@@ -54,6 +54,7 @@ from recrepro.config import Profile, model_context
 from recrepro.plan import completions_per_micro_step
 from recrepro.io import atomic_dir, write_json_atomic
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
+from recrepro.progress import trainer_progress
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
 
 # ------------------------------------------------------------------------------------------------
@@ -300,7 +301,7 @@ def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any], **conf
         model=model, reward_funcs=[reward], args=config, train_dataset=build_dataset(setup.train_rows),
         processing_class=tokenizer, environment_factory=setup.env_factory,
         peft_config=lora_config(profile) if profile.rta.use_lora else None,
-        callbacks=[log_callback, *setup.callbacks],
+        callbacks=[log_callback, trainer_progress(training_name(setup)), *setup.callbacks],
         drop_all_negative_groups=profile.rta.drop_all_negative_groups, rollout_trace=trace,
     )
     log_callback.trainer = trainer
@@ -308,6 +309,12 @@ def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any], **conf
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one short line per step instead
     return trainer, reward
+
+
+def training_name(setup: TrainingSetup) -> str:
+    """How progress lines name a run: the last folders above its checkpoints (``rta/ml-100k/tirr``,
+    ``ppr/ml-100k/round1``, ``ml-100k/<sweep point>/ppr``), then "training"."""
+    return Path(*setup.output_dir.parent.parts[-3:]).as_posix() + " training"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
