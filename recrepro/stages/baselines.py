@@ -13,8 +13,10 @@ from recrepro.baselines.simple import popularity_scores, random_scores
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row, evaluate_scores
+from recrepro.progress import stage_entry
 from recrepro.tables import TABLE1_TITLE, write_table
 
+@stage_entry
 def run_classic_baselines(profile: Profile, root: Path | str = ".", models: list[str] | None = None) -> pd.DataFrame:
     """Chance, Random, MostPop and the RecBole models on every dataset's test split -> table1."""
 

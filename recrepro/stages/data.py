@@ -9,7 +9,9 @@ import pandas as pd
 from recrepro.config import Profile
 from recrepro.data.pipeline import prepare_dataset, stats_table
 from recrepro.io import write_text_atomic
+from recrepro.progress import stage_entry
 
+@stage_entry
 def run_data(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
     """Build every dataset of the profile and write ``results/<profile>/dataset_stats.csv``."""
 

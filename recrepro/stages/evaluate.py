@@ -16,11 +16,13 @@ from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import FIRST_TEN, chance_row, first_ten_row
 from recrepro.positions import dataset_position_rows, write_position_buckets
+from recrepro.progress import Progress, stage_entry
 from recrepro.rl.rta import starting_model
 from recrepro.significance import run_comparisons
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 
 
+@stage_entry
 def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
                   variants: Sequence[str] = ("r", "tirr")) -> dict[str, Any]:
     """Frozen R and frozen TIRR on every dataset's test lists -> table1, table2, evaluation cards.
@@ -31,6 +33,7 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
     root = Path(root)
     backend = backend or load_backend(profile, root)
     rows1, rows2, evaluations = [], [], []
+    bar = Progress("zero-shot", len(profile.data.datasets) * len(variants), unit="evaluation")
     for dataset in profile.data.datasets:
         bench = load_benchmark(profile, dataset, root)
         samples = eval_subset(profile, bench.samples["test"])
@@ -48,6 +51,8 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
             rows2.append(result.row)
             rows1.append({**result.row, "model": name1})
             evaluations.append(result)
+            bar.update(1, note=f"{dataset} {name2}")
+    bar.close()
     results = profile.results_dir(root)
     table1 = write_table(results, "table1", rows1, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
     table2 = write_table(results, "table2", rows2, TABLE2_TITLE, profile.eval.ks, paper_table="table2")
@@ -55,6 +60,7 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
             "cards": {f"{e.dataset}/{e.model}": e.card for e in evaluations}}
 
 
+@stage_entry
 def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate the TALLRec-like baseline on every dataset; upsert its Table 1 rows.
@@ -68,12 +74,15 @@ def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = Fal
         return {"rows": [], "runs": {}}
     start = starting_model(profile, root)
     rows, runs = [], {}
+    bar = Progress("sft baseline", len(profile.data.datasets), unit="dataset")
     for dataset in profile.data.datasets:
         trained = train_sft(profile, root, dataset, start, force=force, log=log)
         evaluated = evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force, log=log)
         rows.append(evaluated.pop("row"))
         runs[dataset] = {"train": {k: v for k, v in trained.items() if k != "stamp"},
                          "eval": {k: v for k, v in evaluated.items() if k != "stamp"}}
+        bar.update(1, note=dataset)
+    bar.close()
     table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
     return {"rows": rows, "runs": runs, "table1": table}
 
@@ -103,6 +112,7 @@ def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+@stage_entry
 def run_eval_reports(profile: Profile, root: Path | str = ".") -> dict[str, pd.DataFrame]:
     """Notebook 06's last step: H@10 by target position of every LLM row and of ``First ten candidates``
     (``position_buckets.csv``/``.md``) and the paired ablation comparisons (``comparisons.csv``/``.md``)."""

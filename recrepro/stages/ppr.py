@@ -13,17 +13,23 @@ import pandas as pd
 from recrepro.config import Profile
 from recrepro.io import write_text_atomic
 from recrepro.overrides import load_cli_profile
+from recrepro.progress import Progress, stage_entry
 from recrepro.rl import grpo
 from recrepro.rl.pairs import accuracy_table
 from recrepro.rl.ppr import mine_stage, run_dataset, train_stage
 
 
+@stage_entry
 def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 2 on every dataset. Returns ``{"runs": {dataset: result}, "accuracy": frame, "mining": frame,
     "table1": frame, "table2": frame}``; the accuracy frame (ours before/after beside the paper) is
     also written to ``results/<profile>/preference_accuracy.csv``."""
-    runs = {dataset: run_dataset(profile, root, dataset, force=force, log=log) for dataset in profile.data.datasets}
+    runs = {}
+    with Progress("ppr", len(profile.data.datasets), unit="dataset") as bar:
+        for dataset in profile.data.datasets:
+            runs[dataset] = run_dataset(profile, root, dataset, force=force, log=log)
+            bar.update(1, note=f"{dataset} {'up to date' if runs[dataset].get('skipped') else 'done'}")
     accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name,
                                          r["accuracy"].get("random"), r["accuracy"].get("tests"))
                           for d, r in runs.items()], ignore_index=True)

@@ -8,9 +8,11 @@ import pandas as pd
 
 from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.config import Profile
+from recrepro.progress import stage_entry
 from recrepro.tools.profile_writers import ProfileGenerator
 from recrepro.tools.profiles import write_user_profiles
 
+@stage_entry
 def run_user_profiles(profile: Profile, root: Path | str = ".", generator: ProfileGenerator | None = None,
                       progress: bool = True) -> pd.DataFrame:
     """Notebook 03: a profile for every instance (:func:`recrepro.tools.profiles.write_user_profiles`).

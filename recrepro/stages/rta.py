@@ -17,6 +17,7 @@ from recrepro import paths
 from recrepro.config import Profile
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
+from recrepro.progress import Progress, say, stage_entry
 from recrepro.rl.grpo import finished_policy, n_processes, on_cpu, vllm_colocate_available
 from recrepro.rl.rta import (VARIANTS, check_variant, config_stamp, evaluate_policy, prepare_setup, run_variant,
                              starting_model, train_policy, variant_dir, write_rows)
@@ -40,7 +41,7 @@ def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[st
     jobs = [Job(f"rta-{d}-{v}", "recrepro.stages.rta",
                 ("--profile", str(settings), "--root", str(Path(root).resolve()), "--dataset", d, "--variant", v,
                  "--stage", "train", *(("--force",) if force else ()))) for d, v in todo]
-    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
+    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log, say=say)
 
 
 def _variants(variant: str) -> tuple[str, ...]:
@@ -50,6 +51,7 @@ def _variants(variant: str) -> tuple[str, ...]:
     return variants
 
 
+@stage_entry
 def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", force: bool = False,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 1 for ``variant`` ("tirr", "r" or "both") on every dataset: train, save, evaluate, write rows.
@@ -64,8 +66,12 @@ def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", for
         train_side_by_side(profile, root, _variants(variant), force=force, log=log, min_jobs=1)
     elif profile.run.jobs > 1 and on_cpu(profile):
         train_side_by_side(profile, root, _variants(variant), force=force, log=log)
-    runs = {f"{dataset}/{v}": run_variant(profile, root, dataset, v, force=force, log=log)
-            for dataset in profile.data.datasets for v in _variants(variant)}
+    todo = [(dataset, v) for dataset in profile.data.datasets for v in _variants(variant)]
+    runs = {}
+    with Progress("rta", len(todo), unit="policy") as bar:
+        for dataset, v in todo:
+            runs[f"{dataset}/{v}"] = run_variant(profile, root, dataset, v, force=force, log=log)
+            bar.update(1, note=f"{dataset}/{v} {'up to date' if runs[f'{dataset}/{v}'].get('skipped') else 'done'}")
     results_dir = profile.results_dir(root)
     tables = {stem: pd.read_csv(results_dir / f"{stem}.csv") for stem in ("table1", "table2")
               if (results_dir / f"{stem}.csv").is_file()}

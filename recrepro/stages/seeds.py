@@ -30,6 +30,7 @@ from recrepro.evaluation import per_instance_path
 from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
+from recrepro.progress import say
 from recrepro.rl.rta import run_variant
 from recrepro.runner import run_chain
 from recrepro.significance import compare_rows
@@ -65,7 +66,7 @@ def run_seeds(profile: Profile, root: Path | str, seeds: Sequence[int], log: Cal
         one = seed_profile(profile, seed)
         jobs.append(Job(f"seed-{seed}", "recrepro.stages.seeds",
                         ("--one", "--profile", str(profile_file(one, root)), "--root", str(root))))
-    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
+    run_jobs(jobs, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log, say=say)
 
 
 def seed_rows(profile: Profile, root: Path | str, seed: int) -> list[dict]:

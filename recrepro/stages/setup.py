@@ -10,6 +10,7 @@ from pathlib import Path
 from recrepro import paths
 from recrepro.config import Profile
 from recrepro.io import write_json_atomic
+from recrepro.progress import stage_entry
 
 KEY_PACKAGES = ("torch", "transformers", "trl", "peft", "recbole", "numpy", "pandas", "papermill")
 
@@ -37,6 +38,7 @@ def environment_report(profile: Profile) -> dict:
     }
 
 
+@stage_entry
 def run_setup(profile: Profile, root: Path | str = ".") -> dict:
     report = environment_report(profile)
     write_json_atomic(paths.environment_file(profile, root), report)

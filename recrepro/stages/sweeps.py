@@ -23,6 +23,7 @@ from recrepro.config import Profile
 from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
+from recrepro.progress import Progress, say, stage_entry
 from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.sweeps import (RESULT_COLUMNS, SWEEPS, SweepPoint, adopt_main_policy, canonical_backbone,
                                 neighbour_pairs, point_profile, result_rows, row_name, run_point, run_point_ppr,
@@ -53,9 +54,10 @@ def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, 
                          "--stage", "train"), after=None if backbone == own else first_of.get(backbone)))
         first_of.setdefault(backbone, todo[-1].name)
     if len(todo) > 1:
-        run_jobs(todo, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log)
+        run_jobs(todo, profile.run.jobs, paths.jobs_dir(profile, root), cwd=root, log=log, say=say)
 
 
+@stage_entry
 def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both sweeps (each distinct run once), their result CSVs; returns the frames and the runs.
@@ -74,24 +76,38 @@ def run_sweeps(profile: Profile, root: Path | str = ".", force: bool = False,
         train_points_side_by_side(profile, root, dataset, distinct, force=force, log=log)
     runs: dict[str, dict[str, Any]] = {}
     out: dict[str, Any] = {"runs": runs, "dataset": dataset}
+    bar = Progress("sweeps", n_sweep_runs(profile, points), unit="run")
     for sweep in SWEEPS:
         rows = []
         for point in points[sweep]:
             if point.name not in runs:
                 log(f"[sweeps] {dataset}/{point.name}")
                 runs[point.name] = run_point(profile, root, dataset, point, force=force, log=log)
+                bar.update(1, note=_finished(point.name, runs[point.name]))
             rows += result_rows(profile, dataset, sweep, point, runs[point.name])
             if sweep == "backbone" and profile.sweeps.backbone_ppr:
                 log(f"[sweeps] {dataset}/{point.name} + PPR")
                 name = row_name(point, "RTA+PPR")
                 runs[name] = run_point_ppr(profile, root, dataset, point, runs[point.name], force=force, log=log)
+                bar.update(1, note=_finished(f"{point.name}+PPR", runs[name]))
                 rows += result_rows(profile, dataset, sweep, point, runs[name])
         out[sweep] = write_results(profile, root, sweep, rows)
+    bar.close()
     out["comparisons"] = write_sweep_comparisons(profile, root, dataset, points)
     write_text_atomic(sweep_dir(profile, root, dataset) / "sweeps.json",
                       json.dumps({name: {k: v for k, v in run.items() if k != "row"} for name, run in runs.items()},
                                  indent=2, sort_keys=True, default=str) + "\n")
     return out
+
+
+def n_sweep_runs(profile: Profile, points: dict[str, list[SweepPoint]]) -> int:
+    """Distinct runs of :func:`run_sweeps`: each point's stage 1 once, and PPR on each Figure 5 point."""
+    distinct = {p.name for sweep in SWEEPS for p in points[sweep]}
+    return len(distinct) + (len(points.get("backbone", [])) if profile.sweeps.backbone_ppr else 0)
+
+
+def _finished(name: str, run: dict[str, Any]) -> str:
+    return f"{name} {'up to date' if run.get('skipped') else 'done'}"
 
 
 def write_sweep_comparisons(profile: Profile, root: Path | str, dataset: str,
