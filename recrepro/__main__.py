@@ -14,8 +14,8 @@ from pathlib import Path
 from recrepro.config import ConfigError, load_profile
 from recrepro.overrides import parse_overrides
 from recrepro.plan import Hardware, PlanError, stage_lines
-from recrepro.runner import run_chain
 from recrepro.reference import compare, promote
+from recrepro.runner import run_chain
 from recrepro.stages import figures
 
 
@@ -39,7 +39,6 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
 def _compare(args: argparse.Namespace) -> int:
     result = compare(load_profile(args.profile, parse_overrides(args.overrides)), Path(args.root))
     print(result.report())
@@ -54,6 +53,7 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recrepro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook chain through papermill")
@@ -83,10 +83,10 @@ def _promote(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())
