@@ -8,11 +8,17 @@ STAMP := $(VENV)/.recrepro-installed
 
 .PHONY: setup reproduce compare promote test test-fast lab bench clean-runs
 
+# Optional: a wheel index for torch, e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` for
+# the CPU-only build (PyPI's Linux torch is the multi-GB CUDA build). Empty (the default, used by CI): torch
+# comes from PyPI with the rest. Takes effect when the venv is (re)filled: a fresh clone or a changed pyproject.
+TORCH_INDEX ?=
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet $$($(PY) -c "import tomllib; print(next(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')))") --index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# RecBole's metadata pins ray<=2.6.3 (broken on numpy 2); install it alone, without deps.
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['recrepro']['no_deps']))")
