@@ -65,6 +65,11 @@ def stage_dir(profile: Profile, stage: str, dataset: str, root: Path | str = "."
     return run_dir(profile, root) / stage / dataset
 
 
+def notebooks_dir(profile: Profile, root: Path | str = ".") -> Path:
+    """The run's executed notebooks (written by the runner)."""
+    return run_dir(profile, root) / "notebooks"
+
+
 def jobs_dir(profile: Profile, root: Path | str = ".") -> Path:
     return run_dir(profile, root) / "jobs"
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 from recrepro.config import Profile
 from recrepro.io import TIMINGS_SUFFIX, write_text_atomic
-from recrepro.paths import reference_dir
+from recrepro.paths import notebooks_dir, reference_dir
 
 STAMP_COLUMNS = ("run", "config")
 MD_STAMP = "Run: "
@@ -152,7 +152,7 @@ def promote(profile: Profile, root: Path | str = ".") -> dict[str, list[str]]:
     results = reference_dir(profile, "results", root)
     copied = {"results": _copy_outputs(profile.results_dir(root), results),
               "figures": _copy_outputs(profile.figures_dir(root), reference_dir(profile, "figures", root))}
-    notebooks = profile.run_dir(root) / "notebooks"
+    notebooks = notebooks_dir(profile, root)
     if notebooks.is_dir():
         copied["notebooks"] = _copy_outputs(notebooks, results / NOTEBOOKS_FOLDER)
     return copied

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recrepro.config import load_profile
-from recrepro.paths import reference_dir
+from recrepro.paths import notebooks_dir, reference_dir
 from recrepro.reference import (LLM_TOL, RECBOLE_TOL, compare, compare_rows, config_digest, promote,
                                 stamp_results)
 
@@ -30,7 +30,7 @@ def _write_run(root, table1: str = TABLE, extra: dict[str, str] | None = None):
     for name, text in files.items():
         (results / name).write_text(text)
     (figures / "fig4_group_size.png").write_bytes(b"png")
-    notebooks = PROFILE.run_dir(root) / "notebooks"
+    notebooks = notebooks_dir(PROFILE, root)
     notebooks.mkdir()
     for name in ("00_setup.ipynb", "04_rta.failed.ipynb", ".04_rta.x.tmp.ipynb"):
         (notebooks / name).write_text("{}")
