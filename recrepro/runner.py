@@ -28,6 +28,10 @@ from recrepro.progress import LABEL_ENV, LOG_ENV, LogRelay
 
 PACKAGE_DIR = Path(__file__).parent
 KERNEL_NAME = "python3"
+# ipykernel 7 warns at every start that its sockets are TCP without encryption: jupyter_client's default
+# transport, on localhost, for a kernel this process starts and stops. Harmless, and printed on the console
+# between the stage's lines, so the kernel logs errors only (the notebook's own output is not affected).
+KERNEL_ARGUMENTS = ["--log-level=ERROR"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
                     str(notebook), str(tmp), parameters={"profile": profile_name, "root": str(root),
                                                          "overrides": overrides or {}},
                     kernel_name=KERNEL_NAME, cwd=str(root), progress_bar=False, language="python",
+                    extra_arguments=KERNEL_ARGUMENTS,
                 )
             except papermill.PapermillExecutionError:
                 # The previous good output stays; the failed run is kept beside it for inspection.
