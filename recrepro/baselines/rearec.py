@@ -9,6 +9,10 @@ Sources, read for this module (no code copied):
   {0.001, 0.005, 0.01, 0.05, 0.1}; PRL noise strength gamma = 0.01; base temperature tau tuned in
   {0.05, 0.1, 0.5, 1.0, 2.0, 5.0} and decay rate alpha in {1.0, 1.2, 1.5, 2.0, 5.0, 10.0}.
 
+Only the paper's abstract could be read for this module, so every formula and default below is the
+authors' code's. In particular ERL's recommendation term there is one CE on the mean of the steps,
+not a CE at every step; where the paper's text says otherwise, this module follows the code.
+
 Reasoning [C layers.py]. The SASRec encoder runs once over the items; then, for k = 0..K-1, the last
 hidden state h_k plus a learned reasoning-position embedding r_k is fed back as one extra position,
 x_k = dropout(LayerNorm(h_k + r_k)) with the same LayerNorm as the item inputs, and the encoder's
