@@ -25,6 +25,7 @@ from recrepro.config import Profile, load_profile
 from recrepro.imports import all_modules, closure, import_graph, notebook_imports
 from recrepro.io import atomic_path, write_json_atomic
 from recrepro.progress import LABEL_ENV, LOG_ENV, LogRelay
+from recrepro.reference import stamp_results
 
 PACKAGE_DIR = Path(__file__).parent
 KERNEL_NAME = "python3"
@@ -197,6 +198,7 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
         failed.unlink(missing_ok=True)
         seconds = time.perf_counter() - began
         write_json_atomic(stamp_file, {"stamp": stamp, "seconds": round(seconds, 2)})
+        stamp_results(profile, root)  # every table the stage wrote names its run and config
         log(f"[done] {notebook.name} in {seconds:.1f} s")
         results.append(StageResult(notebook.name, "ran", seconds, output))
     return results

@@ -145,3 +145,22 @@ def test_a_run_with_overrides_is_a_run_of_its_own(tmp_path):
     name = f"smoke+{override_key({'data.max_users': 50})}"
     assert (tmp_path / "runs" / name / "notebooks" / "01_step.ipynb").is_file()
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs" / "smoke").rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_tables_a_stage_writes_are_stamped_with_run_and_config(tmp_path):
+    """Issue 15: after each notebook the runner stamps its run's tables (reference.stamp_results)."""
+    from recrepro.reference import config_digest
+
+    _mini_chain(tmp_path)
+    nb = nbformat.read(tmp_path / "notebooks" / "01_step.ipynb", as_version=4)
+    nb.cells[1].source = ("from recrepro.config import load_profile\n"
+                          "out = load_profile(profile, overrides).results_dir(root)\n"
+                          "out.mkdir(parents=True, exist_ok=True)\n"
+                          "(out / 't.csv').write_text('a\\n1\\n'); (out / 't.md').write_text('# T\\n\\nbody\\n')")
+    nbformat.write(nb, tmp_path / "notebooks" / "01_step.ipynb")
+    run_chain("smoke", tmp_path, overrides={"data.max_users": 50}, log=lambda _: None)
+    profile = load_profile("smoke", {"data.max_users": 50})
+    digest = config_digest(profile)
+    assert (profile.results_dir(tmp_path) / "t.csv").read_text() == f"a,run,config\n1,{profile.run.name},{digest}\n"
+    assert f"Run: `{profile.run.name}` · config `{digest}`" in (profile.results_dir(tmp_path) / "t.md").read_text()
