@@ -78,9 +78,8 @@ def test_copy_sources_take_every_ranking_example_when_the_line_is_shown():
 
 
 def test_config_bounds_and_profiles():
-    assert load_profile("cpu").agent.affinity_order == 10
-    assert load_profile("smoke").agent.affinity_order == 0 and load_profile("paper").agent.affinity_order == 0
-    assert profile_spec(load_profile("cpu").agent, "r").affinity_order == 10
+    assert all(load_profile(name).agent.affinity_order == 0 for name in ("smoke", "cpu", "paper"))  # off
+    assert profile_spec(load_profile("cpu", {"agent.affinity_order": 10}).agent, "r").affinity_order == 10
     with pytest.raises(ConfigError, match="agent.affinity_order"):
         load_profile("smoke", {"agent.affinity_order": 21})
     with pytest.raises(ConfigError, match="agent.affinity_order"):
