@@ -39,18 +39,22 @@ def test_example_is_the_engine_prompt_then_the_answer_only():
     assert ids[-1] == tok.eos_token_id
 
 
+# One run folder for the data and every SFT setting of this module (named, so overrides do not split it).
+SHARED = {"run.name": "smoke", "data.max_users": 40}
+
+
 @pytest.fixture(scope="module")
 def sft_root(tmp_path_factory):
     """A real ml-100k benchmark at tiny size and a tiny random Qwen3 (seconds)."""
     from recrepro.stages.data import run_data
 
     root = tmp_path_factory.mktemp("sft")
-    run_data(load_profile("smoke", {"data.max_users": 40}), root)
+    run_data(load_profile("smoke", SHARED), root)
     return root, rf.tiny_policy_dir(str(root / "start"))
 
 
 def _profile(**extra):
-    return load_profile("smoke", {"data.max_users": 40, "sft.steps": 2, "sft.train_instances": 4,
+    return load_profile("smoke", {**SHARED, "sft.steps": 2, "sft.train_instances": 4,
                                   "sft.batch_size": 2, "sft.max_new_tokens": 8, "agent.eval_instances": 3, **extra})
 
 
@@ -63,7 +67,7 @@ def test_sft_trains_caches_and_scores_invalid_answers_as_misses(sft_root):
     first = train_sft(profile, root, "ml-100k", str(start), log=messages.append)
     assert not first["skipped"] and first["steps"] == 2 and first["instances"] == 4
     assert len(first["losses"]) == 2 and all(loss > 0 for loss in first["losses"])
-    final = root / "runs" / "smoke" / "sft" / "ml-100k" / "final"
+    final = profile.run_dir(root) / "sft" / "ml-100k" / "final"
     assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()  # merged
     assert json.loads((final / "sft_info.json").read_text())["settings"]["lora_r"] == profile.sft.lora_r
     again = train_sft(profile, root, "ml-100k", str(start), log=messages.append)
