@@ -21,7 +21,7 @@ from recrepro import paths
 from recrepro.config import Profile
 from recrepro.io import read_parquet, write_parquet
 from recrepro.metrics import bootstrap_ci, chance_metrics, list_metrics, metric_names, score_metrics, summarize
-from recrepro.tables import TABLE1_TITLE, not_run_rows, write_table
+from recrepro.tables import TABLE1_TITLE, drop_stale_not_run_rows, not_run_models, not_run_rows, write_table
 
 
 def metrics_row(dataset: str, model: str, per_instance: dict[str, np.ndarray], profile: Profile,
@@ -101,6 +101,8 @@ def write_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame
     beside the paper's values on the same dataset where the paper reports one.
     """
 
-    rows = not_run_rows(list(profile.data.datasets), profile.run.name, profile.eval.ks)
+    measured = list(profile.recbole.models)
+    drop_stale_not_run_rows(profile.results_dir(root) / "table1.csv", not_run_models(measured))
+    rows = not_run_rows(list(profile.data.datasets), profile.run.name, profile.eval.ks, measured)
     return write_table(profile.results_dir(root), "table1", rows.to_dict("records"), TABLE1_TITLE,
                        profile.eval.ks, paper_table="table1")

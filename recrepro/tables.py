@@ -25,7 +25,7 @@ TABLE1_TITLE = "Table 1: top-K accuracy on the frozen test lists (20 candidates)
 TABLE2_TITLE = "Table 2: ablation of tools and training (R = reasoning only, TIRR = tool-integrated)"
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
-    "Chance", "First ten candidates", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec",
+    "Chance", "First ten candidates", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec", "ReaRec-ERL", "ReaRec-PRL",
     "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA)", "AgenticRec (RTA+PPR)",
     "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
@@ -35,6 +35,9 @@ SOURCE_ORDER = {"analytic": 0, "reference": 1, "measured": 2, "paper": 3, "not r
 # values, where it reports that dataset, stay in the source "paper" rows.
 NOT_RUN_MODELS = ["ReaRec", "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO", "ReRe"]
 NOT_RUN = "not run"
+# A paper baseline the kit measures under other row names (its variants) is not "not run" when a
+# profile runs any of them: ReaRec's two training schemes are rows of their own.
+MEASURED_AS = {"ReaRec": ("ReaRec-ERL", "ReaRec-PRL")}
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
@@ -64,8 +67,15 @@ def paper_rows(table: str, profile_name: str, ks: list[int]) -> pd.DataFrame:
     return wide
 
 
-def not_run_rows(datasets: list[str], profile_name: str, ks: list[int]) -> pd.DataFrame:
-    """One "not run" row per (profile dataset, model of :data:`NOT_RUN_MODELS`), metrics NaN.
+def not_run_models(measured: list[str]) -> list[str]:
+    """:data:`NOT_RUN_MODELS` less those the profile measures under a variant name (:data:`MEASURED_AS`)."""
+    return [m for m in NOT_RUN_MODELS if not set(MEASURED_AS.get(m, ())) & set(measured)]
+
+
+def not_run_rows(datasets: list[str], profile_name: str, ks: list[int], measured: list[str] | None = None
+                 ) -> pd.DataFrame:
+    """One "not run" row per (profile dataset, model of :func:`not_run_models`), metrics NaN; ``measured``
+    names the models the profile runs (e.g. its RecBole models).
 
     ``paper_marks`` holds the marks of the paper's values for that model on that dataset (via the
     paper's short dataset name), empty where the paper reports none (always so for ml-100k).
@@ -75,12 +85,23 @@ def not_run_rows(datasets: list[str], profile_name: str, ks: list[int]) -> pd.Da
     rows = []
     for dataset in datasets:
         short = paper_name(dataset)
-        for model in NOT_RUN_MODELS:
+        for model in not_run_models(measured or []):
             marks = reported["paper_marks"].get((short, model), "") if short else ""
             row: dict = {"dataset": dataset, "model": model, **{m: np.nan for m in metric_names(ks)},
                          "n": np.nan, "profile": profile_name, "source": NOT_RUN, "paper_marks": marks}
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def drop_stale_not_run_rows(path: Path | str, still_not_run: list[str]) -> None:
+    """Remove "not run" rows of models now measured (an earlier run of the same folder wrote them)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    old = pd.read_csv(path)
+    stale = (old["source"] == NOT_RUN) & ~old["model"].isin(still_not_run)
+    if stale.any():
+        write_text_atomic(path, old[~stale].to_csv(index=False, float_format="%.6g"))
 
 
 def upsert_rows(path: Path | str, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:

@@ -47,12 +47,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recrepro.baselines import recbole_compat  # noqa: F401  (patches RecBole before it is used)
+from recrepro.baselines import rearec, recbole_compat  # noqa: F401  (recbole_compat patches RecBole before use)
 from recrepro.baselines.sequential_scorer import (CONFIG_FILE, EXPORT_FORMAT, ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE,
                                                   USER_IDS_FILE, WEIGHTS_FILE, SequentialScorer)
 from recrepro.config import RecBoleConfig
 
-SUPPORTED_MODELS: tuple[str, ...] = ("SASRec", "GRU4Rec", "Caser")
+SUPPORTED_MODELS: tuple[str, ...] = ("SASRec", "GRU4Rec", "Caser", *rearec.VARIANTS)  # ReaRec-ERL, ReaRec-PRL
 
 # RecBole's leave-one-out mode. "valid_only" holds out each user's last sample for validation and
 # trains on all the others. "valid_and_test" would also hold out a RecBole test sample per user that
@@ -82,6 +82,8 @@ _STRUCTURE_KEYS: tuple[str, ...] = (
 def model_parameters(model_name: str, cfg: RecBoleConfig) -> dict[str, Any]:
     """The constructor parameters of ``model_name`` derived from the profile's recbole section."""
     _check_model_name(model_name)
+    if model_name in rearec.VARIANTS:  # SASRec's backbone plus the reasoning steps (recrepro.baselines.rearec)
+        return {**model_parameters("SASRec", cfg), **rearec.variant_parameters(model_name)}
     common = {"loss_type": cfg.loss_type}
     if model_name == "SASRec":
         if cfg.hidden_size % cfg.n_heads:
@@ -202,7 +204,7 @@ def fit_sequential(
     _check_model_name(model_name)
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_seed
+    from recbole.utils import get_trainer, init_seed
 
     work_dir = Path(work_dir).resolve()
     dataset_name = f"recrepro_{model_name.lower()}"
@@ -210,14 +212,16 @@ def fit_sequential(
     config_dict = _recbole_config_dict(model_name, cfg, history_max, seed, work_dir, device)
 
     with _preserved_rng_state(), _working_directory(work_dir), recbole_compat.known_warnings_silenced():
-        config = Config(model=model_name, dataset=dataset_name, config_dict=config_dict)
+        model_class = rearec.model_class(model_name)  # RecBole's own class, or ReaRec for its variants
+        config = Config(model=model_class if model_name in rearec.VARIANTS else model_name, dataset=dataset_name,
+                        config_dict=config_dict)
         config["device"] = torch.device(device)
         init_seed(config["seed"], config["reproducibility"])
         dataset = create_dataset(config)
         train_data, valid_data, _ = data_preparation(config, dataset)
         # quick_start reseeds here too, so model init does not depend on how much data loading drew.
         init_seed(config["seed"], config["reproducibility"])
-        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        model = model_class(config, train_data._dataset).to(config["device"])
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         tracker = _BestStateTracker(trainer)
         start = time.perf_counter()

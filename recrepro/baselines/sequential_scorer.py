@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from recrepro.baselines import recbole_compat  # noqa: F401  (patches RecBole before it is used)
+from recrepro.baselines import rearec, recbole_compat  # noqa: F401  (recbole_compat patches RecBole before use)
 
 PAD_TOKEN = "[PAD]"  # RecBole's name for row 0 of every id remapping
 EXPORT_FORMAT = "recrepro-sequential/1"
@@ -62,8 +62,6 @@ class _DatasetStub:
 
 def build_model(model_config: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
     """An untrained instance of the recorded model class, built without RecBole data or pickles."""
-    from recbole.utils import get_model
-
     if model_config.get("format") != EXPORT_FORMAT:
         raise ValueError(f"unsupported export format {model_config.get('format')!r}; expected {EXPORT_FORMAT}")
     fields = model_config["fields"]
@@ -73,7 +71,7 @@ def build_model(model_config: dict[str, Any], device: str = "cpu") -> torch.nn.M
     )
     # Construction draws random initial weights; do not move the caller's torch generator.
     with torch.random.fork_rng(devices=[]):
-        model = get_model(model_config["model"])(config, stub)
+        model = rearec.model_class(model_config["model"])(config, stub)
     return model
 
 

@@ -1,4 +1,5 @@
-"""RecBole on numpy 2 / torch 2.13 and the SASRec, GRU4Rec and Caser train-export-reload round trip.
+"""RecBole on numpy 2 / torch 2.13 and the SASRec, GRU4Rec, Caser and ReaRec (ERL, PRL) train-export-reload
+round trip.
 
 The log is synthetic with a strong sequential rule (item i is followed by item i+1), so a trained
 model must beat chance. Each model trains once per module (a few epochs, hidden 16, on CPU).
@@ -67,7 +68,7 @@ def tiny_cfg(model_name: str, epochs: int) -> RecBoleConfig:
     )
 
 
-EPOCHS = {"SASRec": 3, "GRU4Rec": 3, "Caser": 2}
+EPOCHS = {"SASRec": 3, "GRU4Rec": 3, "Caser": 2, "ReaRec-ERL": 3, "ReaRec-PRL": 3}
 
 
 @pytest.fixture(scope="module")

@@ -94,3 +94,18 @@ def test_not_run_rows_render_in_their_own_section_beside_the_papers_values(tmp_p
     again = write_table(tmp_path, "table1", rows, "Table 1", [1, 5, 10], paper_table="table1")
     assert (again["source"] == "not run").sum() == 14  # a rewrite replaces, never duplicates
     assert len(again) == len(table)
+
+
+def test_a_baseline_measured_under_variant_names_is_not_listed_as_not_run(tmp_path):
+    """ReaRec runs as ReaRec-ERL / ReaRec-PRL: with either in the profile, no "not run" ReaRec row,
+    and one an earlier run of the same folder wrote is removed."""
+    from recrepro.tables import NOT_RUN_MODELS, drop_stale_not_run_rows, not_run_models, not_run_rows
+
+    assert not_run_models(["SASRec"]) == NOT_RUN_MODELS
+    assert not_run_models(["SASRec", "ReaRec-PRL"]) == [m for m in NOT_RUN_MODELS if m != "ReaRec"]
+    rows = not_run_rows(["ml-100k"], "smoke", [1, 5, 10], ["ReaRec-ERL"])
+    assert "ReaRec" not in set(rows["model"]) and len(rows) == len(NOT_RUN_MODELS) - 1
+    path = tmp_path / "table1.csv"
+    not_run_rows(["ml-100k"], "smoke", [1, 5, 10]).to_csv(path, index=False)
+    drop_stale_not_run_rows(path, not_run_models(["ReaRec-ERL"]))
+    assert "ReaRec" not in set(pd.read_csv(path)["model"]) and len(pd.read_csv(path)) == len(NOT_RUN_MODELS) - 1
