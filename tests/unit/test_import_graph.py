@@ -25,7 +25,7 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
     "recrepro.baselines.sequential_scorer": 1, "recrepro.baselines.simple": 1,
     "recrepro.tools": 2,
     "recrepro.agent": 3,
-    "recrepro.rl": 4, "recrepro.baselines.sft": 4, "recrepro.baselines.sdpo": 4,
+    "recrepro.rl": 4, "recrepro.baselines.sft": 4, "recrepro.baselines.sdpo": 4, "recrepro.baselines.rere": 4,
     "recrepro.baselines.llara": 4,
     "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.__main__": 5,
 }

@@ -1,0 +1,449 @@
+"""ReRe baseline (core): GRPO with constrained beam search and a rank-aware reward.
+
+ReRe is "Reinforced Preference Optimization for Recommendation" (Tan et al., arXiv 2510.12211; code
+github.com/sober-clever/ReRe); PAPER.md 1.6 lists it among the Table 1 baselines trained on the same
+backbone (learning rate 1e-5). Facts [N] from the paper's abstract and the authors' code (files and
+commits named); [G] = our choice.
+
+* Generation [N] (abstract; ``rere_trainer.py`` @290b509): constrained decoding masks every token that
+  cannot continue a valid item; beam search replaces sampling, one ``generate`` per distinct prompt with
+  ``num_beams = num_return_sequences = G`` and ``length_penalty = 0``, so a group's G completions are
+  distinct and ordered by beam score. ``rere.sh`` @290b509: ``--beam_search True --temperature 1.0
+  --num_generations 16``.
+* Reward [N] (``rere.py`` @045c646, ``--reward_type ranking`` = ``[rule_reward, ndcg_rule_reward]``,
+  summed with weight 1): rule reward 1 when the generated item is the target, else 0; auxiliary ranking
+  reward ``-(1/log2(j+1)) / sum_{k=1..G} 1/log2(k+1)`` for the completion at beam rank j (1-based) when
+  it is not the target and some completion of its group is, else 0 (:func:`rank_penalties`).
+* Optimisation [N] (same files): advantage (reward - group mean) / (group std + 1e-4) (TRL's
+  ``scale_rewards="group"``); per-sequence token mean, then batch mean (``loss_type="grpo"``); KL
+  coefficient 1e-3 to a reference synced during training; learning rate 1e-5, cosine schedule, warmup
+  ratio 0.03, max grad norm 0.3, 2 epochs, 64 completions x 4 GPUs x 2 accumulation steps, at most 128
+  completion tokens. The loss uses the unconstrained model's log-probabilities (the constraint acts in
+  generation only), as TRL does.
+
+Mapping to the kit [G]. ReRe's completion is one item title; the kit's answer is a ranked list
+(PAPER.md 1.1) judged by the one parser (:mod:`recrepro.agent.parser`):
+
+* completion: :class:`CandidateListLogitsProcessor` forces ``<answer>\\boxed{[i1, ..., iK]}</answer>``
+  and end of turn, K = ``agent.top_k`` distinct positions in 1..n, in :func:`format_answer`'s tokens;
+  no reasoning (ReRe writes the item right after the prompt); the TALLRec-like prompt (the agent's
+  reasoning-only one); masked scores are renormalised, so beam scores are constrained log-probabilities;
+* rule reward: NDCG@K of the target in the list (1/log2(p + 1) at position p, 0 when absent or the
+  answer is invalid); for K = 1 exactly the paper's 0/1 reward;
+* "the generated item is the target" <-> the list ranks the target first (correct); the ranking reward
+  goes unchanged to the other completions of a group that has a correct one, by beam rank;
+* start: the cached TALLRec-like SFT model (the authors run ``sft.py`` then ``rere.py``; the paper
+  reports base and SFT-initialised starts) with a fresh LoRA adapter of the ``sft`` section's settings
+  (the authors tune all weights); no reference syncing (TRL cannot sync an adapter-disabled reference);
+* hyperparameters from the profile until it has a ``rere`` section: G = ``rta.group_size``, instances
+  per step, steps, epochs, instances and KL coefficient from ``rta``, learning rate
+  ``sft.learning_rate`` (paper profile 1e-5 = PAPER.md 1.6 = ``rere.sh``); the paper's values are the
+  constants below.
+
+Output: ``runs/<profile>/rere/<dataset>/final`` (merged model + ``rere_info.json``), skipped while its
+stamp is unchanged. Generation runs through transformers ``generate`` (vLLM is refused): the trainer
+wraps TRL's own generation call (:func:`constrained_generation`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from recrepro import paths
+from recrepro.agent.generators import stop_token_ids
+from recrepro.agent.parser import ANSWER_CLOSE, ANSWER_OPEN, BOXED, format_answer, judge_trajectory
+from recrepro.agent.prompt import item_views
+from recrepro.baselines.sft import sft_stamp, target_ranking, train_sft
+from recrepro.config import Profile
+from recrepro.data.pipeline import load_benchmark
+from recrepro.io import atomic_dir, sha256_file
+from recrepro.progress import trainer_progress
+from recrepro.rl.grpo import build_dataset, build_grpo_config, load_policy
+from recrepro.rl.reward import assistant_turns, ndcg_at_rank
+from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model, training_rows
+
+RERE_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
+TABLE1_NAME = "ReRe"
+# The paper's settings ([N], files as in the module docstring); the profile decides for now.
+GROUP_SIZE = 16  # rere.sh --num_generations 16 (= beams)
+LEARNING_RATE = 1e-5  # rere.sh --learning_rate 1e-5; PAPER.md 1.6
+KL_BETA = 1e-3  # rere.sh --beta 1e-3
+EPOCHS = 2  # rere.sh --num_train_epochs 2
+TEMPERATURE = 1.0  # rere.sh --temperature 1.0
+LENGTH_PENALTY = 0.0  # rere_trainer.py: GenerationConfig(length_penalty=0.0)
+WARMUP_RATIO = 0.03  # rere.py GRPOConfig(warmup_ratio=0.03)
+MAX_GRAD_NORM = 0.3  # rere.py GRPOConfig(max_grad_norm=0.3)
+LR_SCHEDULER = "cosine"  # rere.py GRPOConfig(lr_scheduler_type="cosine")
+
+ANSWER_PREFIX = f"{ANSWER_OPEN}{BOXED}["  # what format_answer writes before the first index
+ANSWER_SUFFIX = f"]}}{ANSWER_CLOSE}"  # and after the last
+SEPARATOR = ", "
+
+
+# ------------------------------ Constrained decoding --------------------------------------------
+
+def answer_token_budget(n_candidates: int, top_k: int) -> int:
+    """Tokens the longest answer can take (no token is empty), end of turn included."""
+    return len(format_answer(range(n_candidates - top_k + 1, n_candidates + 1))) + 1
+
+
+class CandidateListGrammar:
+    """The token sequences of valid answers for one tokenizer, ``n_candidates`` and ``top_k``.
+
+    An answer is written in its pieces' own tokens, as the tokenizer encodes them: the prefix
+    ``<answer>\\boxed{[``, the first index, then ``, <index>`` per further index, then
+    ``]}</answer>`` and the end of turn (the first of ``stop_ids``); each index in 1..n, none twice, exactly
+    ``top_k``. The tokenizer must encode a whole answer as the concatenation of its pieces (checked
+    here; true of byte-level BPE, whose pre-tokenizer splits digits from punctuation). One token
+    sequence per answer, so distinct beams are distinct answers (ReRe's item trie does the same).
+    A state is (phase, indices written, tokens of the piece under way); an index is committed when
+    the next piece starts (``1`` may still become ``12``).
+    """
+
+    def __init__(self, tokenizer: Any, n_candidates: int, top_k: int, stop_ids: Sequence[int] | None = None) -> None:
+        if not 1 <= top_k <= n_candidates:
+            raise ValueError(f"top_k={top_k} needs 1 <= top_k <= n_candidates={n_candidates}")
+        self.n, self.top_k = int(n_candidates), int(top_k)
+        self.stop_ids = tuple(int(i) for i in (stop_ids if stop_ids is not None else stop_token_ids(tokenizer)))
+
+        def encode(text: str) -> tuple[int, ...]:
+            return tuple(tokenizer.encode(text, add_special_tokens=False))
+
+        self.open, self.close = encode(ANSWER_PREFIX), encode(ANSWER_SUFFIX)
+        self.first = {i: encode(str(i)) for i in range(1, self.n + 1)}
+        self.then = {i: encode(SEPARATOR + str(i)) for i in range(1, self.n + 1)}
+        for first in range(1, self.n + 1):  # every index once first, and after others
+            ranking = target_ranking(self.n, first, self.top_k)
+            if encode(format_answer(ranking)) != self.tokens(ranking):
+                raise ValueError(f"the tokenizer does not encode {format_answer(ranking)!r} as its pieces")
+        pieces = (self.open, self.close, *self.first.values(), *self.then.values())
+        self.pool = sorted({t for seq in pieces for t in seq})
+        self.start: tuple = ("open", frozenset(), ())
+        self._allowed: dict[tuple, list[int]] = {}
+
+    def tokens(self, ranking: Sequence[int]) -> tuple[int, ...]:
+        """The token ids of the answer for ``ranking`` (without the end of turn)."""
+        ranking = [int(i) for i in ranking]
+        return sum((self.then[i] for i in ranking[1:]), self.open + self.first[ranking[0]]) + self.close
+
+    def _pieces(self, used: frozenset) -> dict[int | None, tuple[int, ...]]:
+        """What may come next after the indices ``used``: an unused index (key) or the closing (None)."""
+        if len(used) == self.top_k:
+            return {None: self.close}
+        pieces = self.then if used else self.first
+        return {i: seq for i, seq in pieces.items() if i not in used}
+
+    def advance(self, state: tuple | None, token: int) -> tuple | None:
+        """The state after ``token``, or None when the answer cannot continue with it."""
+        if state is None or state[0] == "end":
+            return None
+        phase, used, partial = state
+        extended = partial + (int(token),)
+        if phase == "open":
+            if self.open[:len(extended)] != extended:
+                return None
+            return ("body", used, ()) if extended == self.open else ("open", used, extended)
+        pieces = self._pieces(used)
+        if any(seq[:len(extended)] == extended for seq in pieces.values()):
+            return ("end", used, ()) if pieces.get(None) == extended else ("body", used, extended)
+        done = next((i for i, seq in pieces.items() if i is not None and seq == partial), None)
+        return None if done is None else self.advance(("body", used | {done}, ()), token)
+
+    def allowed(self, state: tuple) -> list[int]:
+        """Token ids that may come next: the first stop id once the answer is complete (one way to end,
+        or two beams could be one answer)."""
+        if state not in self._allowed:
+            self._allowed[state] = (list(self.stop_ids[:1]) if state[0] == "end"
+                                    else [t for t in self.pool if self.advance(state, t) is not None])
+        return self._allowed[state]
+
+
+class CandidateListLogitsProcessor(LogitsProcessor):
+    """Masks (to -inf) every token that cannot continue a valid answer (:class:`CandidateListGrammar`). A row's
+    answer starts at ``prompt_length`` (the left-padded prompt width); a row holding a stop id is finished
+    and left alone; a row outside the grammar (only a beam already scored -inf can be) may only stop."""
+
+    def __init__(self, grammar: CandidateListGrammar, prompt_length: int) -> None:
+        self.grammar, self.prompt_length = grammar, int(prompt_length)
+        self._states: dict[tuple[int, ...], tuple | None] = {(): grammar.start}
+        self.dead_rows = 0
+
+    def state(self, ids: tuple[int, ...]) -> tuple | None:
+        if ids not in self._states:
+            self._states[ids] = self.grammar.advance(self.state(ids[:-1]), ids[-1])
+        return self._states[ids]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        stops = set(self.grammar.stop_ids)
+        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            if stops.intersection(ids):
+                keep[row] = True
+                continue
+            state = self.state(tuple(ids))
+            if state is None:
+                self.dead_rows += 1
+            allowed = self.grammar.allowed(state) if state is not None else list(self.grammar.stop_ids)
+            keep[row, allowed] = True
+        return scores.masked_fill(~keep, float("-inf"))
+
+
+def _first_of_groups(tensor: torch.Tensor, group: int) -> torch.Tensor:
+    if tensor.shape[0] % group or not all(torch.equal(tensor[i], tensor[i - i % group])
+                                          for i in range(tensor.shape[0])):
+        raise ValueError(f"beam search needs the rows in whole groups of {group} identical prompts; got "
+                         f"{tensor.shape[0]} rows (keep rta.batch_size a multiple of processes x accumulation)")
+    return tensor[::group]
+
+
+@contextlib.contextmanager
+def constrained_generation(model: Any, grammar: CandidateListGrammar) -> Iterator[None]:
+    """While open, ``model.generate`` (what TRL's transformers path calls) adds the candidate-list
+    processor and ignores the model's ``generation_config``: every setting comes from the config passed
+    by the caller or transformers' global defaults, never from a ``generation_config.json``. With
+    ``num_return_sequences`` = G > 1 (beam search) the rows come in groups of G identical prompts:
+    each group is generated once and its G beams, best first, fill the group."""
+    if "generate" in vars(model):
+        raise RuntimeError("model.generate is already replaced on this instance")
+    original = model.generate
+    holder = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def generate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 generation_config: GenerationConfig | None = None, **kwargs: Any) -> torch.Tensor:
+        group = int(getattr(generation_config, "num_return_sequences", None) or 1)
+        if group > 1:
+            input_ids = _first_of_groups(input_ids, group)
+            attention_mask = None if attention_mask is None else _first_of_groups(attention_mask, group)
+        processor = CandidateListLogitsProcessor(grammar, input_ids.shape[1])
+        saved, holder.generation_config = holder.generation_config, GenerationConfig()
+        try:
+            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
+                            logits_processor=LogitsProcessorList([processor]), **kwargs)
+        finally:
+            holder.generation_config = saved
+
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate
+
+
+# ------------------------------ The reward ------------------------------------------------------
+
+def rank_penalties(group_size: int) -> list[float]:
+    """ReRe's ranking reward of a negative at beam rank j = 1..G: ``-(1/log2(j+1)) / sum_k 1/log2(k+1)``."""
+    weights = [1.0 / math.log2(j + 1) for j in range(1, group_size + 1)]
+    return [-w / sum(weights) for w in weights]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReReReward:
+    total: float
+    rule: float  # NDCG@K of the target in the list (0 when absent or invalid)
+    ranking: float  # the auxiliary ranking reward (<= 0)
+    valid: bool
+    position: int  # 1-based position of the target in the list, 0 when absent or invalid
+    correct: bool  # the target is ranked first
+
+
+def rere_reward(ranking: Sequence[int] | None, target_index: int, *, beam_rank: int, group_size: int,
+                group_has_correct: bool, top_k: int) -> ReReReward:
+    """The reward of one completion: ``ranking`` (None when invalid) at ``beam_rank`` (1-based) in a group
+    of ``group_size`` (module docstring: rule reward + ReRe's ranking reward)."""
+    if not 1 <= beam_rank <= group_size:
+        raise ValueError(f"beam_rank {beam_rank} outside 1..{group_size}")
+    ranking = None if ranking is None else [int(i) for i in ranking]
+    position = ranking.index(int(target_index)) + 1 if ranking and int(target_index) in ranking[:top_k] else 0
+    rule = ndcg_at_rank(position, top_k) if position else 0.0
+    correct = position == 1
+    penalty = rank_penalties(group_size)[beam_rank - 1] if group_has_correct and not correct else 0.0
+    return ReReReward(rule + penalty, rule, penalty, ranking is not None, position, correct)
+
+
+def rere_group_rewards(rankings: Sequence[Sequence[int] | None], target_index: int, top_k: int) -> list[ReReReward]:
+    """Rewards of one group, ``rankings`` in beam order (best first)."""
+    hit = any(r is not None and len(r) > 0 and int(r[0]) == int(target_index) for r in rankings)
+    return [rere_reward(r, target_index, beam_rank=j + 1, group_size=len(rankings), group_has_correct=hit,
+                        top_k=top_k) for j, r in enumerate(rankings)]
+
+
+class ReReRewardFunc:
+    """TRL reward function: the parser's verdict per completion (one answer turn, no tools), then the
+    group rewards. TRL passes each group's G completions consecutively, in beam order."""
+
+    __name__ = "rere"
+
+    def __init__(self, tokenizer: Any, top_k: int, group_size: int, stops: Sequence[int]) -> None:
+        self.tokenizer, self.top_k, self.group_size = tokenizer, int(top_k), int(group_size)
+        self.stops = set(int(s) for s in stops)
+        self.last: list[ReReReward] = []
+
+    def ranking(self, ids: Sequence[int], n_candidates: int) -> tuple[int, ...] | None:
+        turns, truncated = assistant_turns(ids, None, self.stops, self.tokenizer)
+        return judge_trajectory(turns, n_candidates, self.top_k, 0, None, truncated).ranking
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list, target_index: list,
+                 candidates: list, log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
+        g = self.group_size
+        if len(completion_ids) % g:
+            raise ValueError(f"{len(completion_ids)} completions are not whole groups of {g}")
+        self.last = []
+        for start in range(0, len(completion_ids), g):
+            if len({int(t) for t in target_index[start:start + g]}) != 1:
+                raise ValueError("a group mixes training instances")
+            rankings = [self.ranking(completion_ids[i], len(candidates[i])) for i in range(start, start + g)]
+            self.last += rere_group_rewards(rankings, int(target_index[start]), self.top_k)
+        for r in self.last if log_metric is not None else ():
+            for key in ("rule", "ranking", "valid", "correct"):
+                log_metric(f"rere/{key}", float(getattr(r, key)))
+        return [r.total for r in self.last]
+
+
+# ------------------------------ The trainer -----------------------------------------------------
+
+def rere_grpo_config(profile: Profile, output_dir: Path | str, n_candidates: int, beam_search: bool = True,
+                     **overrides: Any):
+    """TRL ``GRPOConfig``: the kit's harness (:func:`recrepro.rl.grpo.build_grpo_config`) with ReRe's recipe
+    and every generation setting explicit (nothing is left to a model's ``generation_config.json``)."""
+    g = profile.rta.group_size
+    budget = answer_token_budget(n_candidates, profile.agent.top_k)
+    search = (dict(do_sample=False, num_beams=g, num_return_sequences=g, length_penalty=LENGTH_PENALTY)
+              if beam_search else dict(do_sample=True, num_beams=1, num_return_sequences=1))
+    settings: dict[str, Any] = dict(
+        num_generations=g, temperature=TEMPERATURE, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0,
+        max_completion_length=budget,
+        generation_kwargs=dict(search, max_new_tokens=budget, min_new_tokens=0, no_repeat_ngram_size=0,
+                               renormalize_logits=True),
+        use_vllm=False, scale_rewards="group", loss_type="grpo", beta=profile.rta.beta, num_iterations=1,
+        learning_rate=profile.sft.learning_rate, lr_scheduler_type=LR_SCHEDULER, warmup_steps=WARMUP_RATIO,
+        max_grad_norm=MAX_GRAD_NORM, save_strategy="no",
+    )
+    settings.update(overrides)
+    return build_grpo_config(profile, output_dir, **settings)
+
+
+@functools.lru_cache(maxsize=1)
+def rere_trainer_class() -> type:
+    """:class:`ReReTrainer`, built on first use so that importing this module does not import TRL."""
+    from trl import GRPOTrainer
+
+    class ReReTrainer(GRPOTrainer):
+        """TRL 1.16 ``GRPOTrainer`` generating under :func:`constrained_generation` (transformers only)."""
+
+        def __init__(self, *args: Any, n_candidates: int, top_k: int, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.use_vllm or self.use_transformers_continuous_batching:
+                raise ValueError("ReRe's constrained decoding runs through transformers generate: set use_vllm=False")
+            tokenizer = getattr(self, "_tokenizer", self.processing_class)
+            self.answer_grammar = CandidateListGrammar(tokenizer, n_candidates, top_k, self.eos_token_ids)
+
+        def _generate_single_turn(self, *args: Any, **kwargs: Any):
+            with constrained_generation(self.accelerator.unwrap_model(self.model_wrapped), self.answer_grammar):
+                return super()._generate_single_turn(*args, **kwargs)
+
+    return ReReTrainer
+
+
+# ------------------------------ The stage -------------------------------------------------------
+
+def rere_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
+    """``runs/<profile>/rere/<dataset>`` (``paths.stage_dir`` knows sft/rta/ppr/sweeps only)."""
+    return paths.run_dir(profile, root) / "rere" / dataset
+
+
+def fit_rere(profile: Profile, model_path: str, samples: Any, views: Mapping[str, Any], out_dir: Path,
+             log: Callable[[str], None] = print, what: str = "rere training",
+             beam_search: bool = True) -> dict[str, Any]:
+    """ReRe on ``samples`` from ``model_path`` with a fresh LoRA adapter; the merged model goes to ``out_dir``.
+    Returns what goes into ``rere_info.json`` (without the stamp)."""
+    from peft import LoraConfig
+    from transformers.trainer_callback import PrinterCallback
+
+    rows = training_rows(samples, views, prompt_spec(profile, "r"))
+    n_candidates = len(rows[0]["candidates"])
+    if any(len(r["candidates"]) != n_candidates for r in rows):
+        raise ValueError("every training instance needs the same number of candidates")
+    model, tokenizer = load_policy(model_path, profile)
+    reward = ReReRewardFunc(tokenizer, profile.agent.top_k, profile.rta.group_size, stop_token_ids(tokenizer))
+    config = rere_grpo_config(profile, Path(out_dir) / "trainer", n_candidates, beam_search)
+    sft = profile.sft
+    lora = LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    log(f"[rere] {len(rows)} instances, G={profile.rta.group_size}, {'beam search' if beam_search else 'sampling'}")
+    began = time.perf_counter()
+    trainer = rere_trainer_class()(model=model, reward_funcs=[reward], args=config, train_dataset=build_dataset(rows),
+                                   processing_class=tokenizer, peft_config=lora, n_candidates=n_candidates,
+                                   top_k=profile.agent.top_k)
+    trainer.remove_callback(PrinterCallback)  # progress lines instead of a dict per step
+    trainer.add_callback(trainer_progress(what, note_key="reward"))
+    trainer.train()
+    history = [e for e in trainer.state.log_history if "reward" in e]
+    merged = trainer.model.merge_and_unload()  # a plain model: evaluation and vLLM load it as is
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(Path(out_dir) / "trainer", ignore_errors=True)
+    return {"instances": len(rows), "steps": trainer.state.global_step,
+            "wall_s_train": round(time.perf_counter() - began, 2),
+            "rewards": [e["reward"] for e in history], "valid": [e.get("rere/valid") for e in history],
+            "correct": [e.get("rere/correct") for e in history], "settings": rere_settings(profile, beam_search)}
+
+
+RTA_SETTINGS = ("group_size", "batch_size", "epochs", "max_steps", "train_instances", "gradient_accumulation_steps",
+                "beta")
+SFT_SETTINGS = ("learning_rate", "lora_r", "lora_alpha", "lora_dropout")
+
+
+def rere_settings(profile: Profile, beam_search: bool = True) -> dict[str, Any]:
+    """The settings a run uses: the profile's (for now), then ReRe's fixed recipe."""
+    return {**{k: getattr(profile.rta, k) for k in RTA_SETTINGS}, **{k: getattr(profile.sft, k) for k in SFT_SETTINGS},
+            "top_k": profile.agent.top_k, "beam_search": beam_search, "temperature": TEMPERATURE,
+            "length_penalty": LENGTH_PENALTY, "lr_scheduler": LR_SCHEDULER, "warmup_ratio": WARMUP_RATIO,
+            "max_grad_norm": MAX_GRAD_NORM}
+
+
+def rere_stamp(profile: Profile, dataset: str, sft_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Recipe, settings, the SFT stage's stamp and the exact SFT model ReRe starts from."""
+    sft_final = Path(sft_info["final"])
+    return {"rere_version": RERE_VERSION, "settings": rere_settings(profile), "seed": profile.run.seed,
+            "sft_stage": sft_info["stamp"], "sft_model": sha256_file(sft_final / "sft_info.json"),
+            "stage": sft_stamp(profile, dataset, str(sft_final))}
+
+
+def train_rere(profile: Profile, root: Path | str, dataset: str, force: bool = False, *,
+               start_model: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """SFT stage (the cached TALLRec-like model), then ReRe; returns ``runs/<profile>/rere/<dataset>/final``.
+
+    ``start_model`` defaults to the agent's start model (:func:`recrepro.rl.rta.starting_model`);
+    ``force`` retrains ReRe only (the SFT stage keeps its own cache).
+    """
+    start = start_model or starting_model(profile, root)
+    sft_info = train_sft(profile, root, dataset, start, log=log)
+    final = rere_dir(profile, root, dataset) / "final"
+    stamp = rere_stamp(profile, dataset, sft_info)
+    try:
+        info = json.loads((final / "rere_info.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    if not force and info is not None and info.get("stamp") == stamp:
+        log(f"[rere] {dataset}: config and SFT model unchanged, skipping training")
+        return final
+    bench = load_benchmark(profile, dataset, root)
+    train = seeded_subset(bench.samples["train"], profile.rta.train_instances, profile.run.seed)
+    with atomic_dir(final) as tmp:
+        fitted = fit_rere(profile, sft_info["final"], train, item_views(bench.items), tmp, log,
+                          what=f"rere/{dataset} training")
+        (tmp / "rere_info.json").write_text(json.dumps({"stamp": stamp, **fitted}, indent=2, sort_keys=True) + "\n")
+    return final
+
