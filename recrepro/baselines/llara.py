@@ -60,7 +60,7 @@ from recrepro.agent.prompt import (AgentInstance, PromptSpec, build_messages, de
                                    item_views)
 from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.baselines.sequential_scorer import CONFIG_FILE, ITEM_IDS_FILE, WEIGHTS_FILE, load_sequential
-from recrepro.baselines.sft import sft_stamp, target_ranking
+from recrepro.baselines.sft import finished_info, sft_stamp, target_ranking, training_kwargs
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -350,15 +350,8 @@ def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
     """transformers ``TrainingArguments`` from the profile's ``sft`` section (as the TALLRec-like row)."""
     from transformers import TrainingArguments
 
-    sft = profile.sft
-    return TrainingArguments(
-        output_dir=str(output_dir), max_steps=sft.steps, num_train_epochs=sft.epochs,
-        per_device_train_batch_size=sft.batch_size, learning_rate=sft.learning_rate,
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", seed=profile.run.seed, data_seed=profile.run.seed,
-        remove_unused_columns=False,  # the collator reads item_ids
-        bf16=not on_cpu, fp16=False, use_cpu=on_cpu, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    return TrainingArguments(**training_kwargs(profile, output_dir, on_cpu),
+                             remove_unused_columns=False)  # the collator reads item_ids
 
 
 def fit_llara(profile: Profile, model_path: str, samples: Any, views: Mapping[str, Any], table: ItemTable,
@@ -425,11 +418,8 @@ def train_llara(profile: Profile, root: Path | str, dataset: str, force: bool = 
     start = start_model or starting_model(profile, root)
     final = llara_dir(profile, root, dataset) / "final"
     stamp = llara_stamp(profile, dataset, start, export_dir)
-    try:
-        info = json.loads((final / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        info = None
-    if not force and info is not None and info.get("stamp") == stamp:
+    info = finished_info(final / INFO_FILE, stamp, force)
+    if info is not None:
         log(f"[llara] {dataset}: config, start model and {REC_MODEL} unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)

@@ -64,7 +64,7 @@ from recrepro import paths
 from recrepro.agent.generators import stop_token_ids
 from recrepro.agent.parser import ANSWER_CLOSE, ANSWER_OPEN, BOXED, format_answer, judge_trajectory
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import sft_stamp, target_ranking, train_sft
+from recrepro.baselines.sft import finished_info, sft_stamp, target_ranking, train_sft
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -432,11 +432,8 @@ def train_rere(profile: Profile, root: Path | str, dataset: str, force: bool = F
     sft_info = train_sft(profile, root, dataset, start, log=log)
     final = rere_dir(profile, root, dataset) / "final"
     stamp = rere_stamp(profile, dataset, sft_info)
-    try:
-        info = json.loads((final / "rere_info.json").read_text())
-    except (OSError, ValueError):
-        info = None
-    if not force and info is not None and info.get("stamp") == stamp:
+    info = finished_info(final / "rere_info.json", stamp, force)
+    if info is not None:
         log(f"[rere] {dataset}: config and SFT model unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)

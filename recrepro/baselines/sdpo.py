@@ -68,7 +68,7 @@ import torch.nn.functional as F
 
 from recrepro import paths
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import encode_example, sft_stamp, train_sft
+from recrepro.baselines.sft import encode_example, finished_info, sft_stamp, train_sft, training_kwargs
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -309,15 +309,8 @@ def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
     """TRL ``DPOConfig`` from the profile's ``sft`` section (for now) and the S-DPO constants."""
     from trl import DPOConfig
 
-    sft = profile.sft
-    return DPOConfig(
-        output_dir=str(output_dir), max_steps=sft.steps, num_train_epochs=sft.epochs,
-        per_device_train_batch_size=sft.batch_size, learning_rate=sft.learning_rate,
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", seed=profile.run.seed, data_seed=profile.run.seed,
-        beta=BETA, max_length=sft.max_length,  # longer instances are dropped before (fit_preferences)
-        bf16=not on_cpu, fp16=False, use_cpu=on_cpu, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    return DPOConfig(**training_kwargs(profile, output_dir, on_cpu),
+                     beta=BETA, max_length=profile.sft.max_length)  # longer instances dropped before (fit_preferences)
 
 
 def fit_sdpo(profile: Profile, model_path: str, samples: Any, views: Mapping[str, Any], out_dir: Path,
@@ -380,11 +373,8 @@ def train_sdpo(profile: Profile, root: Path | str, dataset: str, force: bool = F
     sft_info = train_sft(profile, root, dataset, start, log=log)
     final = sdpo_dir(profile, root, dataset) / "final"
     stamp = sdpo_stamp(profile, dataset, sft_info)
-    try:
-        info = json.loads((final / "sdpo_info.json").read_text())
-    except (OSError, ValueError):
-        info = None
-    if not force and info is not None and info.get("stamp") == stamp:
+    info = finished_info(final / "sdpo_info.json", stamp, force)
+    if info is not None:
         log(f"[sdpo] {dataset}: config and SFT model unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)

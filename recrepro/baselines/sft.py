@@ -99,6 +99,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def finished_info(info_path: Path, stamp: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """The info JSON of a finished training with this ``stamp`` (skip it), or None (train: absent,
+    unreadable, another stamp, or ``force``). Shared by the LoRA baselines (SFT, S-DPO, LLaRA, ReRe)."""
+    info = _read_json(info_path)
+    return info if not force and info is not None and info.get("stamp") == stamp else None
+
+
 def fit_examples(examples: list[dict[str, list[int]]], max_length: int,
                  log: Callable[[str], None] = print) -> list[dict[str, list[int]]]:
     """Drop examples longer than ``max_length``: truncation would cut the answer, the only trained part."""
@@ -111,20 +118,27 @@ def fit_examples(examples: list[dict[str, list[int]]], max_length: int,
     return kept
 
 
-def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
-    """TRL ``SFTConfig`` from the profile's ``sft`` section; every value explicit."""
-    from trl import SFTConfig
-
+def training_kwargs(profile: Profile, output_dir: Path, on_cpu: bool) -> dict[str, Any]:
+    """The ``TrainingArguments`` values every LoRA baseline takes from the profile's ``sft`` section
+    (TALLRec-like here; S-DPO and LLaRA add their own), every value explicit."""
     sft = profile.sft
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir), max_steps=sft.steps, num_train_epochs=sft.epochs,
         per_device_train_batch_size=sft.batch_size, learning_rate=sft.learning_rate,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
         report_to="none", seed=profile.run.seed, data_seed=profile.run.seed,
+        bf16=not on_cpu, fp16=False, use_cpu=on_cpu, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
+    """TRL ``SFTConfig`` from the profile's ``sft`` section; every value explicit."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **training_kwargs(profile, output_dir, on_cpu),
         completion_only_loss=True,  # loss on the answer only: the prompt is input, as in TALLRec
-        max_length=sft.max_length,  # longer examples are dropped before (see fit_examples)
-        bf16=not on_cpu, fp16=False, use_cpu=on_cpu,
-        dataloader_num_workers=0, disable_tqdm=True,
+        max_length=profile.sft.max_length,  # longer examples are dropped before (see fit_examples)
     )
 
 
@@ -134,8 +148,8 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
 
     final = sft_dir(profile, root, dataset) / "final"
     stamp = sft_stamp(profile, dataset, start_model)
-    info = _read_json(final / "sft_info.json")
-    if not force and info is not None and info.get("stamp") == stamp:
+    info = finished_info(final / "sft_info.json", stamp, force)
+    if info is not None:
         log(f"[sft] {dataset}: config and start model unchanged, skipping training")
         return {**info, "final": str(final), "skipped": True}
     import datasets
