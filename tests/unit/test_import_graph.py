@@ -26,7 +26,7 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
     "recrepro.tools": 2,
     "recrepro.agent": 3,
     "recrepro.rl": 4, "recrepro.baselines.sft": 4, "recrepro.baselines.sdpo": 4, "recrepro.baselines.rere": 4,
-    "recrepro.baselines.llara": 4,
+    "recrepro.baselines.llara": 4, "recrepro.baselines.llara_eval": 4,
     "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.__main__": 5,
 }
 # (importer, imported): lazy on purpose. RecBole takes ~2 s to import; the tools load it only with a SASRec space.
