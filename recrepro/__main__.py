@@ -1,7 +1,7 @@
 """Command line: ``python -m recrepro run --profile smoke [--from NN] [--to NN] [--force]`` runs the notebook
 chain; ``python -m recrepro plan --profile paper [--gpus 4] [--gpu-memory-gib 80]`` prints the GPU plan;
-``python -m recrepro figures --profile cpu [--only fig4]`` redraws Figures 3-5 from the saved CSVs;
-``python -m recrepro compare --profile smoke`` says whether the run reproduces the committed reference
+``python -m recrepro figures --profile cpu [--only fig4]`` redraws Figures 3-5 and Table 1 at a glance from
+the saved CSVs; ``python -m recrepro compare --profile smoke`` says whether the run reproduces the committed reference
 (exit 1 when not); ``python -m recrepro promote --profile smoke`` makes the run the new reference."""
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--gpus", type=int, default=4, help="GPUs per training launch (paper: 4 x A800)")
     plan.add_argument("--gpu-memory-gib", type=float, default=80.0)
     plan.add_argument("--concurrency", type=int, default=64, help="requests vLLM generates at once per GPU [G]")
-    figures.add_arguments(sub.add_parser("figures", help="redraw Figures 3-5 from the saved log and sweep CSVs"))
+    figures.add_arguments(sub.add_parser(
+        "figures", help="redraw Figures 3-5 and Table 1 at a glance from the saved log, sweep and table1 CSVs"))
     check = sub.add_parser("compare", help="does the run reproduce the committed reference? (exit 1 if not)")
     adopt = sub.add_parser("promote", help="copy the run's tables and figures into the committed reference")
     for sub_parser in (check, adopt):

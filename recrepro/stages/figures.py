@@ -1,4 +1,4 @@
-"""Figures 3, 4 and 5 of the paper, drawn from the kit's own logs and sweep tables.
+"""Figures 3, 4 and 5 of the paper, drawn from the kit's own logs and sweep tables, and "Table 1 at a glance".
 
 Each function takes plain tables (pandas) and writes ``<stem>.png`` and ``<stem>.pdf`` under
 ``figures/<profile>/``, with the profile named in the title so a smoke figure can never pass for a
@@ -8,6 +8,9 @@ reproduction. The layouts follow PAPER.md 1.6:
   rewarded trajectories that called a tool, over steps; (b) H@10 on the validation slice over steps.
 * Figure 4: H@K and N@K against the group size G.
 * Figure 5: H@K and N@K against the backbone size (parameter count).
+* Table 1 at a glance (not a paper figure): per dataset, every measured row's N@10 with its 95%
+  interval, the paper's N@10 for the same system where the paper reports that dataset, Chance and
+  MostPop as lines (:func:`recrepro.stages.plots.plot_table1_glance`); ``table1_glance_<dataset>``.
 
 Figures 4 and 5 take the sweep CSVs of :mod:`recrepro.rl.sweeps` as they are (long format); dashed
 lines are the analytic chance levels (:func:`recrepro.metrics.chance_metrics`). Every interval of the
@@ -16,7 +19,8 @@ little below 0 and markers are not clipped, so a point at 0 shows. At smoke size
 machinery, never the paper's trends.
 
 ``python -m recrepro figures --profile P [--only fig4]`` (or ``python -m recrepro.stages.figures``)
-redraws them from the saved CSVs in seconds: this module imports no training code.
+redraws them from the saved CSVs of the run (``runs/<P>/results``, into ``runs/<P>/figures``) in
+seconds: this module imports no training code.
 """
 
 from __future__ import annotations
@@ -37,14 +41,18 @@ import seaborn as sns  # noqa: E402
 from recrepro import paths  # noqa: E402
 from recrepro.config import load_profile  # noqa: E402
 from recrepro.metrics import chance_metrics  # noqa: E402
-from recrepro.stages.plots import interval_bars, metric_limits, save_figure  # noqa: E402
+from recrepro.stages.plots import (glance_rows, interval_bars, metric_limits, plot_table1_glance,  # noqa: E402
+                                   save_figure)
 
 METRICS = ["H@1", "H@5", "H@10", "N@5", "N@10"]
 CHANCE_N10 = chance_metrics(20, [10])["N@10"]  # PAPER.md 1.1: 20 candidates, one positive
 DODGE = 1.04  # Figure 5's dotted (stage-1) points sit this factor right of the solid ones on the log axis
 
 
-FIGURES = {"fig3": "fig3_tool_usage", "fig4": "fig4_group_size", "fig5": "fig5_backbone_size"}  # name -> file stem
+FIGURES = {"fig3": "fig3_tool_usage", "fig4": "fig4_group_size", "fig5": "fig5_backbone_size",
+           "table1_glance": "table1_glance"}  # name -> file stem (table1_glance: + "_<dataset>", one per dataset)
+GLANCE_METRIC = "N@10"
+GLANCE_COLUMNS = ("dataset", "model", "source", GLANCE_METRIC)  # what Table 1 at a glance reads
 
 
 def plot_tool_usage(log: pd.DataFrame, profile: str, out_dir: Path | str,
@@ -229,11 +237,69 @@ def _from_csv(name: str, plot: Callable[..., tuple]) -> Callable[[Any, Path | st
     return draw
 
 
-DRAW = {"fig3": figure3, "fig4": _from_csv("fig4", plot_group_size), "fig5": _from_csv("fig5", plot_backbone_size)}
+def table1_csv(profile: Any, root: Path | str) -> Path:
+    """This run's Table 1 (``recrepro.tables``: ``<results>/table1.csv``)."""
+    return profile.results_dir(root) / "table1.csv"
+
+
+def read_table1(path: Path | str) -> pd.DataFrame:
+    """Table 1 as saved; FileNotFoundError or ValueError naming the file (and the missing columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Table 1; run notebooks 02-06 first")
+    table = pd.read_csv(path)
+    missing = [column for column in GLANCE_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: no column {', '.join(repr(c) for c in missing)}; Table 1 at a glance needs "
+                         f"{', '.join(GLANCE_COLUMNS)} (and {GLANCE_METRIC}_lo / _hi for the intervals)")
+    return table
+
+
+def _stamp(table: pd.DataFrame, column: str, default: str) -> str:
+    """The table's ``profile`` / ``run`` stamp (the first one given), else ``default``."""
+    values = table[column].dropna().astype(str) if column in table.columns else pd.Series(dtype=str)
+    return values.iloc[0] if len(values) else default
+
+
+def glance_figures(table: pd.DataFrame, profile: str, run: str, out_dir: Path | str,
+                   metric: str = GLANCE_METRIC) -> dict[str, tuple[plt.Figure, list[Path]]]:
+    """One "Table 1 at a glance" per dataset with measured rows (table order), saved as
+    ``table1_glance_<dataset>.png`` / ``.pdf`` under ``out_dir``; dataset -> (figure, files)."""
+    datasets = list(dict.fromkeys(glance_rows(table, None, metric)["dataset"]))
+    if not datasets:
+        raise ValueError(f"no measured {metric} rows in Table 1 to draw")
+    out = {}
+    for dataset in datasets:
+        fig = plot_table1_glance(table, dataset, profile, run, metric)
+        stem = f"{FIGURES['table1_glance']}_{str(dataset).replace('/', '_')}"
+        out[dataset] = (fig, save_figure(fig, out_dir, stem))
+    return out
+
+
+def table1_glance(profile: Any, root: Path | str = ".") -> dict[str, tuple[plt.Figure, list[Path]]]:
+    """Table 1 at a glance from this run's ``table1.csv``, into the run's figures (notebook 07)."""
+    path = table1_csv(profile, root)
+    table = read_table1(path)
+    try:
+        return glance_figures(table, _stamp(table, "profile", profile.run.name),
+                              _stamp(table, "run", profile.run.name), profile.figures_dir(root))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _all_glances(profile: Any, root: Path | str) -> tuple[list[plt.Figure], list[Path]]:
+    drawn = table1_glance(profile, root).values()
+    return [fig for fig, _ in drawn], [path for _, paths in drawn for path in paths]
+
+
+DRAW = {"fig3": figure3, "fig4": _from_csv("fig4", plot_group_size), "fig5": _from_csv("fig5", plot_backbone_size),
+        "table1_glance": _all_glances}
 
 
 def redraw(profile: Any, root: Path | str = ".", only: Sequence[str] | None = None) -> dict[str, tuple]:
-    """Figures 3-5 again from the saved training log and sweep CSVs (seconds; nothing is retrained).
+    """Figures 3-5 and Table 1 at a glance again from the saved training log, sweep CSVs and Table 1
+    (seconds; nothing is retrained). Each value is (figure, files); Table 1 at a glance gives
+    (list of figures, files), one figure per dataset.
 
     ``only`` (names of :data:`FIGURES`): just those, and a missing input is a FileNotFoundError naming
     the file. Without it every figure whose input exists is drawn, the others are named on stdout;
@@ -275,15 +341,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Redraw, print one line per figure; 1 with the message when an input is missing."""
+    """Redraw, print one line per figure; 1 with the message when an input is missing or unusable."""
     only = [name for names in args.only for name in names] if args.only else None  # --only a,b c
     try:
         drawn = redraw(load_profile(args.profile), args.root, only)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a missing input, or a table without the columns drawn
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for name, (fig, files) in drawn.items():
-        plt.close(fig)
+    for name, (figs, files) in drawn.items():
+        for fig in figs if isinstance(figs, list) else [figs]:
+            plt.close(fig)
         print(name, ", ".join(str(p) for p in files))
     return 0
 

@@ -1,9 +1,10 @@
-"""The notebooks' plots (01, 02, 06) and the kit's one figure-saving helper.
+"""The notebooks' plots (01, 02, 06, and 07's "Table 1 at a glance") and the kit's one figure-saving helper.
 
 The ``plot_*`` functions take plain tables or cards, return the Figure and save nothing: in a notebook
 the kernel's backend shows it (this module never calls ``matplotlib.use``). :func:`save_figure` is the
-only place the kit writes figure files (Figures 3-5 of :mod:`recrepro.stages.figures`): PNG and PDF,
-the PDF with TrueType (Type 42) fonts, never Type 3, so its text stays text for journals and editors.
+only place the kit writes figure files (Figures 3-5 and Table 1 at a glance of
+:mod:`recrepro.stages.figures`): PNG and PDF, the PDF with TrueType (Type 42) fonts, never Type 3, so
+its text stays text for journals and editors.
 
 Readability rules shared by every plot: names go on the y axis (horizontal bars) or on rotated tick
 labels, never long labels side by side; metric axes run slightly below 0 and above 1 and markers are
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recrepro.metrics import chance_metrics
+from recrepro.paper import paper_name
 
 PDF_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}  # TrueType (Type 42) glyphs in PDF / PostScript
 MARGIN = 0.04  # metric axes span [-MARGIN, 1 + MARGIN]: a point at 0 or 1 is drawn whole
@@ -203,5 +205,92 @@ def plot_eval_cards(cards: Mapping[str, Mapping[str, Any]], profile: str,
             ax.set(title="H@10 by target position", xlabel="target position in the list", ylabel="H@10")
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{prefix}evaluation cards, {profile} profile", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# Our Table 1 row name -> the paper's name for the system it stands for (PAPER.md 1.6), used to put the
+# paper's value beside ours. The kit's "-like" rows are its stand-ins for the paper's baselines, run on
+# the kit's backbone under the same protocol (the paper's LLMRank and InteRecAgent call GPT-4), so the
+# marker beside them is the paper's system, not the same model; "AgenticRec (RTA+PPR)" is the full
+# method (stage 1 + stage 2). Every other row is matched with the paper row of exactly its own name
+# ("SASRec" <-> "SASRec"); "AgenticRec (RTA)" (stage 1 only) has none. This is the only place the
+# mapping is spelled; recrepro.tables.MEASURED_AS answers another question (which paper baselines
+# a profile runs under variant names, for the "not run" rows) and is not used here.
+PAPER_MODEL = {
+    "AgenticRec (RTA+PPR)": "AgenticRec",
+    "LLMRank-like (frozen R)": "LLMRank",
+    "InteRecAgent-like (frozen TIRR)": "InteRecAgent",
+    "TALLRec-like (SFT)": "TALLRec",
+}
+GLANCE_SOURCES = ("measured", "reference")  # rows drawn as points: scored on test lists, with an interval
+PAPER_OFFSET = 0.3  # the paper's marker sits this far below our point (one row = 1)
+
+
+def paper_model_name(model: str) -> str:
+    """The paper's name for our Table 1 row ``model`` (:data:`PAPER_MODEL`, else the same name)."""
+    return PAPER_MODEL.get(model, model)
+
+
+def glance_rows(table: pd.DataFrame, dataset: str | None, metric: str = "N@10") -> pd.DataFrame:
+    """The rows drawn as points for ``dataset`` (None: every dataset): measured (and the fixed-rule
+    reference) rows with a value, in table order."""
+    shown = table["source"].isin(GLANCE_SOURCES) & table[metric].notna()
+    return table[shown & (table["dataset"] == dataset)] if dataset is not None else table[shown]
+
+
+def _line_value(table: pd.DataFrame, dataset: str, model: str, metric: str) -> float | None:
+    """``metric`` of the (non-paper) row ``model`` of ``dataset``: Chance is analytic, MostPop measured."""
+    rows = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["source"] != "paper")
+                 & table[metric].notna()]
+    return float(rows[metric].iloc[0]) if len(rows) else None
+
+
+def plot_table1_glance(table: pd.DataFrame, dataset: str, profile: str, run: str,
+                       metric: str = "N@10") -> plt.Figure:
+    """Notebook 07, "Table 1 at a glance" of one dataset: every measured row's ``metric`` as a dot with
+    its ``<metric>_lo`` / ``_hi`` interval as a horizontal error bar (one row per model, table order);
+    the paper's value for the same system (:data:`PAPER_MODEL`) as a hollow diamond just below ours,
+    only where the paper reports ``dataset`` (:func:`recrepro.paper.paper_name`); Chance and MostPop
+    as vertical lines. A dataset the paper does not use (ml-100k) gets no paper marker and says so
+    in the title."""
+    rows = glance_rows(table, dataset, metric)
+    if rows.empty:
+        raise ValueError(f"no measured {metric} rows for dataset {dataset!r} to draw")
+    y = np.arange(len(rows), dtype=float)
+    labels = [f"{m} (n={int(n)})" if pd.notna(n) else str(m)
+              for m, n in zip(rows["model"], rows["n"] if "n" in rows else [np.nan] * len(rows))]
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.38 * len(rows)))
+    lo, hi = (rows.get(f"{metric}_{end}", pd.Series(np.nan, index=rows.index)) for end in ("lo", "hi"))
+    interval_bars(ax, y, rows[metric], lo, hi, "C0", horizontal=True, label="95% bootstrap interval")
+    ax.plot(rows[metric], y, "o", color="C0", ms=5, clip_on=False, label=f"{metric}, this run")
+
+    short = paper_name(str(dataset))
+    paper = table[(table["source"] == "paper") & (table["dataset"] == short)] if short else table.iloc[:0]
+    reported = dict(zip(paper["model"], paper[metric]))
+    matched = [(i, reported[paper_model_name(m)]) for i, m in enumerate(rows["model"])
+               if pd.notna(reported.get(paper_model_name(m), np.nan))]
+    if matched:
+        ax.plot([v for _, v in matched], [y[i] + PAPER_OFFSET for i, _ in matched], "D", ms=6, mfc="none",
+                mec="C3", mew=1.4, ls="none", clip_on=False, label=f"paper's {metric} on {short} (PAPER.md)")
+        note = f"paper markers: its {short} values"
+    elif short is None:
+        note = f"paper: no {dataset} values"
+    else:
+        note = f"paper: no {short} value for these rows"
+
+    for model, style in (("Chance", {"color": "grey", "ls": "--"}), ("MostPop", {"color": "C2", "ls": ":"})):
+        value = _line_value(table, dataset, model, metric)
+        if value is not None:
+            ax.axvline(value, lw=1.2, label=f"{model} ({value:.3f})", **style)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(len(rows) - 0.4, -0.6)  # first row on top, as in the table; room for the paper's marker
+    ax.set_xlim(*metric_limits())
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"{metric} on the frozen test lists (bars: 95% interval)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    honesty = "" if profile == "paper" else " — not a reproduction"
+    fig.suptitle(f"Table 1 at a glance — {dataset}, {metric}\n{profile} profile, run {run}{honesty}; {note}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
