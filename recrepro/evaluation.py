@@ -94,14 +94,15 @@ def evaluate_lists(profile: Profile, dataset: str, model: str, samples: pd.DataF
     return metrics_row(dataset, model, per_instance, profile)
 
 
-def write_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
-    """List the paper's baselines the kit does not run (PAPER.md 1.6) in Table 1, per profile dataset.
+def write_not_run_rows(profile: Profile, root: Path | str = ".", measured: Sequence[str] | None = None) -> pd.DataFrame:
+    """List the paper's baselines this run did not measure (PAPER.md 1.6) in Table 1, per profile dataset.
 
-    They get source "not run" and empty metrics (never invented); the rendered table shows each
-    beside the paper's values on the same dataset where the paper reports one.
+    ``measured`` names the Table 1 rows the run measures (default: its RecBole models). The others get
+    source "not run", empty metrics (never invented) and, in the rendered table, the reason and the
+    paper's values on the same dataset where the paper reports one.
     """
 
-    measured = list(profile.recbole.models)
+    measured = list(profile.recbole.models) if measured is None else list(measured)
     drop_stale_not_run_rows(profile.results_dir(root) / "table1.csv", not_run_models(measured))
     rows = not_run_rows(list(profile.data.datasets), profile.run.name, profile.eval.ks, measured)
     return write_table(profile.results_dir(root), "table1", rows.to_dict("records"), TABLE1_TITLE,

@@ -59,8 +59,8 @@ def trajectories_file(profile: Profile, dataset: str, model: str, root: Path | s
 
 
 def stage_dir(profile: Profile, stage: str, dataset: str, root: Path | str = ".") -> Path:
-    """``sft``, ``rta``, ``ppr`` or ``sweeps`` of ``dataset``."""
-    if stage not in ("sft", "rta", "ppr", "sweeps"):
+    """``sft``, ``sdpo``, ``llara``, ``rere``, ``rta``, ``ppr`` or ``sweeps`` of ``dataset``."""
+    if stage not in ("sft", "sdpo", "llara", "rere", "rta", "ppr", "sweeps"):
         raise ValueError(f"unknown training stage folder {stage!r}")
     return run_dir(profile, root) / stage / dataset
 

@@ -37,7 +37,16 @@ NOT_RUN_MODELS = ["ReaRec", "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DP
 NOT_RUN = "not run"
 # A paper baseline the kit measures under other row names (its variants) is not "not run" when a
 # profile runs any of them: ReaRec's two training schemes are rows of their own.
-MEASURED_AS = {"ReaRec": ("ReaRec-ERL", "ReaRec-PRL")}
+MEASURED_AS = {"ReaRec": ("ReaRec-ERL", "ReaRec-PRL"), "TALLRec": ("TALLRec-like (SFT)",)}
+# Why a row stays "not run" (shown in the rendered table); a trained baseline disabled in a profile gets
+# the generic reason.
+NOT_RUN_REASONS = {
+    "LLMRank": "the paper's LLMRank prompts GPT-4; no served model is given to this run (stand-in on our "
+               "backbone: LLMRank-like (frozen R))",
+    "InteRecAgent": "the paper's InteRecAgent calls GPT-4; no served model is given to this run (stand-in on our "
+                    "backbone: InteRecAgent-like (frozen TIRR))",
+}
+DISABLED_REASON = "disabled in this profile"
 
 
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +77,9 @@ def paper_rows(table: str, profile_name: str, ks: list[int]) -> pd.DataFrame:
 
 
 def not_run_models(measured: list[str]) -> list[str]:
-    """:data:`NOT_RUN_MODELS` less those the profile measures under a variant name (:data:`MEASURED_AS`)."""
-    return [m for m in NOT_RUN_MODELS if not set(MEASURED_AS.get(m, ())) & set(measured)]
+    """:data:`NOT_RUN_MODELS` less those the profile measures, under their own name or a variant's
+    (:data:`MEASURED_AS`)."""
+    return [m for m in NOT_RUN_MODELS if not ({m, *MEASURED_AS.get(m, ())} & set(measured))]
 
 
 def not_run_rows(datasets: list[str], profile_name: str, ks: list[int], measured: list[str] | None = None
@@ -108,7 +118,9 @@ def upsert_rows(path: Path | str, rows: pd.DataFrame | list[dict]) -> pd.DataFra
     """Replace rows with the same (dataset, model, source) key in the CSV at ``path``; write atomically."""
     path = Path(path)
     new = pd.DataFrame(rows)
-    if path.is_file():
+    if path.is_file() and not len(new):  # nothing to add: re-sort and re-write what is there
+        merged = pd.read_csv(path)
+    elif path.is_file():
         old = pd.read_csv(path)
         keys = set(map(tuple, new[KEY].astype(str).to_numpy()))
         keep = [tuple(k) not in keys for k in old[KEY].astype(str).to_numpy()]
@@ -168,7 +180,7 @@ def _not_run_section(table: pd.DataFrame, names: list[str]) -> list[str]:
         return []
     paper = table[table["source"] == "paper"].set_index(["dataset", "model"])
     lines = ["", "## Not run by this kit", "",
-             "Paper baselines this kit does not train or call (PAPER.md 1.6). Cells are the paper's values "
+             "Paper baselines this run did not train or call (PAPER.md 1.6). Cells are the paper's values "
              "for the same dataset where it reports one, never our measurement.", "",
              "| dataset | model | " + " | ".join(f"paper {n}" for n in names) + " | note |",
              "|" + "---|" * (len(names) + 3)]
@@ -176,10 +188,11 @@ def _not_run_section(table: pd.DataFrame, names: list[str]) -> list[str]:
         key = (paper_name(str(row["dataset"])), row["model"])
         if key in paper.index:
             cells = [_cell(paper.loc[key, m]) for m in names]
-            note = f"not run; paper's values on {key[0]} ({paper.loc[key, 'paper_marks']})"
+            note = f"paper's values on {key[0]} ({paper.loc[key, 'paper_marks']})"
         else:
             cells = ["–"] * len(names)
-            note = "not run; the paper reports no value for this dataset"
+            note = "the paper reports no value for this dataset"
+        note = f"not run: {NOT_RUN_REASONS.get(row['model'], DISABLED_REASON)}; {note}"
         lines.append(f"| {row['dataset']} | {row['model']} | " + " | ".join(cells) + f" | {note} |")
     return lines
 

@@ -95,8 +95,10 @@ class AgentBackend:
     max_context_tokens: int | None
 
 
-def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Path | None = None) -> AgentBackend:
-    """The profile's agent backbone; vLLM when installed with a GPU, else transformers."""
+def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Path | None = None,
+                 transformers_only: bool = False) -> AgentBackend:
+    """The profile's agent backbone; vLLM when installed with a GPU (unless ``transformers_only``), else
+    transformers."""
 
     if model_path is None:
         name = profile.agent.model_name_or_path
@@ -104,7 +106,7 @@ def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Pat
             model_path = ensure_warm_tiny_model(profile, root)
         else:
             model_path = name
-    if vllm_available() and profile.run.device != "cpu":
+    if not transformers_only and vllm_available() and profile.run.device != "cpu":
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))

@@ -31,8 +31,8 @@ Mapping to the kit [G]:
   ``runs/<profile>/models/<dataset>/SASRec``). An item it never saw keeps its placeholder and gets the zero
   vector (:class:`ItemTable` row 0), so the projector's image of 0 is a learned "unknown item" input; in
   the code every item has a row, the unseen ones keep their random initial values;
-* training: LoRA on every linear layer of the agent's start model, the profile's ``sft`` settings (for
-  now), transformers' ``Trainer``; ``runs/<profile>/llara/<dataset>/final`` holds the merged model and
+* training: LoRA on every linear layer of the agent's start model, subset, steps, epochs and
+  rate from the profile's ``llara`` section, LoRA and batch from ``sft``, transformers' ``Trainer``; ``runs/<profile>/llara/<dataset>/final`` holds the merged model and
   tokenizer, ``projector.safetensors``, the item table and ``llara_info.json`` (stamp), reused while the
   stamp holds.
 
@@ -60,7 +60,7 @@ from recrepro.agent.prompt import (AgentInstance, PromptSpec, build_messages, de
                                    item_views)
 from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.baselines.sequential_scorer import CONFIG_FILE, ITEM_IDS_FILE, WEIGHTS_FILE, load_sequential
-from recrepro.baselines.sft import finished_info, sft_stamp, target_ranking, training_kwargs
+from recrepro.baselines.sft import baseline_profile, finished_info, sft_stamp, target_ranking, training_kwargs
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -77,7 +77,7 @@ PROJECTOR_FILE = "projector.safetensors"
 ITEM_TABLE_FILE = "item_table.safetensors"
 ITEM_TABLE_IDS_FILE = "item_table_ids.json"
 
-# [N] the authors' settings, recorded (not applied: the profile's sft section trains for now).
+# [N] the authors' settings, recorded (not applied: the profile's llara and sft sections train).
 ORIGINAL_SETTINGS: dict[str, Any] = {
     "rec_size": 64,  # main.py --rec_size (their SASRec hidden size)
     "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1,  # main.py defaults; train_*.sh keep them
@@ -93,9 +93,8 @@ ORIGINAL_SETTINGS: dict[str, Any] = {
 
 
 def llara_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
-    """``runs/<profile>/llara/<dataset>``. ``paths.stage_dir`` knows sft/rta/ppr/sweeps only; the
-    integrator moves this into :mod:`recrepro.paths`."""
-    return paths.run_dir(profile, root) / "llara" / dataset
+    """``runs/<profile>/llara/<dataset>``."""
+    return paths.stage_dir(profile, "llara", dataset, root)
 
 
 def sasrec_export_dir(profile: Profile, root: Path | str, dataset: str) -> Path:  # notebook 02's export
@@ -416,16 +415,17 @@ def train_llara(profile: Profile, root: Path | str, dataset: str, force: bool = 
         raise FileNotFoundError(f"{export_dir}: no {REC_MODEL} export; LLaRA reads its item embeddings. Run "
                                 "notebook 02 (recrepro.stages.baselines.run_classic_baselines) first")
     start = start_model or starting_model(profile, root)
+    own = baseline_profile(profile, "llara")
     final = llara_dir(profile, root, dataset) / "final"
-    stamp = llara_stamp(profile, dataset, start, export_dir)
+    stamp = llara_stamp(own, dataset, start, export_dir)
     info = finished_info(final / INFO_FILE, stamp, force)
     if info is not None:
         log(f"[llara] {dataset}: config, start model and {REC_MODEL} unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], profile.sft.train_instances, profile.run.seed)  # SFT's subset
+    train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
     with atomic_dir(final) as tmp:
-        fitted = fit_llara(profile, start, train, item_views(bench.items), load_item_table(export_dir), tmp, log,
+        fitted = fit_llara(own, start, train, item_views(bench.items), load_item_table(export_dir), tmp, log,
                            what=f"llara/{dataset} training")
         (tmp / INFO_FILE).write_text(json.dumps({"stamp": stamp, **fitted}, indent=2, sort_keys=True) + "\n")
     return final

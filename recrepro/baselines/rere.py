@@ -35,10 +35,12 @@ Mapping to the kit [G]. ReRe's completion is one item title; the kit's answer is
 * start: the cached TALLRec-like SFT model (the authors run ``sft.py`` then ``rere.py``; the paper
   reports base and SFT-initialised starts) with a fresh LoRA adapter of the ``sft`` section's settings
   (the authors tune all weights); no reference syncing (TRL cannot sync an adapter-disabled reference);
-* hyperparameters from the profile until it has a ``rere`` section: G = ``rta.group_size``, instances
-  per step, steps, epochs, instances and KL coefficient from ``rta``, learning rate
-  ``sft.learning_rate`` (paper profile 1e-5 = PAPER.md 1.6 = ``rere.sh``); the paper's values are the
-  constants below.
+* hyperparameters: G (beams), subset, steps, epochs and learning rate from the profile's ``rere``
+  section (paper profile: G 16, 2 epochs, 1e-5 = PAPER.md 1.6 = ``rere.sh``), instances per step and KL
+  coefficient from ``rta``, LoRA from ``sft`` (:func:`recrepro.baselines.sft.baseline_profile`); the
+  paper's values are the constants below;
+* evaluation (:func:`evaluate_rere`): one greedy answer turn under the same constraint, so every answer
+  is a valid list by construction (ReRe's constrained beam search at test time, with one beam).
 
 Output: ``runs/<profile>/rere/<dataset>/final`` (merged model + ``rere_info.json``), skipped while its
 stamp is unchanged. Generation runs through transformers ``generate`` (vLLM is refused): the trainer
@@ -55,16 +57,15 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
-
-import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from typing import Any, Callable, Mapping, Sequence
 
 from recrepro import paths
 from recrepro.agent.generators import stop_token_ids
-from recrepro.agent.parser import ANSWER_CLOSE, ANSWER_OPEN, BOXED, format_answer, judge_trajectory
+from recrepro.agent.parser import judge_trajectory
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import finished_info, sft_stamp, target_ranking, train_sft
+from recrepro.baselines.constrained import (CandidateListGrammar, CandidateListLogitsProcessor, answer_token_budget,
+                                            constrained_generation)
+from recrepro.baselines.sft import baseline_profile, evaluate_answer_model, finished_info, sft_stamp, train_sft
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -75,7 +76,7 @@ from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model, training
 
 RERE_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
 TABLE1_NAME = "ReRe"
-# The paper's settings ([N], files as in the module docstring); the profile decides for now.
+# The paper's settings ([N], files as in the module docstring); the profile's rere section sets G, steps and rate.
 GROUP_SIZE = 16  # rere.sh --num_generations 16 (= beams)
 LEARNING_RATE = 1e-5  # rere.sh --learning_rate 1e-5; PAPER.md 1.6
 KL_BETA = 1e-3  # rere.sh --beta 1e-3
@@ -85,159 +86,6 @@ LENGTH_PENALTY = 0.0  # rere_trainer.py: GenerationConfig(length_penalty=0.0)
 WARMUP_RATIO = 0.03  # rere.py GRPOConfig(warmup_ratio=0.03)
 MAX_GRAD_NORM = 0.3  # rere.py GRPOConfig(max_grad_norm=0.3)
 LR_SCHEDULER = "cosine"  # rere.py GRPOConfig(lr_scheduler_type="cosine")
-
-ANSWER_PREFIX = f"{ANSWER_OPEN}{BOXED}["  # what format_answer writes before the first index
-ANSWER_SUFFIX = f"]}}{ANSWER_CLOSE}"  # and after the last
-SEPARATOR = ", "
-
-
-# ------------------------------ Constrained decoding --------------------------------------------
-
-def answer_token_budget(n_candidates: int, top_k: int) -> int:
-    """Tokens the longest answer can take (no token is empty), end of turn included."""
-    return len(format_answer(range(n_candidates - top_k + 1, n_candidates + 1))) + 1
-
-
-class CandidateListGrammar:
-    """The token sequences of valid answers for one tokenizer, ``n_candidates`` and ``top_k``.
-
-    An answer is written in its pieces' own tokens, as the tokenizer encodes them: the prefix
-    ``<answer>\\boxed{[``, the first index, then ``, <index>`` per further index, then
-    ``]}</answer>`` and the end of turn (the first of ``stop_ids``); each index in 1..n, none twice, exactly
-    ``top_k``. The tokenizer must encode a whole answer as the concatenation of its pieces (checked
-    here; true of byte-level BPE, whose pre-tokenizer splits digits from punctuation). One token
-    sequence per answer, so distinct beams are distinct answers (ReRe's item trie does the same).
-    A state is (phase, indices written, tokens of the piece under way); an index is committed when
-    the next piece starts (``1`` may still become ``12``).
-    """
-
-    def __init__(self, tokenizer: Any, n_candidates: int, top_k: int, stop_ids: Sequence[int] | None = None) -> None:
-        if not 1 <= top_k <= n_candidates:
-            raise ValueError(f"top_k={top_k} needs 1 <= top_k <= n_candidates={n_candidates}")
-        self.n, self.top_k = int(n_candidates), int(top_k)
-        self.stop_ids = tuple(int(i) for i in (stop_ids if stop_ids is not None else stop_token_ids(tokenizer)))
-
-        def encode(text: str) -> tuple[int, ...]:
-            return tuple(tokenizer.encode(text, add_special_tokens=False))
-
-        self.open, self.close = encode(ANSWER_PREFIX), encode(ANSWER_SUFFIX)
-        self.first = {i: encode(str(i)) for i in range(1, self.n + 1)}
-        self.then = {i: encode(SEPARATOR + str(i)) for i in range(1, self.n + 1)}
-        for first in range(1, self.n + 1):  # every index once first, and after others
-            ranking = target_ranking(self.n, first, self.top_k)
-            if encode(format_answer(ranking)) != self.tokens(ranking):
-                raise ValueError(f"the tokenizer does not encode {format_answer(ranking)!r} as its pieces")
-        pieces = (self.open, self.close, *self.first.values(), *self.then.values())
-        self.pool = sorted({t for seq in pieces for t in seq})
-        self.start: tuple = ("open", frozenset(), ())
-        self._allowed: dict[tuple, list[int]] = {}
-
-    def tokens(self, ranking: Sequence[int]) -> tuple[int, ...]:
-        """The token ids of the answer for ``ranking`` (without the end of turn)."""
-        ranking = [int(i) for i in ranking]
-        return sum((self.then[i] for i in ranking[1:]), self.open + self.first[ranking[0]]) + self.close
-
-    def _pieces(self, used: frozenset) -> dict[int | None, tuple[int, ...]]:
-        """What may come next after the indices ``used``: an unused index (key) or the closing (None)."""
-        if len(used) == self.top_k:
-            return {None: self.close}
-        pieces = self.then if used else self.first
-        return {i: seq for i, seq in pieces.items() if i not in used}
-
-    def advance(self, state: tuple | None, token: int) -> tuple | None:
-        """The state after ``token``, or None when the answer cannot continue with it."""
-        if state is None or state[0] == "end":
-            return None
-        phase, used, partial = state
-        extended = partial + (int(token),)
-        if phase == "open":
-            if self.open[:len(extended)] != extended:
-                return None
-            return ("body", used, ()) if extended == self.open else ("open", used, extended)
-        pieces = self._pieces(used)
-        if any(seq[:len(extended)] == extended for seq in pieces.values()):
-            return ("end", used, ()) if pieces.get(None) == extended else ("body", used, extended)
-        done = next((i for i, seq in pieces.items() if i is not None and seq == partial), None)
-        return None if done is None else self.advance(("body", used | {done}, ()), token)
-
-    def allowed(self, state: tuple) -> list[int]:
-        """Token ids that may come next: the first stop id once the answer is complete (one way to end,
-        or two beams could be one answer)."""
-        if state not in self._allowed:
-            self._allowed[state] = (list(self.stop_ids[:1]) if state[0] == "end"
-                                    else [t for t in self.pool if self.advance(state, t) is not None])
-        return self._allowed[state]
-
-
-class CandidateListLogitsProcessor(LogitsProcessor):
-    """Masks (to -inf) every token that cannot continue a valid answer (:class:`CandidateListGrammar`). A row's
-    answer starts at ``prompt_length`` (the left-padded prompt width); a row holding a stop id is finished
-    and left alone; a row outside the grammar (only a beam already scored -inf can be) may only stop."""
-
-    def __init__(self, grammar: CandidateListGrammar, prompt_length: int) -> None:
-        self.grammar, self.prompt_length = grammar, int(prompt_length)
-        self._states: dict[tuple[int, ...], tuple | None] = {(): grammar.start}
-        self.dead_rows = 0
-
-    def state(self, ids: tuple[int, ...]) -> tuple | None:
-        if ids not in self._states:
-            self._states[ids] = self.grammar.advance(self.state(ids[:-1]), ids[-1])
-        return self._states[ids]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        stops = set(self.grammar.stop_ids)
-        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
-            if stops.intersection(ids):
-                keep[row] = True
-                continue
-            state = self.state(tuple(ids))
-            if state is None:
-                self.dead_rows += 1
-            allowed = self.grammar.allowed(state) if state is not None else list(self.grammar.stop_ids)
-            keep[row, allowed] = True
-        return scores.masked_fill(~keep, float("-inf"))
-
-
-def _first_of_groups(tensor: torch.Tensor, group: int) -> torch.Tensor:
-    if tensor.shape[0] % group or not all(torch.equal(tensor[i], tensor[i - i % group])
-                                          for i in range(tensor.shape[0])):
-        raise ValueError(f"beam search needs the rows in whole groups of {group} identical prompts; got "
-                         f"{tensor.shape[0]} rows (keep rta.batch_size a multiple of processes x accumulation)")
-    return tensor[::group]
-
-
-@contextlib.contextmanager
-def constrained_generation(model: Any, grammar: CandidateListGrammar) -> Iterator[None]:
-    """While open, ``model.generate`` (what TRL's transformers path calls) adds the candidate-list
-    processor and ignores the model's ``generation_config``: every setting comes from the config passed
-    by the caller or transformers' global defaults, never from a ``generation_config.json``. With
-    ``num_return_sequences`` = G > 1 (beam search) the rows come in groups of G identical prompts:
-    each group is generated once and its G beams, best first, fill the group."""
-    if "generate" in vars(model):
-        raise RuntimeError("model.generate is already replaced on this instance")
-    original = model.generate
-    holder = model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    def generate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 generation_config: GenerationConfig | None = None, **kwargs: Any) -> torch.Tensor:
-        group = int(getattr(generation_config, "num_return_sequences", None) or 1)
-        if group > 1:
-            input_ids = _first_of_groups(input_ids, group)
-            attention_mask = None if attention_mask is None else _first_of_groups(attention_mask, group)
-        processor = CandidateListLogitsProcessor(grammar, input_ids.shape[1])
-        saved, holder.generation_config = holder.generation_config, GenerationConfig()
-        try:
-            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
-                            logits_processor=LogitsProcessorList([processor]), **kwargs)
-        finally:
-            holder.generation_config = saved
-
-    model.generate = generate
-    try:
-        yield
-    finally:
-        del model.generate
 
 
 # ------------------------------ The reward ------------------------------------------------------
@@ -359,8 +207,8 @@ def rere_trainer_class() -> type:
 # ------------------------------ The stage -------------------------------------------------------
 
 def rere_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
-    """``runs/<profile>/rere/<dataset>`` (``paths.stage_dir`` knows sft/rta/ppr/sweeps only)."""
-    return paths.run_dir(profile, root) / "rere" / dataset
+    """``runs/<profile>/rere/<dataset>``."""
+    return paths.stage_dir(profile, "rere", dataset, root)
 
 
 def fit_rere(profile: Profile, model_path: str, samples: Any, views: Mapping[str, Any], out_dir: Path,
@@ -406,7 +254,7 @@ SFT_SETTINGS = ("learning_rate", "lora_r", "lora_alpha", "lora_dropout")
 
 
 def rere_settings(profile: Profile, beam_search: bool = True) -> dict[str, Any]:
-    """The settings a run uses: the profile's (for now), then ReRe's fixed recipe."""
+    """The settings a run uses (``profile`` as :func:`recrepro.baselines.sft.baseline_profile` gives it), then ReRe's fixed recipe."""
     return {**{k: getattr(profile.rta, k) for k in RTA_SETTINGS}, **{k: getattr(profile.sft, k) for k in SFT_SETTINGS},
             "top_k": profile.agent.top_k, "beam_search": beam_search, "temperature": TEMPERATURE,
             "length_penalty": LENGTH_PENALTY, "lr_scheduler": LR_SCHEDULER, "warmup_ratio": WARMUP_RATIO,
@@ -423,24 +271,55 @@ def rere_stamp(profile: Profile, dataset: str, sft_info: Mapping[str, Any]) -> d
 
 def train_rere(profile: Profile, root: Path | str, dataset: str, force: bool = False, *,
                start_model: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """SFT stage (the cached TALLRec-like model), then ReRe; returns ``runs/<profile>/rere/<dataset>/final``.
+    """SFT stage (the cached TALLRec-like model), then ReRe with the ``rere`` section's group, subset, steps
+    and rate; returns ``runs/<profile>/rere/<dataset>/final``.
 
     ``start_model`` defaults to the agent's start model (:func:`recrepro.rl.rta.starting_model`);
     ``force`` retrains ReRe only (the SFT stage keeps its own cache).
     """
     start = start_model or starting_model(profile, root)
     sft_info = train_sft(profile, root, dataset, start, log=log)
+    own = baseline_profile(profile, "rere")
     final = rere_dir(profile, root, dataset) / "final"
-    stamp = rere_stamp(profile, dataset, sft_info)
+    stamp = rere_stamp(own, dataset, sft_info)
     info = finished_info(final / "rere_info.json", stamp, force)
     if info is not None:
         log(f"[rere] {dataset}: config and SFT model unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], profile.rta.train_instances, profile.run.seed)
+    train = seeded_subset(bench.samples["train"], own.rta.train_instances, profile.run.seed)
     with atomic_dir(final) as tmp:
-        fitted = fit_rere(profile, sft_info["final"], train, item_views(bench.items), tmp, log,
+        fitted = fit_rere(own, sft_info["final"], train, item_views(bench.items), tmp, log,
                           what=f"rere/{dataset} training")
         (tmp / "rere_info.json").write_text(json.dumps({"stamp": stamp, **fitted}, indent=2, sort_keys=True) + "\n")
     return final
 
+
+CONSTRAINED_EVAL = "candidate-list constrained greedy"  # [G] ReRe decodes under its constraint at test time too
+
+
+def evaluate_rere(profile: Profile, root: Path | str, dataset: str, final: Path | str, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """ReRe's answers on the agent's test subset -> its Table 1 row: one greedy answer turn under the
+    candidate-list constraint (ReRe generates under its item constraint at test time; a beam of one, the
+    other rows being greedy too), scored by the same parser and metrics."""
+    stamp = json.loads((Path(final) / "rere_info.json").read_text())["stamp"]
+
+    def constrained(backend: Any) -> contextlib.AbstractContextManager:
+        model = getattr(backend.generator, "model", None)
+        if model is None:
+            raise ValueError("ReRe's constrained evaluation needs the transformers back end (a model with generate)")
+        grammar = CandidateListGrammar(backend.tokenizer, profile.data.n_candidates, profile.agent.top_k)
+        return constrained_generation(model, grammar)
+
+    return evaluate_answer_model(profile, root, dataset, str(final), stamp, TABLE1_NAME,
+                                 rere_dir(profile, root, dataset), force=force, log=log,
+                                 generation_context=constrained, context_name=CONSTRAINED_EVAL,
+                                 transformers_only=True)
+
+
+# The constrained decoding (:mod:`recrepro.baselines.constrained`) is ReRe's, so it is importable from here too.
+__all__: Sequence[str] = ("TABLE1_NAME", "CONSTRAINED_EVAL", "CandidateListGrammar", "CandidateListLogitsProcessor",
+                          "answer_token_budget", "constrained_generation", "rank_penalties", "rere_reward",
+                          "rere_group_rewards", "ReReRewardFunc", "rere_grpo_config", "rere_trainer_class", "fit_rere",
+                          "train_rere", "evaluate_rere")

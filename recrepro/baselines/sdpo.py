@@ -44,11 +44,12 @@ disabled) is exactly the SFT model, as in the code (there the SFT adapter is tra
 Dropout is off during S-DPO (TRL's ``disable_dropout`` default; the code keeps LoRA dropout 0.1).
 :class:`SDPOTrainer` is TRL's ``DPOTrainer`` (peft wrapping, the adapter-disabled reference, the
 fused LM head that never materialises the vocabulary-wide logits, logging) with its pairwise data
-path and loss replaced: DPOTrainer's tokenizer and collator take one rejected completion only. The
-hyperparameters come from the profile's ``sft`` section until the profile gets an ``sdpo`` one.
+path and loss replaced: DPOTrainer's tokenizer and collator take one rejected completion only. Subset,
+steps, epochs and rate come from the profile's ``sdpo`` section, the rest (LoRA, batch, lengths) from
+``sft`` (:func:`recrepro.baselines.sft.baseline_profile`).
 Output: ``runs/<profile>/sdpo/<dataset>/final`` (merged model + ``sdpo_info.json``), skipped while
-its stamp is unchanged. Evaluation is not here: ``sft.evaluate_sft`` is tied to the SFT row's name
-and folder.
+its stamp is unchanged. Evaluation (:func:`evaluate_sdpo`) is the TALLRec-like row's: greedy, one
+answer turn, the same test lists, parser, metrics and card.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ import torch.nn.functional as F
 
 from recrepro import paths
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import encode_example, finished_info, sft_stamp, train_sft, training_kwargs
+from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, finished_info, sft_stamp,
+                                   train_sft, training_kwargs)
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir, sha256_file
@@ -300,13 +302,12 @@ def __getattr__(name: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 
 def sdpo_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
-    """``runs/<profile>/sdpo/<dataset>``. ``paths.stage_dir`` knows sft/rta/ppr/sweeps only; the
-    integrator moves this into :mod:`recrepro.paths`."""
-    return paths.run_dir(profile, root) / "sdpo" / dataset
+    """``runs/<profile>/sdpo/<dataset>``."""
+    return paths.stage_dir(profile, "sdpo", dataset, root)
 
 
 def trainer_args(profile: Profile, output_dir: Path, on_cpu: bool):
-    """TRL ``DPOConfig`` from the profile's ``sft`` section (for now) and the S-DPO constants."""
+    """TRL ``DPOConfig`` from ``sft`` (as :func:`recrepro.baselines.sft.baseline_profile` sets it) and the S-DPO constants."""
     from trl import DPOConfig
 
     return DPOConfig(**training_kwargs(profile, output_dir, on_cpu),
@@ -364,28 +365,38 @@ def sdpo_stamp(profile: Profile, dataset: str, sft_info: Mapping[str, Any]) -> d
 
 def train_sdpo(profile: Profile, root: Path | str, dataset: str, force: bool = False, *,
                start_model: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """SFT stage (the cached TALLRec-like model), then S-DPO; returns ``runs/<profile>/sdpo/<dataset>/final``.
+    """SFT stage (the cached TALLRec-like model), then S-DPO with the ``sdpo`` section's subset, steps and
+    rate; returns ``runs/<profile>/sdpo/<dataset>/final``.
 
     ``start_model`` defaults to the agent's start model (:func:`recrepro.rl.rta.starting_model`);
     ``force`` retrains S-DPO only (the SFT stage keeps its own cache).
     """
     start = start_model or starting_model(profile, root)
     sft_info = train_sft(profile, root, dataset, start, log=log)
+    own = baseline_profile(profile, "sdpo")
     final = sdpo_dir(profile, root, dataset) / "final"
-    stamp = sdpo_stamp(profile, dataset, sft_info)
+    stamp = sdpo_stamp(own, dataset, sft_info)
     info = finished_info(final / "sdpo_info.json", stamp, force)
     if info is not None:
         log(f"[sdpo] {dataset}: config and SFT model unchanged, skipping training")
         return final
     bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], profile.sft.train_instances, profile.run.seed)  # SFT's subset
+    train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
     with atomic_dir(final) as tmp:
-        fitted = fit_sdpo(profile, sft_info["final"], train, item_views(bench.items), tmp, log,
+        fitted = fit_sdpo(own, sft_info["final"], train, item_views(bench.items), tmp, log,
                           what=f"sdpo/{dataset} training")
         info = {"stamp": stamp, **fitted}
         (tmp / "sdpo_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return final
 
 
+def evaluate_sdpo(profile: Profile, root: Path | str, dataset: str, final: Path | str, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Greedy one-turn answers of the S-DPO model ``final`` on the agent's test subset -> its Table 1 row."""
+    stamp = json.loads((Path(final) / "sdpo_info.json").read_text())["stamp"]
+    return evaluate_answer_model(profile, root, dataset, str(final), stamp, TABLE1_NAME,
+                                 sdpo_dir(profile, root, dataset), force=force, log=log)
+
+
 __all__: Sequence[str] = ("BETA", "N_NEGATIVES", "TABLE1_NAME", "sdpo_loss", "negative_indices", "encode_preference",
-                          "SoftmaxPreferenceCollator", "sdpo_trainer_class", "fit_sdpo", "train_sdpo")
+                          "SoftmaxPreferenceCollator", "sdpo_trainer_class", "fit_sdpo", "train_sdpo", "evaluate_sdpo")

@@ -28,12 +28,13 @@ is unchanged. Smoke numbers test the machinery and reproduce nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 
 from recrepro import paths
@@ -183,31 +184,62 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
     return {**info, "final": str(final), "skipped": False}
 
 
+def baseline_profile(profile: Profile, name: str) -> Profile:
+    """``profile`` as the trained baseline ``name`` (``sdpo``, ``llara``, ``rere``) sees it: its section's
+    subset, steps, epochs and rate in ``sft`` (the cores' shared recipe), and for ReRe also its group size,
+    subset and steps in ``rta`` (its GRPO harness). Its stamps hash these values, so a changed section retrains."""
+    section = getattr(profile, name)
+    sft = dataclasses.replace(profile.sft, train_instances=section.train_instances, steps=section.steps,
+                              epochs=section.epochs, learning_rate=section.learning_rate)
+    rta = profile.rta
+    if section.group_size is not None:
+        rta = dataclasses.replace(rta, group_size=section.group_size, train_instances=section.train_instances,
+                                  max_steps=section.steps, epochs=section.epochs)
+    return dataclasses.replace(profile, sft=sft, rta=rta)
+
+
 def evaluate_sft(profile: Profile, root: Path | str, dataset: str, model_path: str, train_stamp: dict,
                  force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Greedy one-turn answers on the agent's test subset -> the Table 1 row (cached with the model)."""
+    return evaluate_answer_model(profile, root, dataset, model_path, train_stamp, TABLE1_NAME,
+                                 sft_dir(profile, root, dataset), force=force, log=log)
+
+
+def evaluate_answer_model(profile: Profile, root: Path | str, dataset: str, model_path: str, train_stamp: dict,
+                          name: str, out_dir: Path, *, force: bool = False, log: Callable[[str], None] = print,
+                          generation_context: Callable[[Any], ContextManager] | None = None,
+                          context_name: str = "", transformers_only: bool = False) -> dict[str, Any]:
+    """Greedy one-turn answers of a model trained to answer directly (TALLRec-like, S-DPO, ReRe) on the
+    agent's test subset -> its Table 1 row ``name``, card and trajectories; cached in ``out_dir/eval_info.json``.
+
+    ``generation_context(backend)`` wraps the evaluation (ReRe's constrained decoding); ``context_name``
+    names it in the stamp; ``transformers_only`` keeps generation off vLLM (the context patches ``generate``).
+    """
 
     bench = load_benchmark(profile, dataset, root)
     samples = eval_subset(profile, bench.samples["test"])
     stamp = {"train": train_stamp, "eval": profile.section_hash("eval", "agent", "sft"),
-             "sample_ids": [int(s) for s in samples["sample_id"]]}
-    info_path = sft_dir(profile, root, dataset) / "eval_info.json"
+             "sample_ids": [int(s) for s in samples["sample_id"]], "context": context_name}
+    if not context_name:
+        stamp.pop("context")  # the TALLRec-like row's stamp as before
+    info_path = Path(out_dir) / "eval_info.json"
     info = _read_json(info_path)
-    saved = per_instance_path(profile, dataset, TABLE1_NAME, root)
+    saved = per_instance_path(profile, dataset, name, root)
     if not force and info is not None and info.get("stamp") == stamp and saved.is_file():
-        log(f"[sft] {dataset}: evaluation unchanged, reusing {saved.name}")
-        frame = load_per_instance(profile, dataset, TABLE1_NAME, root)
+        log(f"[{name}] {dataset}: evaluation unchanged, reusing {saved.name}")
+        frame = load_per_instance(profile, dataset, name, root)
         per_instance = {c: frame[c].to_numpy() for c in frame.columns if c != "sample_id"}
-        return {**info, "row": metrics_row(dataset, TABLE1_NAME, per_instance, profile), "skipped": True}
+        return {**info, "row": metrics_row(dataset, name, per_instance, profile), "skipped": True}
     # One answer turn, no reasoning: the generation budget is the sft section's, not the agent's.
     budget = profile.sft.max_new_tokens
     settings = dataclasses.replace(rollout_settings(profile, greedy=True), max_new_tokens_per_turn=budget,
                                    max_new_tokens_total=budget)
-    backend = load_backend(profile, root, model_path=model_path)
+    backend = load_backend(profile, root, model_path=model_path, transformers_only=transformers_only)
     factory = toolkit_env_factory(profile, bench, root, samples)
     began = time.perf_counter()
-    result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
-                            TABLE1_NAME, settings=settings)
+    with generation_context(backend) if generation_context else contextlib.nullcontext():
+        result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
+                                name, settings=settings)
     info = {"stamp": stamp, "wall_s_eval": round(time.perf_counter() - began, 2),
             "valid_share": result.card["valid_share"], "invalid_reasons": result.card["invalid_reasons"]}
 

@@ -1,7 +1,8 @@
-"""Notebook 06: the frozen agents, the TALLRec-like SFT baseline and the reports over all rows."""
+"""Notebook 06: the frozen agents, the trained LLM baselines (TALLRec-like, S-DPO, LLaRA, ReRe) and the reports."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -11,10 +12,13 @@ from recrepro.agent.card import load_eval_cards
 from recrepro.agent.env import toolkit_env_factory
 from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend
 from recrepro.agent.prompt import item_views
+from recrepro.baselines import llara, rere, sdpo
+from recrepro.baselines.llara_eval import evaluate_llara
+from recrepro.baselines.sft import TABLE1_NAME as SFT_NAME
 from recrepro.baselines.sft import evaluate_sft, train_sft
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
-from recrepro.evaluation import FIRST_TEN, chance_row, first_ten_row
+from recrepro.evaluation import FIRST_TEN, chance_row, first_ten_row, write_not_run_rows
 from recrepro.positions import dataset_position_rows, write_position_buckets
 from recrepro.progress import Progress, stage_entry
 from recrepro.rl.rta import starting_model
@@ -87,9 +91,66 @@ def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = Fal
     return {"rows": rows, "runs": runs, "table1": table}
 
 
-def loss_curve(runs: Mapping[str, Any]) -> pd.DataFrame:
-    """Training loss per logged step, one column per dataset (for the notebook's plot)."""
-    return pd.DataFrame({d: pd.Series(r["train"].get("losses", [])) for d, r in runs.items()})
+# Table 1's trained LLM baselines beyond the TALLRec-like row: profile section -> (row name, train, evaluate)
+TRAINED_BASELINES: dict[str, tuple[str, Callable, Callable]] = {
+    "sdpo": (sdpo.TABLE1_NAME, sdpo.train_sdpo, sdpo.evaluate_sdpo),
+    "llara": (llara.TABLE1_NAME, llara.train_llara, evaluate_llara),
+    "rere": (rere.TABLE1_NAME, rere.train_rere, rere.evaluate_rere),
+}
+
+
+def _info(final: Path) -> dict[str, Any]:
+    """The training record a baseline saved beside its model (``<name>_info.json``), less its stamp."""
+    found = sorted(Path(final).glob("*_info.json"))
+    info = json.loads(found[0].read_text()) if found else {}
+    return {k: v for k, v in info.items() if k != "stamp"}
+
+
+@stage_entry
+def run_trained_baselines(profile: Profile, root: Path | str = ".", force: bool = False,
+                          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """S-DPO, LLaRA and ReRe (those enabled in the profile) on every dataset: train (cached by stamp), score on
+    the agent's test lists with the same parser and metrics, upsert their Table 1 rows.
+
+    Returns ``{"rows": [...], "runs": {"<dataset>/<name>": {"train": info, "eval": info}}, "table1": frame}``.
+    """
+
+    enabled = [name for name in TRAINED_BASELINES if getattr(profile, name).enabled]
+    if not enabled:
+        log("[baselines] sdpo, llara and rere are disabled in this profile: none is run")
+        return {"rows": [], "runs": {}}
+    start = starting_model(profile, root)
+    rows, runs = [], {}
+    bar = Progress("trained baselines", len(profile.data.datasets) * len(enabled), unit="baseline")
+    for dataset in profile.data.datasets:
+        for name in enabled:
+            row_name, train, evaluate = TRAINED_BASELINES[name]
+            final = train(profile, root, dataset, force=force, start_model=start, log=log)
+            evaluated = evaluate(profile, root, dataset, final, force=force, log=log)
+            rows.append(evaluated.pop("row"))
+            runs[f"{dataset}/{row_name}"] = {"train": _info(final),
+                                            "eval": {k: v for k, v in evaluated.items() if k != "stamp"}}
+            bar.update(1, note=f"{dataset} {row_name}")
+    bar.close()
+    table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    return {"rows": rows, "runs": runs, "table1": table}
+
+
+def measured_models(profile: Profile) -> list[str]:
+    """Table 1 rows the profile measures: its RecBole models and the trained LLM baselines it enables."""
+    trained = [SFT_NAME] if profile.sft.enabled else []
+    trained += [TRAINED_BASELINES[n][0] for n in TRAINED_BASELINES if getattr(profile, n).enabled]
+    return [*profile.recbole.models, *trained]
+
+
+def run_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
+    """Table 1's "not run" rows: the paper's baselines this profile does not measure, with the reason."""
+    return write_not_run_rows(profile, root, measured_models(profile))
+
+
+def loss_curve(runs: Mapping[str, Any], key: str = "losses") -> pd.DataFrame:
+    """A logged training series (``losses``; ReRe logs ``rewards``) per step, one column per run (for plots)."""
+    return pd.DataFrame({d: pd.Series(r["train"].get(key, [])) for d, r in runs.items()})
 
 
 def llm_rows(profile: Profile, root: Path | str, dataset: str) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from recrepro.imports import all_modules, import_graph, imports_in
 
 LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix wins
-    "recrepro": 0, "recrepro.config": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
+    "recrepro": 0, "recrepro.config": 0, "recrepro.config_sections": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
     "recrepro.paths": 0, "recrepro.progress": 0, "recrepro.quiet": 0,
     "recrepro.data": 1, "recrepro.models": 1, "recrepro.tables": 1, "recrepro.evaluation": 1,
     "recrepro.positions": 1, "recrepro.significance": 1, "recrepro.jobs": 1, "recrepro.baselines": 1,
@@ -26,6 +26,7 @@ LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix w
     "recrepro.tools": 2,
     "recrepro.agent": 3,
     "recrepro.rl": 4, "recrepro.baselines.sft": 4, "recrepro.baselines.sdpo": 4, "recrepro.baselines.rere": 4,
+    "recrepro.baselines.constrained": 4,
     "recrepro.baselines.llara": 4, "recrepro.baselines.llara_eval": 4,
     "recrepro.stages": 5, "recrepro.runner": 5, "recrepro.__main__": 5,
 }
@@ -107,8 +108,8 @@ def test_every_module_has_a_layer(name):
 def test_run_folders_are_built_only_by_the_paths_module():
     """``runs/<profile>/<folder>`` is spelled in recrepro/paths.py alone (issue 13: one paths module), except
     the run's two output folders, which ``Profile.results_dir`` / ``figures_dir`` name beside ``Profile.run_dir``."""
-    allowed = {('recrepro.config', 'return self.run_dir(root) / "results"'),
-               ('recrepro.config', 'return self.run_dir(root) / "figures"')}
+    allowed = {('recrepro.config_sections', 'return self.run_dir(root) / "results"'),
+               ('recrepro.config_sections', 'return self.run_dir(root) / "figures"')}
     spelled = [f"{name}: {line.strip()}" for name, path in all_modules().items() if name != "recrepro.paths"
                for line in path.read_text().splitlines()
                if ("run_dir(root) /" in line or "run_dir(Path(root)) /" in line) and (name, line.strip()) not in allowed]

@@ -264,7 +264,7 @@ def test_item_table_holds_the_training_period_items_only(bench_root):
 @pytest.mark.timeout(180)
 def test_train_llara_writes_its_folder_and_caches(bench_root, tiny_model):
     root, _ = bench_root
-    profile = load_profile("smoke", {**SHARED, "sft.steps": 2, "sft.train_instances": 2, "sft.batch_size": 2})
+    profile = load_profile("smoke", {**SHARED, "llara.steps": 2, "llara.train_instances": 2, "sft.batch_size": 2})
     messages: list[str] = []
     final = L.train_llara(profile, root, "ml-100k", start_model=tiny_model, log=messages.append)
     assert final == root / "runs" / "smoke" / "llara" / "ml-100k" / "final"

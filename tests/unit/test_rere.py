@@ -12,9 +12,10 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from recrepro.agent.parser import format_answer, format_tool_call, parse_answer
 from recrepro.agent.prompt import PromptSpec
-from recrepro.baselines.rere import (CandidateListGrammar, CandidateListLogitsProcessor, ReReRewardFunc,
+from recrepro.baselines.rere import (CONSTRAINED_EVAL, TABLE1_NAME, CandidateListGrammar, CandidateListLogitsProcessor, ReReRewardFunc,
                                      answer_token_budget, constrained_generation, fit_rere, rank_penalties,
-                                     rere_group_rewards, rere_grpo_config, rere_reward, rere_trainer_class, train_rere)
+                                     rere_group_rewards, rere_grpo_config, rere_reward, rere_trainer_class, train_rere,
+                                     evaluate_rere)
 from recrepro.config import load_profile
 from recrepro.models import load_causal_lm
 from recrepro.rl.grpo import build_dataset
@@ -342,8 +343,8 @@ def bench_root(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_train_rere_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny_model):
     overrides = {"run.name": "smoke", "data.max_users": 40, "sft.steps": 1, "sft.train_instances": 2,
-                 "sft.batch_size": 2, "rta.group_size": 2, "rta.batch_size": 1, "rta.max_steps": 1,
-                 "rta.train_instances": 1}
+                 "sft.batch_size": 2, "rere.group_size": 2, "rta.batch_size": 1, "rere.steps": 1,
+                 "rere.train_instances": 1, "agent.eval_instances": 4}
     profile = load_profile("smoke", overrides)
     messages: list[str] = []
     final = train_rere(profile, bench_root, "ml-100k", start_model=tiny_model, log=messages.append)
@@ -357,3 +358,7 @@ def test_train_rere_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     assert train_rere(profile, bench_root, "ml-100k", start_model=tiny_model, log=messages.append) == final
     assert messages == ["[sft] ml-100k: config and start model unchanged, skipping training",
                         "[rere] ml-100k: config and SFT model unchanged, skipping training"]
+    # Evaluation decodes under the candidate-list constraint: every answer is a valid list by construction
+    evaluated = evaluate_rere(profile, bench_root, "ml-100k", final, log=messages.append)
+    assert evaluated["row"]["model"] == TABLE1_NAME and evaluated["row"]["n"] == 4
+    assert evaluated["valid_share"] == 1.0 and evaluated["stamp"]["context"] == CONSTRAINED_EVAL

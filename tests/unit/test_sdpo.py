@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import PromptSpec
-from recrepro.baselines.sdpo import (BETA, N_NEGATIVES, SoftmaxPreferenceCollator, encode_preference, fit_preferences,
+from recrepro.baselines.sdpo import (BETA, N_NEGATIVES, TABLE1_NAME, SoftmaxPreferenceCollator, encode_preference, fit_preferences,
                                      fit_sdpo, negative_indices, sdpo_loss, sdpo_trainer_class, trainer_args,
-                                     train_sdpo)
+                                     evaluate_sdpo, train_sdpo)
 from recrepro.baselines.sft import encode_example, target_ranking
 from recrepro.config import load_profile
 from recrepro.models import load_causal_lm
@@ -266,8 +266,8 @@ def bench_root(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_train_sdpo_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny_model):
     # run.name keeps every profile in the benchmark's folder (overrides would name a run of its own)
-    overrides = {"run.name": "smoke", "data.max_users": 40, "sft.steps": 2, "sft.train_instances": 4,
-                 "sft.batch_size": 2}
+    overrides = {"run.name": "smoke", "data.max_users": 40, "sft.steps": 1, "sft.train_instances": 2,
+                 "sft.batch_size": 2, "sdpo.steps": 2, "sdpo.train_instances": 4, "agent.eval_instances": 3}
     profile = load_profile("smoke", overrides)
     messages: list[str] = []
     final = train_sdpo(profile, bench_root, "ml-100k", start_model=tiny_model, log=messages.append)
@@ -285,3 +285,9 @@ def test_train_sdpo_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     train_sdpo(profile, bench_root, "ml-100k", force=True, start_model=tiny_model, log=messages.append)
     assert messages == ["[sft] ml-100k: config and start model unchanged, skipping training"]  # S-DPO retrained
     assert json.loads((final / "sdpo_info.json").read_text())["stamp"] == info["stamp"]
+    # Its Table 1 row: the TALLRec-like evaluation (one greedy answer turn) under its own name and folder
+    evaluated = evaluate_sdpo(profile, bench_root, "ml-100k", final, log=messages.append)
+    assert evaluated["row"]["model"] == TABLE1_NAME and evaluated["row"]["n"] == 3 and not evaluated["skipped"]
+    assert (bench_root / "runs/smoke/sdpo/ml-100k/eval_info.json").is_file()
+    again = evaluate_sdpo(profile, bench_root, "ml-100k", final, log=messages.append)
+    assert again["skipped"] and again["row"] == evaluated["row"]

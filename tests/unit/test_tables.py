@@ -86,9 +86,10 @@ def test_not_run_rows_render_in_their_own_section_beside_the_papers_values(tmp_p
     md = (tmp_path / "table1.md").read_text()
     measured = md.split("## Not run by this kit")[0]
     assert "LLaRA" not in measured.split("## Measured by this kit")[1]  # never among our rows
-    assert "| ml-100k | LLaRA | – | – | – | – | – | not run; the paper reports no value for this dataset |" in md
+    assert ("| ml-100k | LLaRA | – | – | – | – | – | not run: disabled in this profile; "
+            "the paper reports no value for this dataset |") in md
     assert ("| CDs_and_Vinyl | LLaRA | 0.2324 | – | 0.7234 | 0.3736 | 0.4394 | "
-            "not run; paper's values on CDs (H@1:N;N@5:N;N@10:S;H@10:S) |") in md
+            "not run: disabled in this profile; paper's values on CDs (H@1:N;N@5:N;N@10:S;H@10:S) |") in md
     tex = (tmp_path / "table1.tex").read_text()
     assert r"ml-100k & ReaRec & -- & -- & -- & -- & -- & not run \\" in tex
     again = write_table(tmp_path, "table1", rows, "Table 1", [1, 5, 10], paper_table="table1")
