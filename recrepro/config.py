@@ -35,6 +35,7 @@ from recrepro.config_sections import (  # the sections, one dataclass each
     PPRConfig,
     SFTBaselineConfig,
     TrainedBaselineConfig,
+    ServedConfig,
     SweepsConfig,
     Profile,
 )
@@ -134,6 +135,7 @@ def _validate(profile: Profile) -> None:
     if profile.run.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"run.device: expected cpu, cuda or auto, got {profile.run.device!r}")
     _validate_trained_baselines(profile)
+    _validate_served(profile)
     _validate_context(profile)
 
 
@@ -152,6 +154,15 @@ def _validate_trained_baselines(profile: Profile) -> None:
         raise ConfigError("sdpo.group_size, llara.group_size: only ReRe samples groups; set them to null")
     if profile.rere.group_size is None or profile.rere.group_size < 2:
         raise ConfigError(f"rere.group_size: ReRe needs at least 2 beams per prompt, got {profile.rere.group_size}")
+
+
+def _validate_served(profile: Profile) -> None:
+    served = profile.served
+    if served.base_url is not None and (not served.model or not served.tokenizer):
+        raise ConfigError("served.model, served.tokenizer: a served model (served.base_url) needs its name and a "
+                          "matching tokenizer")
+    if served.base_url is not None and not served.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"served.base_url: expected an http(s) URL, got {served.base_url!r}")
 
 
 # Native context windows (hub config max_position_embeddings); a backbone not listed is checked by vLLM only.
@@ -233,5 +244,5 @@ __all__: Sequence[str] = (
     "PROFILE_DIR", "KNOWN_SOURCES", "BACKBONE_CONTEXT", "ConfigError", "load_profile", "model_context", "override_key",
     "RunConfig", "DataConfig", "RecBoleConfig", "EvalConfig", "ToolsConfig", "UserProfileConfig", "AgentConfig",
     "WarmStartConfig", "RewardConfig", "RTAConfig", "PPRConfig", "SFTBaselineConfig", "TrainedBaselineConfig",
-    "SweepsConfig", "Profile",
+    "ServedConfig", "SweepsConfig", "Profile",
 )

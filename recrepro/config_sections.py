@@ -212,6 +212,17 @@ class TrainedBaselineConfig:
 
 
 @dataclass(frozen=True)
+class ServedConfig:
+    """A served model (an OpenAI-compatible ``/v1/completions`` endpoint) for Table 1's LLMRank and
+    InteRecAgent rows, which the paper ran on GPT-4 (PAPER.md 1.6). Off when ``base_url`` is null."""
+
+    base_url: str | None  # e.g. http://localhost:8000/v1; null = no served model (the rows stay "not run")
+    model: str | None  # the served model's name, sent with every request and shown on the rows' cards
+    tokenizer: str | None  # hub id or folder of a tokenizer matching the served model (prompts are rendered here)
+    api_key_env: str | None  # name of the environment variable holding the key; null = no key
+
+
+@dataclass(frozen=True)
 class SweepsConfig:
     """Stage-1 (TIRR) sweeps behind Figures 4 and 5 (PAPER.md 1.6): group size G and backbone size.
 
@@ -252,6 +263,7 @@ class Profile:
     sdpo: TrainedBaselineConfig
     llara: TrainedBaselineConfig
     rere: TrainedBaselineConfig
+    served: ServedConfig
     sweeps: SweepsConfig
     source_path: str = field(default="", compare=False)
 

@@ -26,7 +26,8 @@ TABLE2_TITLE = "Table 2: ablation of tools and training (R = reasoning only, TIR
 KEY = ["dataset", "model", "source"]
 MODEL_ORDER = [
     "Chance", "First ten candidates", "Random", "MostPop", "Caser", "GRU4Rec", "SASRec", "ReaRec", "ReaRec-ERL", "ReaRec-PRL",
-    "LLMRank", "LLMRank-like (frozen R)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA)", "AgenticRec (RTA+PPR)",
+    "LLMRank", "LLMRank-like (frozen R)", "LLMRank (served)", "InteRecAgent", "InteRecAgent-like (frozen TIRR)",
+    "InteRecAgent (served)", "TALLRec", "TALLRec-like (SFT)", "LLaRA", "S-DPO", "ReRe", "AgenticRec", "AgenticRec (RTA)", "AgenticRec (RTA+PPR)",
     "frozen-R", "frozen-TIRR", "trained-R", "trained-TIRR-RTA", "trained-TIRR-RTA+PPR",
 ]
 SOURCE_ORDER = {"analytic": 0, "reference": 1, "measured": 2, "paper": 3, "not run": 4}
@@ -37,14 +38,15 @@ NOT_RUN_MODELS = ["ReaRec", "LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DP
 NOT_RUN = "not run"
 # A paper baseline the kit measures under other row names (its variants) is not "not run" when a
 # profile runs any of them: ReaRec's two training schemes are rows of their own.
-MEASURED_AS = {"ReaRec": ("ReaRec-ERL", "ReaRec-PRL"), "TALLRec": ("TALLRec-like (SFT)",)}
+MEASURED_AS = {"ReaRec": ("ReaRec-ERL", "ReaRec-PRL"), "TALLRec": ("TALLRec-like (SFT)",),
+               "LLMRank": ("LLMRank (served)",), "InteRecAgent": ("InteRecAgent (served)",)}
 # Why a row stays "not run" (shown in the rendered table); a trained baseline disabled in a profile gets
 # the generic reason.
 NOT_RUN_REASONS = {
-    "LLMRank": "the paper's LLMRank prompts GPT-4; no served model is given to this run (stand-in on our "
-               "backbone: LLMRank-like (frozen R))",
-    "InteRecAgent": "the paper's InteRecAgent calls GPT-4; no served model is given to this run (stand-in on our "
-                    "backbone: InteRecAgent-like (frozen TIRR))",
+    "LLMRank": "the paper's LLMRank prompts GPT-4; no served model is given to this run (profile section "
+               "served; stand-in on our backbone: LLMRank-like (frozen R))",
+    "InteRecAgent": "the paper's InteRecAgent calls GPT-4; no served model is given to this run (profile section "
+                    "served; stand-in on our backbone: InteRecAgent-like (frozen TIRR))",
 }
 DISABLED_REASON = "disabled in this profile"
 

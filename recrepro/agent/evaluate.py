@@ -38,7 +38,8 @@ from recrepro import paths
 from recrepro.agent.card import build_card, write_eval_card
 from recrepro.agent.env import RecAgentEnv
 from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, instance_from_sample, profile_spec, prompt_fingerprint
-from recrepro.agent.generators import HFGenerator, RolloutSettings, VLLMGenerator, vllm_available
+from recrepro.agent.generators import (HFGenerator, OpenAICompletionsGenerator, RolloutSettings, VLLMGenerator,
+                                       vllm_available)
 from recrepro.agent.rollout import AgentTask, RolloutEngine, TrajectoryRecord
 from recrepro.agent.warmstart import ensure_warm_tiny_model
 from recrepro.config import Profile
@@ -114,6 +115,24 @@ def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Pat
     loaded = load_causal_lm(model_path, device=profile.run.device)
     context = getattr(loaded.model.config, "max_position_embeddings", None)
     return AgentBackend(HFGenerator(loaded.model, loaded.tokenizer), loaded.tokenizer, str(model_path), context)
+
+
+def served_backend(profile: Profile) -> AgentBackend:
+    """The profile's served model (``served`` section) through :class:`OpenAICompletionsGenerator`; prompts
+    are rendered with ``served.tokenizer``, which must match the served model."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    served = profile.served
+    if served.base_url is None:
+        raise ValueError("served.base_url is null: this profile names no served model")
+    key = os.environ.get(served.api_key_env) if served.api_key_env else None
+    if served.api_key_env and not key:
+        raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
+    tokenizer = AutoTokenizer.from_pretrained(served.tokenizer)
+    generator = OpenAICompletionsGenerator(served.base_url, str(served.model), tokenizer, api_key=key)
+    return AgentBackend(generator, tokenizer, f"{served.model} at {served.base_url}", None)
 
 
 @dataclass

@@ -60,10 +60,10 @@ from recrepro.agent.prompt import (AgentInstance, PromptSpec, build_messages, de
                                    item_views)
 from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.baselines.sequential_scorer import CONFIG_FILE, ITEM_IDS_FILE, WEIGHTS_FILE, load_sequential
-from recrepro.baselines.sft import baseline_profile, finished_info, sft_stamp, target_ranking, training_kwargs
+from recrepro.baselines.sft import baseline_profile, sft_stamp, target_ranking, train_once, training_kwargs
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
-from recrepro.io import atomic_dir, sha256_file
+from recrepro.io import sha256_file
 from recrepro.models import load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model
@@ -418,16 +418,15 @@ def train_llara(profile: Profile, root: Path | str, dataset: str, force: bool = 
     own = baseline_profile(profile, "llara")
     final = llara_dir(profile, root, dataset) / "final"
     stamp = llara_stamp(own, dataset, start, export_dir)
-    info = finished_info(final / INFO_FILE, stamp, force)
-    if info is not None:
-        log(f"[llara] {dataset}: config, start model and {REC_MODEL} unchanged, skipping training")
-        return final
-    bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
-    with atomic_dir(final) as tmp:
-        fitted = fit_llara(own, start, train, item_views(bench.items), load_item_table(export_dir), tmp, log,
-                           what=f"llara/{dataset} training")
-        (tmp / INFO_FILE).write_text(json.dumps({"stamp": stamp, **fitted}, indent=2, sort_keys=True) + "\n")
+
+    def fit(out_dir: Path) -> dict[str, Any]:
+        bench = load_benchmark(profile, dataset, root)
+        train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
+        return fit_llara(own, start, train, item_views(bench.items), load_item_table(export_dir), out_dir, log,
+                         what=f"llara/{dataset} training")
+
+    train_once(own, final, INFO_FILE, stamp, fit, force=force, log=log,
+               skipping=f"[llara] {dataset}: config, start model and {REC_MODEL} unchanged, skipping training")
     return final
 
 

@@ -65,10 +65,10 @@ from recrepro.agent.parser import judge_trajectory
 from recrepro.agent.prompt import item_views
 from recrepro.baselines.constrained import (CandidateListGrammar, CandidateListLogitsProcessor, answer_token_budget,
                                             constrained_generation)
-from recrepro.baselines.sft import baseline_profile, evaluate_answer_model, finished_info, sft_stamp, train_sft
+from recrepro.baselines.sft import baseline_profile, evaluate_answer_model, sft_stamp, train_once, train_sft
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
-from recrepro.io import atomic_dir, sha256_file
+from recrepro.io import sha256_file
 from recrepro.progress import trainer_progress
 from recrepro.rl.grpo import build_dataset, build_grpo_config, load_policy
 from recrepro.rl.reward import assistant_turns, ndcg_at_rank
@@ -282,16 +282,15 @@ def train_rere(profile: Profile, root: Path | str, dataset: str, force: bool = F
     own = baseline_profile(profile, "rere")
     final = rere_dir(profile, root, dataset) / "final"
     stamp = rere_stamp(own, dataset, sft_info)
-    info = finished_info(final / "rere_info.json", stamp, force)
-    if info is not None:
-        log(f"[rere] {dataset}: config and SFT model unchanged, skipping training")
-        return final
-    bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], own.rta.train_instances, profile.run.seed)
-    with atomic_dir(final) as tmp:
-        fitted = fit_rere(own, sft_info["final"], train, item_views(bench.items), tmp, log,
-                          what=f"rere/{dataset} training")
-        (tmp / "rere_info.json").write_text(json.dumps({"stamp": stamp, **fitted}, indent=2, sort_keys=True) + "\n")
+
+    def fit(out_dir: Path) -> dict[str, Any]:
+        bench = load_benchmark(profile, dataset, root)
+        train = seeded_subset(bench.samples["train"], own.rta.train_instances, profile.run.seed)
+        return fit_rere(own, sft_info["final"], train, item_views(bench.items), out_dir, log,
+                        what=f"rere/{dataset} training")
+
+    train_once(own, final, "rere_info.json", stamp, fit, force=force, log=log,
+               skipping=f"[rere] {dataset}: config and SFT model unchanged, skipping training")
     return final
 
 

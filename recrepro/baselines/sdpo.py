@@ -69,11 +69,11 @@ import torch.nn.functional as F
 
 from recrepro import paths
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, finished_info, sft_stamp,
+from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, sft_stamp, train_once,
                                    train_sft, training_kwargs)
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
-from recrepro.io import atomic_dir, sha256_file
+from recrepro.io import sha256_file
 from recrepro.models import load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.rta import prompt_spec, seeded_subset, starting_model
@@ -376,17 +376,15 @@ def train_sdpo(profile: Profile, root: Path | str, dataset: str, force: bool = F
     own = baseline_profile(profile, "sdpo")
     final = sdpo_dir(profile, root, dataset) / "final"
     stamp = sdpo_stamp(own, dataset, sft_info)
-    info = finished_info(final / "sdpo_info.json", stamp, force)
-    if info is not None:
-        log(f"[sdpo] {dataset}: config and SFT model unchanged, skipping training")
-        return final
-    bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
-    with atomic_dir(final) as tmp:
-        fitted = fit_sdpo(own, sft_info["final"], train, item_views(bench.items), tmp, log,
-                          what=f"sdpo/{dataset} training")
-        info = {"stamp": stamp, **fitted}
-        (tmp / "sdpo_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def fit(out_dir: Path) -> dict[str, Any]:
+        bench = load_benchmark(profile, dataset, root)
+        train = seeded_subset(bench.samples["train"], own.sft.train_instances, profile.run.seed)
+        return fit_sdpo(own, sft_info["final"], train, item_views(bench.items), out_dir, log,
+                        what=f"sdpo/{dataset} training")
+
+    train_once(own, final, "sdpo_info.json", stamp, fit, force=force, log=log,
+               skipping=f"[sdpo] {dataset}: config and SFT model unchanged, skipping training")
     return final
 
 

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
@@ -48,6 +49,7 @@ from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
 from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 from recrepro.models import load_causal_lm, resolve_device
+from recrepro.rl.grpo import n_processes, process_state
 from recrepro.rl.rta import prompt_spec, seeded_subset
 
 SFT_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
@@ -119,13 +121,22 @@ def fit_examples(examples: list[dict[str, list[int]]], max_length: int,
     return kept
 
 
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Examples per process and step, so that ``processes`` processes (``accelerate launch``) take the same
+    optimiser steps on the same global batch ``sft.batch_size`` as one process."""
+    if batch_size % processes:
+        raise ValueError(f"sft.batch_size={batch_size} is not a multiple of the {processes} processes; the global "
+                         "batch must split evenly")
+    return batch_size // processes
+
+
 def training_kwargs(profile: Profile, output_dir: Path, on_cpu: bool) -> dict[str, Any]:
     """The ``TrainingArguments`` values every LoRA baseline takes from the profile's ``sft`` section
     (TALLRec-like here; S-DPO and LLaRA add their own), every value explicit."""
     sft = profile.sft
     return dict(
         output_dir=str(output_dir), max_steps=sft.steps, num_train_epochs=sft.epochs,
-        per_device_train_batch_size=sft.batch_size, learning_rate=sft.learning_rate,
+        per_device_train_batch_size=per_process_batch(sft.batch_size, n_processes()), learning_rate=sft.learning_rate,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no",
         report_to="none", seed=profile.run.seed, data_seed=profile.run.seed,
         bf16=not on_cpu, fp16=False, use_cpu=on_cpu, dataloader_num_workers=0, disable_tqdm=True,
@@ -149,39 +160,64 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
 
     final = sft_dir(profile, root, dataset) / "final"
     stamp = sft_stamp(profile, dataset, start_model)
-    info = finished_info(final / "sft_info.json", stamp, force)
-    if info is not None:
-        log(f"[sft] {dataset}: config and start model unchanged, skipping training")
-        return {**info, "final": str(final), "skipped": True}
-    import datasets
-    from peft import LoraConfig
-    from trl import SFTTrainer
 
-    bench = load_benchmark(profile, dataset, root)
-    train = seeded_subset(bench.samples["train"], profile.sft.train_instances, profile.run.seed)
-    device = resolve_device(profile.run.device)
-    loaded = load_causal_lm(start_model, device=device, padding_side="right")
-    spec, views = prompt_spec(profile, "r"), item_views(bench.items)
-    examples = fit_examples([encode_example(loaded.tokenizer, row, views, spec, profile.agent.top_k)
-                             for row in train.to_dict("records")], profile.sft.max_length, log)
-    lora = LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha, lora_dropout=profile.sft.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-    began = time.perf_counter()
-    with atomic_dir(final) as tmp:
-        trainer = SFTTrainer(model=loaded.model, args=trainer_args(profile, tmp / "trainer", device == "cpu"),
+    def fit(out_dir: Path) -> dict[str, Any]:
+        import datasets
+        from peft import LoraConfig
+        from trl import SFTTrainer
+
+        bench = load_benchmark(profile, dataset, root)
+        train = seeded_subset(bench.samples["train"], profile.sft.train_instances, profile.run.seed)
+        device = resolve_device(profile.run.device)
+        loaded = load_causal_lm(start_model, device=device, padding_side="right")
+        spec, views = prompt_spec(profile, "r"), item_views(bench.items)
+        examples = fit_examples([encode_example(loaded.tokenizer, row, views, spec, profile.agent.top_k)
+                                 for row in train.to_dict("records")], profile.sft.max_length, log)
+        lora = LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha,
+                          lora_dropout=profile.sft.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+        began = time.perf_counter()
+        trainer = SFTTrainer(model=loaded.model, args=trainer_args(profile, out_dir / "trainer", device == "cpu"),
                              train_dataset=datasets.Dataset.from_list(examples), processing_class=loaded.tokenizer,
                              peft_config=lora)
         trainer.train()
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         merged = trainer.model.merge_and_unload()  # a plain model: the rollout engine and vLLM load it as is
-        merged.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        info = {"stamp": stamp, "instances": len(examples), "steps": trainer.state.global_step,
-                "wall_s_train": round(time.perf_counter() - began, 2), "losses": losses,
+        merged.save_pretrained(out_dir)
+        loaded.tokenizer.save_pretrained(out_dir)
+        shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+        return {"instances": len(examples), "steps": trainer.state.global_step,
+                "wall_s_train": round(time.perf_counter() - began, 2),
+                "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
                 "settings": dataclasses.asdict(profile.sft)}
-        (tmp / "sft_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return {**info, "final": str(final), "skipped": False}
+
+    info, skipped = train_once(profile, final, "sft_info.json", stamp, fit, force=force, log=log,
+                               skipping=f"[sft] {dataset}: config and start model unchanged, skipping training")
+    return {**info, "final": str(final), "skipped": skipped}
+
+
+def train_once(profile: Profile, final: Path, info_name: str, stamp: dict[str, Any],
+               fit: Callable[[Path], dict[str, Any]], *, force: bool, log: Callable[[str], None],
+               skipping: str) -> tuple[dict[str, Any], bool]:
+    """The cached training of every LoRA baseline: ``fit(out_dir)`` trains, saves the model in ``out_dir`` and
+    returns its record, which is written with ``stamp`` to ``final/info_name``; ``final`` is replaced at once.
+    Skipped (logging ``skipping``) while ``final`` holds a finished training with ``stamp``, unless ``force``.
+
+    Under ``accelerate launch`` every process runs ``fit`` (the trainer shares out the batches); only the
+    main process keeps what it saved. Returns the record and whether the training was skipped.
+    """
+    info = finished_info(final / info_name, stamp, force)
+    if info is not None:
+        log(skipping)
+        return info, True
+    state = process_state(profile)
+    if state.is_main_process:
+        with atomic_dir(final) as tmp:
+            info = {"stamp": stamp, **fit(tmp)}
+            (tmp / info_name).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    else:
+        with tempfile.TemporaryDirectory(prefix="recrepro-replica-") as scratch:
+            fit(Path(scratch))  # this process's share of the training; its copy of the model is not kept
+    state.wait_for_everyone()
+    return (info if info is not None else json.loads((final / info_name).read_text())), False
 
 
 def baseline_profile(profile: Profile, name: str) -> Profile:

@@ -71,6 +71,14 @@ def on_cpu(profile: Profile) -> bool:
     return resolve_device(profile.run.device) == "cpu"
 
 
+def process_state(profile: Profile) -> Any:
+    """accelerate's ``PartialState`` of this process. On CPU it must be told so: without ``cpu=True`` two
+    torchrun processes both read as the main process of a one-process run (accelerate 1.15)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=on_cpu(profile))
+
+
 def vllm_colocate_available(profile: Profile) -> bool:
     """vLLM colocated generation: only when vLLM imports, a CUDA GPU is visible and the profile allows it."""
 
@@ -333,13 +341,12 @@ def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, fo
     from the last checkpoint if any, and the final policy is saved with ``stamp``.
     ``trainer_kwargs`` go to :func:`build_trainer`.
     """
-    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
     if not force and finished_policy(final, stamp):
         log(f"{final} was trained with this config (e.g. by `accelerate launch ... --stage train`); reusing it")
         return {"final": final, "wall_s": None, "resumed_from": None, "trainer": None}
-    out, state = setup.output_dir, PartialState()
+    out, state = setup.output_dir, process_state(setup.profile)
     if state.is_main_process:
         if force or (out.exists() and read_json(out / "run_stamp.json") != dict(stamp)):
             shutil.rmtree(out, ignore_errors=True)  # checkpoints of another config must not be resumed

@@ -1,8 +1,19 @@
-"""Notebook 06: the frozen agents, the trained LLM baselines (TALLRec-like, S-DPO, LLaRA, ReRe) and the reports."""
+"""Notebook 06: the frozen agents, the trained LLM baselines (TALLRec-like, S-DPO, LLaRA, ReRe) and the reports.
+
+CLI for the trained baselines on GPUs: ``--stage train`` trains one baseline (under ``accelerate launch``: every
+process trains, the main process saves), ``--stage all`` (one process) trains what is not trained yet with this
+config, evaluates on the test lists and writes its Table 1 rows::
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m recrepro.stages.evaluate --profile paper \\
+        --baseline sdpo --stage train
+    python -m recrepro.stages.evaluate --profile paper --baseline sdpo --stage all
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -10,7 +21,7 @@ import pandas as pd
 
 from recrepro.agent.card import load_eval_cards
 from recrepro.agent.env import toolkit_env_factory
-from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend
+from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend, served_backend
 from recrepro.agent.prompt import item_views
 from recrepro.baselines import llara, rere, sdpo
 from recrepro.baselines.llara_eval import evaluate_llara
@@ -20,7 +31,9 @@ from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import FIRST_TEN, chance_row, first_ten_row, write_not_run_rows
 from recrepro.positions import dataset_position_rows, write_position_buckets
+from recrepro.overrides import load_cli_profile
 from recrepro.progress import Progress, stage_entry
+from recrepro.rl.grpo import n_processes
 from recrepro.rl.rta import starting_model
 from recrepro.significance import run_comparisons
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
@@ -136,11 +149,41 @@ def run_trained_baselines(profile: Profile, root: Path | str = ".", force: bool 
     return {"rows": rows, "runs": runs, "table1": table}
 
 
+SERVED_LABELS = {"r": "LLMRank (served)", "tirr": "InteRecAgent (served)"}  # variant -> Table 1 row
+
+
+@stage_entry
+def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Table 1's LLMRank and InteRecAgent rows from the profile's served model (``served``; the paper used
+    GPT-4): the reasoning-only and the tool-using prompt, through the endpoint client, on the agent's test
+    lists with the same parser, metrics and card. Nothing is run when ``served.base_url`` is null."""
+
+    if profile.served.base_url is None and backend is None:
+        log("[served] served.base_url is null: the LLMRank and InteRecAgent rows stay 'not run'")
+        return {"rows": [], "cards": {}}
+    backend = backend or served_backend(profile)
+    rows, cards = [], {}
+    for dataset in profile.data.datasets:
+        bench = load_benchmark(profile, dataset, root)
+        samples = eval_subset(profile, bench.samples["test"])
+        factory = toolkit_env_factory(profile, bench, root, samples)
+        for variant, name in SERVED_LABELS.items():
+            result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory,
+                                    variant, name)
+            rows.append(result.row)
+            cards[f"{dataset}/{name}"] = result.card
+    table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    return {"rows": rows, "cards": cards, "table1": table}
+
+
 def measured_models(profile: Profile) -> list[str]:
-    """Table 1 rows the profile measures: its RecBole models and the trained LLM baselines it enables."""
+    """Table 1 rows the profile measures: its RecBole models, the trained LLM baselines it enables and the
+    served-model rows when it names a served model."""
     trained = [SFT_NAME] if profile.sft.enabled else []
     trained += [TRAINED_BASELINES[n][0] for n in TRAINED_BASELINES if getattr(profile, n).enabled]
-    return [*profile.recbole.models, *trained]
+    served = list(SERVED_LABELS.values()) if profile.served.base_url is not None else []
+    return [*profile.recbole.models, *trained, *served]
 
 
 def run_not_run_rows(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
@@ -184,3 +227,47 @@ def run_eval_reports(profile: Profile, root: Path | str = ".") -> dict[str, pd.D
         rows += dataset_position_rows(profile, root, dataset, [*llm_rows(profile, root, dataset), FIRST_TEN], test)
     return {"position_buckets": write_position_buckets(profile, root, rows),
             "comparisons": run_comparisons(profile, root)}
+
+
+BASELINE_CHOICES = ("sft", *TRAINED_BASELINES)
+
+
+def train_and_score(profile: Profile, root: Path | str, dataset: str, baseline: str, *, evaluate: bool = True,
+                    force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """One trained baseline on one dataset: train (cached), then, with ``evaluate``, its Table 1 row (returned)."""
+    start = starting_model(profile, root)
+    if baseline == "sft":
+        trained = train_sft(profile, root, dataset, start, force=force, log=log)
+        return evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force,
+                            log=log)["row"] if evaluate else None
+    _, train, score = TRAINED_BASELINES[baseline]
+    final = train(profile, root, dataset, force=force, start_model=start, log=log)
+    return score(profile, root, dataset, final, force=force, log=log)["row"] if evaluate else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recrepro.stages.evaluate",
+                                     description="Train and score one of Table 1's trained LLM baselines.")
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--baseline", required=True, choices=BASELINE_CHOICES)
+    parser.add_argument("--dataset", action="append", help="only these datasets (repeatable)")
+    parser.add_argument("--stage", default="all", choices=["all", "train"],
+                        help="train: training only (run it under accelerate launch); all: train if needed, "
+                             "then evaluate and write the Table 1 rows (one process)")
+    parser.add_argument("--force", action="store_true", help="retrain and re-evaluate even when cached")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
+    args = parser.parse_args(argv)
+    profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
+    if args.stage == "all" and n_processes() > 1:
+        raise SystemExit("--stage all evaluates on one process; under accelerate launch use --stage train, "
+                         "then --stage all without the launcher")
+    rows = [train_and_score(profile, args.root, dataset, args.baseline, evaluate=args.stage == "all", force=args.force)
+            for dataset in args.dataset or profile.data.datasets]
+    if args.stage == "all":
+        write_table(profile.results_dir(args.root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
