@@ -60,7 +60,8 @@ from recrepro.agent.prompt import (AgentInstance, PromptSpec, build_messages, de
                                    item_views)
 from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.baselines.sequential_scorer import CONFIG_FILE, ITEM_IDS_FILE, WEIGHTS_FILE, load_sequential
-from recrepro.baselines.sft import baseline_profile, sft_stamp, target_ranking, train_once, training_kwargs
+from recrepro.baselines.sft import (baseline_profile, fit_examples, sft_stamp, target_ranking, train_once,
+                                   training_kwargs)
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import sha256_file
@@ -367,12 +368,7 @@ def fit_llara(profile: Profile, model_path: str, samples: Any, views: Mapping[st
     spec = prompt_spec(profile, "r")
     encoded = [encode_hybrid_example(loaded.tokenizer, row, views, spec, profile.agent.top_k, placeholder_id)
                for row in samples.to_dict("records")]
-    examples = [e for e in encoded if len(e["input_ids"]) <= sft.max_length]  # no truncation: it would cut the answer
-    if len(examples) < len(encoded):
-        log(f"[llara] dropped {len(encoded) - len(examples)} of {len(encoded)} examples longer than "
-            f"sft.max_length={sft.max_length}")
-    if not examples:
-        raise ValueError(f"sft.max_length={sft.max_length}: every LLaRA example is longer; raise it")
+    examples = fit_examples(encoded, sft.max_length, log, what="llara")
     lora = LoraConfig(r=sft.lora_r, lora_alpha=sft.lora_alpha, lora_dropout=sft.lora_dropout,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     model = llara_model(loaded.model, table, lora, profile.run.seed).to(device)

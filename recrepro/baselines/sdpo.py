@@ -69,8 +69,8 @@ import torch.nn.functional as F
 
 from recrepro import paths
 from recrepro.agent.prompt import item_views
-from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, sft_stamp, train_once,
-                                   train_sft, training_kwargs)
+from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, fit_examples, sft_stamp,
+                                   train_once, train_sft, training_kwargs)
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import sha256_file
@@ -164,17 +164,15 @@ def encode_preference(tokenizer: Any, row: Mapping[str, Any], views: Mapping[str
             "sample_id": int(row["sample_id"]), "target_index": target, "negative_indices": negatives}
 
 
+def preference_length(example: Mapping[str, Any]) -> int:
+    """Tokens of an S-DPO instance as trained: its prompt plus its longest completion."""
+    return len(example["prompt_ids"]) + max(len(c) for c in [example["chosen_ids"], *example["rejected_ids"]])
+
+
 def fit_preferences(examples: list[dict[str, Any]], max_length: int,
                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Drop instances whose prompt plus longest completion exceeds ``max_length`` (no truncation)."""
-    kept = [e for e in examples
-            if len(e["prompt_ids"]) + max(len(c) for c in [e["chosen_ids"], *e["rejected_ids"]]) <= max_length]
-    if len(kept) < len(examples):
-        log(f"[sdpo] dropped {len(examples) - len(kept)} of {len(examples)} instances longer than "
-            f"sft.max_length={max_length}")
-    if not kept:
-        raise ValueError(f"sft.max_length={max_length}: every S-DPO instance is longer; raise it")
-    return kept
+    return fit_examples(examples, max_length, log, what="sdpo", length=preference_length)
 
 
 @dataclasses.dataclass

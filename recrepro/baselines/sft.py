@@ -49,6 +49,7 @@ from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
 from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 from recrepro.models import load_causal_lm, resolve_device
+from recrepro.progress import trainer_progress
 from recrepro.rl.grpo import n_processes, process_state
 from recrepro.rl.rta import prompt_spec, seeded_subset
 
@@ -109,15 +110,18 @@ def finished_info(info_path: Path, stamp: dict[str, Any], force: bool) -> dict[s
     return info if not force and info is not None and info.get("stamp") == stamp else None
 
 
-def fit_examples(examples: list[dict[str, list[int]]], max_length: int,
-                 log: Callable[[str], None] = print) -> list[dict[str, list[int]]]:
-    """Drop examples longer than ``max_length``: truncation would cut the answer, the only trained part."""
-    kept = [e for e in examples if len(e["input_ids"]) <= max_length]
+def fit_examples(examples: list[dict[str, Any]], max_length: int, log: Callable[[str], None] = print, *,
+                 what: str = "sft", length: Callable[[dict[str, Any]], int] | None = None) -> list[dict[str, Any]]:
+    """Drop examples longer than ``max_length`` tokens (``length(example)``, default its ``input_ids``):
+    truncation would cut the answer, the only trained part. ``what`` names the baseline in the messages;
+    every LoRA baseline filters through here."""
+    length = length or (lambda example: len(example["input_ids"]))
+    kept = [e for e in examples if length(e) <= max_length]
     if len(kept) < len(examples):
-        log(f"[sft] dropped {len(examples) - len(kept)} of {len(examples)} examples longer than "
+        log(f"[{what}] dropped {len(examples) - len(kept)} of {len(examples)} examples longer than "
             f"sft.max_length={max_length}")
     if not kept:
-        raise ValueError(f"sft.max_length={max_length}: every training example is longer; raise it")
+        raise ValueError(f"sft.max_length={max_length}: every {what} training example is longer; raise it")
     return kept
 
 
@@ -164,6 +168,7 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
     def fit(out_dir: Path) -> dict[str, Any]:
         import datasets
         from peft import LoraConfig
+        from transformers.trainer_callback import PrinterCallback
         from trl import SFTTrainer
 
         bench = load_benchmark(profile, dataset, root)
@@ -179,6 +184,8 @@ def train_sft(profile: Profile, root: Path | str, dataset: str, start_model: str
         trainer = SFTTrainer(model=loaded.model, args=trainer_args(profile, out_dir / "trainer", device == "cpu"),
                              train_dataset=datasets.Dataset.from_list(examples), processing_class=loaded.tokenizer,
                              peft_config=lora)
+        trainer.remove_callback(PrinterCallback)  # progress lines with an ETA instead of a dict per step
+        trainer.add_callback(trainer_progress(f"sft/{dataset} training", note_key="loss"))
         trainer.train()
         merged = trainer.model.merge_and_unload()  # a plain model: the rollout engine and vLLM load it as is
         merged.save_pretrained(out_dir)

@@ -153,8 +153,8 @@ def test_overlong_instances_are_dropped_and_none_left_is_an_error():
                 {"prompt_ids": [1] * 4, "chosen_ids": [2], "rejected_ids": [[3], [3, 3, 3]]}]
     messages: list[str] = []
     assert fit_preferences(examples, 6, messages.append) == examples[:1]
-    assert messages == ["[sdpo] dropped 1 of 2 instances longer than sft.max_length=6"]
-    with pytest.raises(ValueError, match="sft.max_length=5: every S-DPO instance is longer"):
+    assert messages == ["[sdpo] dropped 1 of 2 examples longer than sft.max_length=6"]
+    with pytest.raises(ValueError, match="sft.max_length=5: every sdpo training example is longer"):
         fit_preferences(examples, 5, messages.append)
 
 

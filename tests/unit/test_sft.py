@@ -98,7 +98,7 @@ def test_overlong_examples_are_dropped_and_none_left_is_an_error():
     messages: list[str] = []
     assert fit_examples(examples, 6, messages.append) == examples[:1]
     assert messages == ["[sft] dropped 1 of 2 examples longer than sft.max_length=6"]
-    with pytest.raises(ValueError, match="sft.max_length=4: every training example is longer"):
+    with pytest.raises(ValueError, match="sft.max_length=4: every sft training example is longer"):
         fit_examples(examples, 4, messages.append)
 
 
