@@ -192,5 +192,29 @@ def stage_lines(profile: Profile, hw: Hardware) -> list[str]:
                   f"  python -m recrepro.stages.rta {p} --dataset {dataset} --variant both --stage eval   # 1 GPU",
                   f"  python -m recrepro.stages.ppr {p} --dataset {dataset} --stage mine                  # 1 GPU",
                   f"  {launch} recrepro.stages.ppr {p} --dataset {dataset} --stage train"]
+    lines += baseline_lines(profile, hw)
     lines += ["", "Then the notebooks find every finished policy and only evaluate: python -m recrepro run " + p]
     return lines
+
+
+# Table 1's trained LLM baselines, in training order (S-DPO and ReRe start from the SFT model).
+BASELINE_SECTIONS = ("sft", "sdpo", "llara", "rere")
+
+
+def baseline_lines(profile: Profile, hw: Hardware) -> list[str]:
+    """The GPU commands of the trained LLM baselines (LoRA, DDP: one adapter fits a GPU); raises
+    :class:`PlanError` when ``sft.batch_size`` (their global batch) does not split over the GPUs."""
+    enabled = [name for name in BASELINE_SECTIONS if getattr(profile, name).enabled]
+    if not enabled:
+        return []
+    if profile.sft.batch_size % hw.gpus:
+        raise PlanError(f"sft.batch_size={profile.sft.batch_size} does not split over {hw.gpus} GPUs; the trained "
+                        "baselines keep the global batch of one process")
+    launch = "accelerate launch --config_file configs/accelerate/ddp.yaml -m recrepro.stages.evaluate"
+    p = f"--profile {profile.run.name}"
+    lines = ["", f"Trained LLM baselines ({', '.join(enabled)}; LoRA on {hw.gpus} GPUs with DDP, global batch "
+             f"{profile.sft.batch_size}); then one process evaluates each and writes Table 1:"]
+    for dataset in profile.data.datasets:
+        lines += [f"  {launch} {p} --dataset {dataset} --baseline {name} --stage train" for name in enabled]
+    return lines + [f"  python -m recrepro.stages.evaluate {p} --baseline {name}   # 1 GPU, every dataset"
+                    for name in enabled]

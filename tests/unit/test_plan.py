@@ -57,3 +57,15 @@ def test_plan_cli_prints_the_commands_and_exits_non_zero_when_it_does_not_fit(ca
     assert "-m recrepro.stages.rta --profile paper --dataset Video_Games --variant tirr --stage train" in out
     assert main(["plan", "--profile", "paper", "--gpu-memory-gib", "40"]) == 3
     assert "change rta.gradient_accumulation_steps" in capsys.readouterr().err
+
+
+def test_plan_names_the_trained_baselines_gpu_commands_and_checks_their_batch(capsys):
+    assert main(["plan", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sft", "sdpo", "llara", "rere"):  # issue 16: the paper profile names their GPU commands
+        assert (f"accelerate launch --config_file configs/accelerate/ddp.yaml -m recrepro.stages.evaluate "
+                f"--profile paper --dataset CDs_and_Vinyl --baseline {name} --stage train") in out
+        assert f"python -m recrepro.stages.evaluate --profile paper --baseline {name}   # 1 GPU" in out
+    assert "LoRA on 4 GPUs with DDP, global batch 64" in out
+    assert main(["plan", "--profile", "paper", "--set", "sft.batch_size=6"]) == 3
+    assert "sft.batch_size=6 does not split over 4 GPUs" in capsys.readouterr().err
