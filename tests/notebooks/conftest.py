@@ -20,7 +20,8 @@ REDUCED_OVERRIDES = {
     "ppr.max_steps": 1, "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2,
     "sft.max_new_tokens": 48, "sweeps.max_steps": 1, "sweeps.train_instances": 2, "sweeps.batch_size": 2,
     "sweeps.eval_every": 1, "sweeps.valid_instances": 2, "sweeps.test_instances": 3,
-    "sweeps.warmstart_steps": 2,
+    "sweeps.warmstart_steps": 2, "sdpo.steps": 1, "sdpo.train_instances": 4, "llara.steps": 1,
+    "llara.train_instances": 4, "rere.steps": 1, "rere.train_instances": 4, "rere.group_size": 2,
 }
 
 

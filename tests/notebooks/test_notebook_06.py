@@ -1,5 +1,5 @@
-"""Notebook 06 headless at small smoke size: frozen R / TIRR rows and cards, the TALLRec-like SFT row,
-the "not run" paper rows and the significance file.
+"""Notebook 06 headless at small smoke size: frozen R / TIRR rows and cards, the trained LLM baselines'
+rows (TALLRec-like SFT, S-DPO, LLaRA, ReRe), the "not run" paper rows and the significance file.
 
 Notebook 04 (RTA training) is too slow to run here; an "AgenticRec (RTA)" per-instance file is
 planted on the agent's test subset instead, so the significance test runs on real baseline files.
@@ -21,7 +21,10 @@ from recrepro.runner import run_chain
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1, "agent.eval_instances": 12,
              "agent.max_new_tokens_per_turn": 128, "warmstart.steps": 6, "warmstart.instances": 12,
-             "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2, "sft.max_new_tokens": 48}
+             "sft.steps": 2, "sft.train_instances": 8, "sft.batch_size": 2, "sft.max_new_tokens": 48,
+             "sdpo.steps": 2, "sdpo.train_instances": 4, "llara.steps": 2, "llara.train_instances": 4,
+             "rere.steps": 1, "rere.train_instances": 2, "rere.group_size": 2, "rta.batch_size": 2}
+TRAINED = ("TALLRec-like (SFT)", "S-DPO", "LLaRA", "ReRe")
 PLANTED = "AgenticRec (RTA)"
 RUN = load_profile("smoke", OVERRIDES)  # where the chain of this module writes
 
@@ -68,7 +71,8 @@ def test_notebook_06_writes_frozen_rows_cards_and_trajectories(chain_root):
         row = ours.loc[model]
         assert 0.0 <= row["H@1"] <= row["H@5"] <= row["H@10"] <= 1.0
     cards = json.loads((results_dir / "eval_card.json").read_text())
-    assert set(cards) == {"ml-100k/frozen-R", "ml-100k/frozen-TIRR", "ml-100k/TALLRec-like (SFT)"}
+    assert set(cards) == {"ml-100k/frozen-R", "ml-100k/frozen-TIRR", *(f"ml-100k/{name}" for name in TRAINED)}
+    assert cards["ml-100k/ReRe"]["valid_share"] == 1.0  # decoded under the candidate-list constraint
     for card in cards.values():
         assert 0.0 <= card["valid_share"] <= 1.0
         assert abs(card["valid_share"] + sum(card["invalid_reasons"].values()) - 1.0) < 1e-9
@@ -88,13 +92,15 @@ def test_notebook_06_adds_sft_row_not_run_rows_and_significance(chain_root):
     results_dir = RUN.results_dir(root)
     table1 = pd.read_csv(results_dir / "table1.csv")
     measured = table1[table1["source"] == "measured"].set_index("model")
-    sft = measured.loc["TALLRec-like (SFT)"]
-    assert sft["n"] == OVERRIDES["agent.eval_instances"] and 0.0 <= sft["H@1"] <= sft["H@10"] <= 1.0
-    info = json.loads((RUN.run_dir(root) / "sft/ml-100k/final/sft_info.json").read_text())
-    assert info["steps"] == 2 and info["instances"] == 8 and len(info["losses"]) == 2
+    for name in TRAINED:  # every trained LLM baseline on the agent's test lists
+        row = measured.loc[name]
+        assert row["n"] == OVERRIDES["agent.eval_instances"] and 0.0 <= row["H@1"] <= row["H@10"] <= 1.0
+    for stage, steps, instances in (("sft", 2, 8), ("sdpo", 2, 4), ("llara", 2, 4), ("rere", 1, 2)):
+        info = json.loads((RUN.run_dir(root) / stage / "ml-100k/final" / f"{stage}_info.json").read_text())
+        assert info["steps"] == steps and info["instances"] == instances
     not_run = table1[table1["source"] == "not run"]
-    # ReaRec runs in the smoke profile (ReaRec-ERL, ReaRec-PRL), so it is not listed as not run.
-    assert sorted(not_run["model"]) == sorted(["LLMRank", "InteRecAgent", "TALLRec", "LLaRA", "S-DPO", "ReRe"])
+    # ReaRec (ERL, PRL), TALLRec (-like), S-DPO, LLaRA and ReRe run in smoke: only the GPT-4 rows are not run.
+    assert sorted(not_run["model"]) == ["InteRecAgent", "LLMRank"]
     assert set(not_run["dataset"]) == {"ml-100k"} and not_run["H@1"].isna().all()
     assert "## Not run by this kit" in (results_dir / "table1.md").read_text()
 
