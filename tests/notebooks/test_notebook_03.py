@@ -1,22 +1,19 @@
-"""Notebooks 00-03 run headless (papermill) on a small smoke profile; 03 shows every tool's answer."""
+"""Notebooks 00-03 in the shared reduced chain (papermill, small smoke profile); 03 shows every tool's answer."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from recrepro.config import load_profile
-from recrepro.runner import run_chain
 from recrepro.tools import TOOL_NAMES
 from recrepro.stages.profiles import run_user_profiles
+from tests.notebooks.conftest import REDUCED_OVERRIDES
 
-REPO = Path(__file__).resolve().parents[2]
-OVERRIDES = {"data.max_users": 40, "recbole.epochs": 1}
-RUN = load_profile("smoke", OVERRIDES)  # where the chain of this module writes
+RUN = load_profile("smoke", REDUCED_OVERRIDES)  # where the shared chain writes
 
 
 def notebook_text(path: Path) -> str:
@@ -32,12 +29,10 @@ def notebook_text(path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_chain_00_to_03(tmp_path):
-    # The runner finds notebooks under <root>/notebooks; the package itself is installed editable.
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    results = run_chain("smoke", root=tmp_path, stop=3, overrides=OVERRIDES, log=lambda *_: None)
-    assert [(r.notebook[:2], r.status) for r in results] == [("00", "ran"), ("01", "ran"), ("02", "ran"), ("03", "ran")]
+@pytest.mark.timeout(1800)
+def test_chain_00_to_03(reduced_chain):
+    tmp_path, results = reduced_chain
+    assert [(r.notebook[:2], r.status) for r in results[:4]] == [("00", "ran"), ("01", "ran"), ("02", "ran"), ("03", "ran")]
 
     cache = RUN.run_dir(tmp_path) / "user_profiles/ml-100k/template-v1.parquet"
     profiles = pd.read_parquet(cache)
@@ -54,6 +49,6 @@ def test_chain_00_to_03(tmp_path):
     assert "calls 11, errors 4" in text
 
     # Running the stage again reuses every cached profile and leaves the cache as it was.
-    again = run_user_profiles(load_profile("smoke", OVERRIDES), tmp_path, progress=False).iloc[0]
+    again = run_user_profiles(load_profile("smoke", REDUCED_OVERRIDES), tmp_path, progress=False).iloc[0]
     assert (again["generated"], again["reused"]) == (0, len(profiles))
     assert pd.read_parquet(cache).equals(profiles)
