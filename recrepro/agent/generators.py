@@ -279,45 +279,56 @@ class VLLMGenerator:
 
 
 class OpenAICompletionsGenerator:
-    """An OpenAI-compatible ``/v1/completions`` endpoint as the model (off by default; code path only).
+    """An OpenAI-compatible ``/v1/completions`` endpoint as the model (``served`` profile section).
 
     The rendered prompt text is sent as is and the returned text re-tokenised with our tokenizer,
-    so the endpoint must serve a model whose tokenizer matches ``tokenizer``.
+    so the endpoint must serve a model whose tokenizer matches ``tokenizer``. One request per prompt
+    (``transformers serve`` takes a single string prompt; vLLM takes both), ``max_workers`` at a time.
     """
 
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, max_workers: int = 8) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.tokenizer = tokenizer
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.max_workers = max_workers
         self.stops = stop_token_ids(tokenizer)
+        self.stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in self.stops]
 
     def release(self, key: int) -> None:
         return None
 
-    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
-                 seed: int) -> list[GenOutput]:
+    def _complete(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
         import json
         import urllib.request
 
-        prompts = [self.tokenizer.decode(r.ids, skip_special_tokens=False) for r in requests]
-        body = {"model": self.model, "prompt": prompts, "max_tokens": max_new_tokens, "seed": seed,
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens, "seed": seed,
                 "temperature": settings.temperature if settings.do_sample else 0.0,
-                "top_p": settings.top_p if settings.do_sample else 1.0,
-                "stop": [self.tokenizer.convert_ids_to_tokens(i) for i in self.stops]}
+                "top_p": settings.top_p if settings.do_sample else 1.0, "stop": self.stop_texts}
         request = urllib.request.Request(f"{self.base_url}/completions", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json",
                                                   **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            choices = sorted(json.loads(response.read())["choices"], key=lambda c: c["index"])
-        outputs = []
-        for choice in choices:
-            ids = self.tokenizer.encode(choice["text"], add_special_tokens=False)
-            stopped = choice.get("finish_reason") == "stop"
-            outputs.append(GenOutput(ids + ([self.stops[0]] if stopped else []), stopped))
-        return outputs
+            return json.loads(response.read())["choices"][0]
+
+    def _output(self, choice: dict[str, Any]) -> GenOutput:
+        text = choice["text"]
+        cut = min((i for i in (text.find(stop) for stop in self.stop_texts) if i >= 0), default=-1)
+        stopped = choice.get("finish_reason") == "stop" or cut >= 0
+        text = text[:cut] if cut >= 0 else text  # some servers return the stop string, others drop it
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return GenOutput(ids + ([self.stops[0]] if stopped else []), stopped)
+
+    def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
+                 seed: int) -> list[GenOutput]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        prompts = [self.tokenizer.decode(r.ids, skip_special_tokens=False) for r in requests]
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            choices = list(pool.map(lambda prompt: self._complete(prompt, settings, max_new_tokens, seed), prompts))
+        return [self._output(choice) for choice in choices]
 
 
 def vllm_available() -> bool:

@@ -30,7 +30,11 @@ class _Completions(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-        choices = [{"index": i, "text": FIRST_TEN, "finish_reason": "stop"} for i in range(len(body["prompt"]))]
+        if not isinstance(body["prompt"], str):  # as transformers serve: one string prompt per request
+            self.send_error(400, "prompt must be a string")
+            return
+        # As some servers do: the stop string is returned with the text
+        choices = [{"index": 0, "text": FIRST_TEN + body["stop"][0], "finish_reason": "stop"}]
         data = json.dumps({"choices": choices}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -73,7 +77,7 @@ def test_served_rows_are_scored_like_every_llm_row(tmp_path, server, monkeypatch
     assert all(c["valid_share"] == 1.0 and c["model_path"] == f"fake-served at {server}" for c in cards.values())
     bodies = _Completions.bodies
     assert {b["path"] for b in bodies} == {"/v1/completions"} and {b["auth"] for b in bodies} == {"Bearer secret"}
-    assert {b["model"] for b in bodies} == {"fake-served"} and sum(len(b["prompt"]) for b in bodies) == 12
+    assert {b["model"] for b in bodies} == {"fake-served"} and len(bodies) == 12  # 6 instances x 2 rows
     assert all(b["temperature"] == 0.0 for b in bodies)  # greedy evaluation, sent explicitly
     table = out["table1"]
     assert set(table[table["source"] == "measured"]["model"]) >= set(SERVED_LABELS.values())
