@@ -23,8 +23,8 @@ candidates, whose per-instance values are expectations).
 
 :func:`run_comparisons` writes ``results/<profile>/comparisons.csv`` and ``.md`` with the ablation
 pairs of :data:`COMPARISONS` (trained TIRR against its starting policy, against R, PPR against RTA,
-each trained row against ``First ten candidates``, RTA against MostPop) wherever both rows'
-per-instance files exist.
+each trained row against ``First ten candidates``, RTA against MostPop, S-DPO and ReRe against their SFT
+start, LLaRA against the text-only SFT row) wherever both rows' per-instance files exist.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ COMPARISONS = (
     ("RTA vs positions", "trained-TIRR-RTA", FIRST_TEN),
     ("RTA+PPR vs positions", "trained-TIRR-RTA+PPR", FIRST_TEN),
     ("RTA vs MostPop", "trained-TIRR-RTA", "MostPop"),
+    # The trained LLM baselines against their start (S-DPO, ReRe) or their text-only twin (LLaRA)
+    ("S-DPO vs its SFT start", "S-DPO", "TALLRec-like (SFT)"),
+    ("ReRe vs its SFT start", "ReRe", "TALLRec-like (SFT)"),
+    ("LLaRA vs text-only SFT", "LLaRA", "TALLRec-like (SFT)"),
 )
 
 

@@ -153,5 +153,8 @@ def test_comparison_names_are_the_rows_the_chain_writes():
     from recrepro.rl.ppr import TABLE2_NAME
     from recrepro.rl.rta import ROW_NAMES
 
-    written = {FROZEN_LABELS["tirr"][0], ROW_NAMES["tirr"][0], ROW_NAMES["r"][0], TABLE2_NAME, FIRST_TEN, "MostPop"}
+    from recrepro.baselines import llara, rere, sdpo, sft
+
+    written = {FROZEN_LABELS["tirr"][0], ROW_NAMES["tirr"][0], ROW_NAMES["r"][0], TABLE2_NAME, FIRST_TEN, "MostPop",
+               sft.TABLE1_NAME, sdpo.TABLE1_NAME, rere.TABLE1_NAME, llara.TABLE1_NAME}
     assert {name for _, ours, base in COMPARISONS for name in (ours, base)} == written
