@@ -187,8 +187,14 @@ def _card_lines(key: str, c: dict[str, Any]) -> list[str]:
         f"- tokens per request: prompt {_num(c['prompt_tokens']['mean'], 0)}, generated mean "
         f"{_num(c['generated_tokens']['mean'], 0)} (p90 {_num(c['generated_tokens']['p90'], 0)}); "
         "times in `eval_timings.md`",
-        "", "| target position | n | H@1 | H@10 |", "|---|---|---|---|",
     ]
+    if "endpoint" in c:  # a served model: requests given up are scored truncated
+        e = c["endpoint"]
+        failed = ", ".join(f"{k} {v}" for k, v in e["failed"].items()) or "none"
+        retried = ", ".join(f"{k} {v}" for k, v in e["retried"].items()) or "none"
+        lines.append(f"- endpoint `{e['base_url']}`, model `{e['model']}`: {e['requests']} requests; given up: "
+                     f"{failed}; retried: {retried} (up to {e['retries']} retries, timeout {e['timeout_s']:g} s)")
+    lines += ["", "| target position | n | H@1 | H@10 |", "|---|---|---|---|"]
     lines += [f"| {r['positions']} | {r['n']} | {_num(r['H@1'], 3)} | {_num(r['H@10'], 3)} |"
               for r in c["target_position_vs_hit"]]
     lines.append("")

@@ -15,6 +15,9 @@ default, code path only).
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -287,20 +290,24 @@ class OpenAICompletionsGenerator:
     """
 
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
-                 timeout_s: float = 120.0, max_workers: int = 8) -> None:
+                 timeout_s: float = 120.0, max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.tokenizer = tokenizer
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.max_workers = max_workers
+        self.retries, self.backoff_s = retries, backoff_s
         self.stops = stop_token_ids(tokenizer)
         self.stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in self.stops]
+        self.requests = 0  # requests answered or given up, for the evaluation card
+        self.retried: Counter = Counter()  # failed attempts that were retried, by kind
+        self.failed: Counter = Counter()  # requests given up, by kind (their turn is scored truncated)
 
     def release(self, key: int) -> None:
         return None
 
-    def _complete(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    def _request(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
         import json
         import urllib.request
 
@@ -311,9 +318,48 @@ class OpenAICompletionsGenerator:
                                          headers={"Content-Type": "application/json",
                                                   **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())["choices"][0]
+            choice = json.loads(response.read())["choices"][0]
+        if not isinstance(choice.get("text"), str):
+            raise ValueError("a choice without text")
+        return choice
 
-    def _output(self, choice: dict[str, Any]) -> GenOutput:
+    def _complete(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any] | None:
+        """The first choice, retrying timeouts, refused connections, rate limits and server errors with
+        backoff; None when the request is given up (counted by kind)."""
+        import urllib.error
+
+        for attempt in range(self.retries + 1):
+            try:
+                return self._request(prompt, settings, max_new_tokens, seed)
+            except urllib.error.HTTPError as exc:
+                kind = "rate_limited" if exc.code == 429 else f"http_{exc.code}"
+                transient = exc.code in (408, 429) or exc.code >= 500
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                kind, transient = f"unreachable ({type(getattr(exc, 'reason', exc)).__name__})", True
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                kind, transient = "malformed_response", False
+            if not transient or attempt == self.retries:
+                self.failed[kind] += 1
+                return None
+            self.retried[kind] += 1
+            time.sleep(self.backoff_s * 2 ** attempt)
+        return None
+
+    def reset_stats(self) -> None:
+        self.requests = 0
+        self.retried.clear()
+        self.failed.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """What the evaluation card records about the endpoint."""
+        return {"base_url": self.base_url, "model": self.model, "requests": self.requests,
+                "failed": dict(self.failed), "retried": dict(self.retried), "retries": self.retries,
+                "timeout_s": self.timeout_s}
+
+    def _output(self, choice: dict[str, Any] | None) -> GenOutput:
+        self.requests += 1
+        if choice is None:  # given up: an empty, unfinished turn, which the verdict scores as truncated
+            return GenOutput([], False)
         text = choice["text"]
         cut = min((i for i in (text.find(stop) for stop in self.stop_texts) if i >= 0), default=-1)
         stopped = choice.get("finish_reason") == "stop" or cut >= 0

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from recrepro.agent.card import load_eval_cards
+from recrepro.agent.card import load_eval_cards, write_eval_card
 from recrepro.agent.env import toolkit_env_factory
 from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend, served_backend
 from recrepro.agent.prompt import item_views
@@ -169,10 +169,17 @@ def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBack
         samples = eval_subset(profile, bench.samples["test"])
         factory = toolkit_env_factory(profile, bench, root, samples)
         for variant, name in SERVED_LABELS.items():
+            reset = getattr(backend.generator, "reset_stats", None)
+            if reset is not None:
+                reset()
             result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory,
                                     variant, name)
+            card = result.card
+            if hasattr(backend.generator, "stats"):  # requests given up are scored truncated; the card counts them
+                card = {**card, "endpoint": backend.generator.stats()}
+                write_eval_card(profile.results_dir(root), card)
             rows.append(result.row)
-            cards[f"{dataset}/{name}"] = result.card
+            cards[f"{dataset}/{name}"] = card
     table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
     return {"rows": rows, "cards": cards, "table1": table}
 
@@ -247,10 +254,14 @@ def train_and_score(profile: Profile, root: Path | str, dataset: str, baseline: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recrepro.stages.evaluate",
-                                     description="Train and score one of Table 1's trained LLM baselines.")
+                                     description="Train and score one of Table 1's trained LLM baselines, or score "
+                                                 "the profile's served model (--served).")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--root", default=".")
-    parser.add_argument("--baseline", required=True, choices=BASELINE_CHOICES)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--baseline", choices=BASELINE_CHOICES)
+    what.add_argument("--served", action="store_true",
+                      help="LLMRank/InteRecAgent rows from the served model of the profile's served section")
     parser.add_argument("--dataset", action="append", help="only these datasets (repeatable)")
     parser.add_argument("--stage", default="all", choices=["all", "train"],
                         help="train: training only (run it under accelerate launch); all: train if needed, "
@@ -259,6 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="profile overrides")
     args = parser.parse_args(argv)
     profile = load_cli_profile(args.profile, args.set)  # a bad --set exits 2 with a message
+    if args.served:
+        if profile.served.base_url is None:
+            raise SystemExit("--served: the profile names no served model; set served.base_url, served.model and "
+                             "served.tokenizer (with run.name, to score the lists of an existing run)")
+        run_served_rows(profile, args.root)
+        run_not_run_rows(profile, args.root)
+        return 0
     if args.stage == "all" and n_processes() > 1:
         raise SystemExit("--stage all evaluates on one process; under accelerate launch use --stage train, "
                          "then --stage all without the launcher")

@@ -23,9 +23,11 @@ FIRST_TEN = format_answer(range(1, 11))
 
 
 class _Completions(BaseHTTPRequestHandler):
-    """Answers every prompt with the list [1, ..., 10] and records the request bodies."""
+    """Answers every prompt with the list [1, ..., 10] and records the request bodies. ``mode``:
+    "ok"; "flaky" (a 429 before each answer); "malformed" (JSON without choices)."""
 
     bodies: list[dict] = []
+    mode = "ok"
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -33,9 +35,12 @@ class _Completions(BaseHTTPRequestHandler):
         if not isinstance(body["prompt"], str):  # as transformers serve: one string prompt per request
             self.send_error(400, "prompt must be a string")
             return
+        if self.mode == "flaky" and sum(b["prompt"] == body["prompt"] for b in self.bodies) % 2:
+            self.send_error(429, "slow down")
+            return
         # As some servers do: the stop string is returned with the text
         choices = [{"index": 0, "text": FIRST_TEN + body["stop"][0], "finish_reason": "stop"}]
-        data = json.dumps({"choices": choices}).encode()
+        data = json.dumps({"choices": choices} if self.mode != "malformed" else {"error": "oops"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -48,7 +53,7 @@ class _Completions(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    _Completions.bodies = []
+    _Completions.bodies, _Completions.mode = [], "ok"
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -82,6 +87,14 @@ def test_served_rows_are_scored_like_every_llm_row(tmp_path, server, monkeypatch
     table = out["table1"]
     assert set(table[table["source"] == "measured"]["model"]) >= set(SERVED_LABELS.values())
     assert not set(not_run_models(measured_models(profile))) & {"LLMRank", "InteRecAgent"}
+    # The one command of the README: the served rows of an existing run, then its not-run rows
+    from recrepro.stages.evaluate import main
+
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    assert main(["--profile", "smoke", "--root", str(tmp_path), "--served", "--set", *sets]) == 0
+    assert len(_Completions.bodies) == 24
+    with pytest.raises(SystemExit, match="names no served model"):
+        main(["--profile", "smoke", "--root", str(tmp_path), "--served"])
 
 
 def test_without_a_served_model_nothing_runs_and_the_rows_stay_not_run(tmp_path):
@@ -99,3 +112,37 @@ def test_without_a_served_model_nothing_runs_and_the_rows_stay_not_run(tmp_path)
 def test_served_settings_are_checked(overrides, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_profile("smoke", overrides)
+
+
+@pytest.mark.timeout(300)
+def test_endpoint_failures_are_retried_or_scored_invalid_never_a_crash(tmp_path, server):
+    from recrepro.agent.evaluate import AgentBackend
+    from recrepro.agent.generators import OpenAICompletionsGenerator
+    from transformers import AutoTokenizer
+
+    model = str(rf.tiny_policy_dir(str(tmp_path / "model")))
+    profile = load_profile("smoke", {"run.name": "smoke", "data.max_users": 40, "agent.eval_instances": 3})
+    run_data(profile, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def rows(url: str, retries: int) -> dict:
+        generator = OpenAICompletionsGenerator(url, "fake", tokenizer, retries=retries, backoff_s=0.0, timeout_s=5)
+        return run_served_rows(profile, tmp_path, backend=AgentBackend(generator, tokenizer, "fake", None),
+                               log=lambda _: None)
+
+    _Completions.mode = "flaky"  # one 429 per request, then the answer: retried, every answer valid
+    flaky = rows(server, retries=2)
+    for card in flaky["cards"].values():
+        assert card["valid_share"] == 1.0 and card["endpoint"]["retried"] == {"rate_limited": 3}
+        assert card["endpoint"]["failed"] == {} and card["endpoint"]["requests"] == 3
+    _Completions.mode = "malformed"  # no choices: given up at once, scored truncated
+    bad = rows(server, retries=2)
+    for card in bad["cards"].values():
+        assert card["valid_share"] == 0.0 and card["invalid_reasons"]["truncated"] == 1.0
+        assert card["endpoint"]["failed"] == {"malformed_response": 3} and card["endpoint"]["retried"] == {}
+    assert all(r["H@10"] == 0.0 and r["n"] == 3 for r in bad["rows"])
+    unreachable = rows("http://127.0.0.1:9/v1", retries=1)  # nothing listens on port 9
+    card = unreachable["cards"]["ml-100k/LLMRank (served)"]
+    assert card["valid_share"] == 0.0 and sum(card["endpoint"]["failed"].values()) == 3
+    assert all(kind.startswith("unreachable") for kind in card["endpoint"]["failed"])
+    assert "given up: unreachable" in (profile.results_dir(tmp_path) / "eval_card.md").read_text()
