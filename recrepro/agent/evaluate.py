@@ -117,9 +117,16 @@ def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Pat
     return AgentBackend(HFGenerator(loaded.model, loaded.tokenizer), loaded.tokenizer, str(model_path), context)
 
 
-def served_backend(profile: Profile) -> AgentBackend:
+def served_cache_file(profile: Profile, root: Path | str = ".") -> Path:
+    """The served model's response cache of a run: ``runs/<profile>/served/responses.jsonl``."""
+    return paths.run_dir(profile, root) / "served" / "responses.jsonl"
+
+
+def served_backend(profile: Profile, root: Path | str | None = None) -> AgentBackend:
     """The profile's served model (``served`` section) through :class:`OpenAICompletionsGenerator`; prompts
-    are rendered with ``served.tokenizer``, which must match the served model."""
+    are rendered with ``served.tokenizer``, which must match the served model. With ``root``, answers are
+    cached in the run folder (:func:`served_cache_file`), so a killed evaluation resumes without asking
+    again what was answered; without it nothing is written."""
     import os
 
     from transformers import AutoTokenizer
@@ -131,7 +138,8 @@ def served_backend(profile: Profile) -> AgentBackend:
     if served.api_key_env and not key:
         raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
     tokenizer = AutoTokenizer.from_pretrained(served.tokenizer)
-    generator = OpenAICompletionsGenerator(served.base_url, str(served.model), tokenizer, api_key=key)
+    cache = served_cache_file(profile, root) if root is not None else None
+    generator = OpenAICompletionsGenerator(served.base_url, str(served.model), tokenizer, api_key=key, cache_path=cache)
     return AgentBackend(generator, tokenizer, f"{served.model} at {served.base_url}", None)
 
 

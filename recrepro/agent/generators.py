@@ -9,17 +9,18 @@ seed and the same batch composition.
 Generators (the ``generate`` back ends): :class:`HFGenerator` (transformers ``model.generate``,
 CPU or GPU, with optional reuse of each trajectory's KV cache across turns); :class:`VLLMGenerator`
 (vLLM, used when installed and a GPU is present; code path kept, not run in CI);
-:class:`OpenAICompletionsGenerator` (an OpenAI-compatible ``/v1/completions`` endpoint; off by
-default, code path only).
+:class:`OpenAICompletionsGenerator` (an OpenAI-compatible ``/v1/completions`` endpoint, the ``served``
+profile section; its response cache and per-request figures are in :mod:`recrepro.agent.endpoint`).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence
+
+from recrepro.agent.endpoint import RequestStats, ResponseCache, cache_key
 
 # --------------------------------------------------------------------------------------------
 # Settings
@@ -287,10 +288,14 @@ class OpenAICompletionsGenerator:
     The rendered prompt text is sent as is and the returned text re-tokenised with our tokenizer,
     so the endpoint must serve a model whose tokenizer matches ``tokenizer``. One request per prompt
     (``transformers serve`` takes a single string prompt; vLLM takes both), ``max_workers`` at a time.
+    With ``cache_path``, answers are kept on disk as they arrive (:class:`~recrepro.agent.endpoint.ResponseCache`)
+    and a prompt already answered with the same settings is replayed, not sent: a killed evaluation resumes
+    where it stopped. Requests given up are not kept, so a resumed run asks them again.
     """
 
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str | None = None,
-                 timeout_s: float = 120.0, max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0) -> None:
+                 timeout_s: float = 120.0, max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0,
+                 cache_path: Path | str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.tokenizer = tokenizer
@@ -300,37 +305,44 @@ class OpenAICompletionsGenerator:
         self.retries, self.backoff_s = retries, backoff_s
         self.stops = stop_token_ids(tokenizer)
         self.stop_texts = [tokenizer.convert_ids_to_tokens(i) for i in self.stops]
-        self.requests = 0  # requests answered or given up, for the evaluation card
-        self.retried: Counter = Counter()  # failed attempts that were retried, by kind
-        self.failed: Counter = Counter()  # requests given up, by kind (their turn is scored truncated)
+        self.cache = ResponseCache(cache_path) if cache_path is not None else None
+        self.counts = RequestStats()  # for the evaluation card
 
     def release(self, key: int) -> None:
         return None
 
-    def _request(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    def _body(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
+        """The request body: every setting that decides the answer, sent explicitly (and the cache key's input)."""
+        return {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens, "seed": seed,
+                "temperature": settings.temperature if settings.do_sample else 0.0,
+                "top_p": settings.top_p if settings.do_sample else 1.0, "stop": self.stop_texts}
+
+    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The first choice, with the response's ``usage`` attached when the server gave one."""
         import json
         import urllib.request
 
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens, "seed": seed,
-                "temperature": settings.temperature if settings.do_sample else 0.0,
-                "top_p": settings.top_p if settings.do_sample else 1.0, "stop": self.stop_texts}
         request = urllib.request.Request(f"{self.base_url}/completions", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json",
                                                   **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            choice = json.loads(response.read())["choices"][0]
+            payload = json.loads(response.read())
+        choice = payload["choices"][0]
         if not isinstance(choice.get("text"), str):
             raise ValueError("a choice without text")
-        return choice
+        usage = payload.get("usage")
+        return {**choice, "usage": usage} if isinstance(usage, dict) else choice
 
-    def _complete(self, prompt: str, settings: RolloutSettings, max_new_tokens: int, seed: int) -> dict[str, Any] | None:
-        """The first choice, retrying timeouts, refused connections, rate limits and server errors with
-        backoff; None when the request is given up (counted by kind)."""
+    def _complete(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
+        """(first choice, seconds the answering attempt took), retrying timeouts, refused connections, rate
+        limits and server errors with backoff; (None, None) when the request is given up (counted by kind).
+        An answer is cached before this returns."""
         import urllib.error
 
         for attempt in range(self.retries + 1):
+            started = time.perf_counter()
             try:
-                return self._request(prompt, settings, max_new_tokens, seed)
+                choice = self._request(body)
             except urllib.error.HTTPError as exc:
                 kind = "rate_limited" if exc.code == 429 else f"http_{exc.code}"
                 transient = exc.code in (408, 429) or exc.code >= 500
@@ -338,26 +350,29 @@ class OpenAICompletionsGenerator:
                 kind, transient = f"unreachable ({type(getattr(exc, 'reason', exc)).__name__})", True
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 kind, transient = "malformed_response", False
+            else:
+                latency = time.perf_counter() - started
+                if self.cache is not None:  # outside the try: a disk error is not a failed request
+                    self.cache.put(cache_key(self.base_url, body), choice)
+                return choice, latency
             if not transient or attempt == self.retries:
-                self.failed[kind] += 1
-                return None
-            self.retried[kind] += 1
+                self.counts.give_up(kind)
+                return None, None
+            self.counts.retry(kind)
             time.sleep(self.backoff_s * 2 ** attempt)
-        return None
+        return None, None
 
     def reset_stats(self) -> None:
-        self.requests = 0
-        self.retried.clear()
-        self.failed.clear()
+        """Zero the counts, so each evaluation's card counts its own requests (the cache stays)."""
+        self.counts.reset()
 
     def stats(self) -> dict[str, Any]:
-        """What the evaluation card records about the endpoint."""
-        return {"base_url": self.base_url, "model": self.model, "requests": self.requests,
-                "failed": dict(self.failed), "retried": dict(self.retried), "retries": self.retries,
-                "timeout_s": self.timeout_s}
+        """What the evaluation card records about the endpoint (JSON-ready): requests sent and replayed,
+        failures and retries, latency and tokens per request beside the paper's figure, the cache's state."""
+        return {"base_url": self.base_url, "model": self.model, **self.counts.summary(), "retries": self.retries,
+                "timeout_s": self.timeout_s, "cache": self.cache.summary() if self.cache is not None else None}
 
     def _output(self, choice: dict[str, Any] | None) -> GenOutput:
-        self.requests += 1
         if choice is None:  # given up: an empty, unfinished turn, which the verdict scores as truncated
             return GenOutput([], False)
         text = choice["text"]
@@ -367,14 +382,35 @@ class OpenAICompletionsGenerator:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return GenOutput(ids + ([self.stops[0]] if stopped else []), stopped)
 
+    def _count_sent(self, request: GenRequest, choice: dict[str, Any] | None, latency: float | None,
+                    output: GenOutput) -> None:
+        """Record a sent request; tokens from the server's ``usage`` when given, else our own count."""
+        usage = (choice or {}).get("usage") or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        from_usage = isinstance(prompt, int) and isinstance(completion, int)
+        if not from_usage:
+            prompt, completion = len(request.ids), len(output.new_ids)
+        self.counts.sent(latency, prompt, completion, from_usage)
+
     def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
                  seed: int) -> list[GenOutput]:
         from concurrent.futures import ThreadPoolExecutor
 
-        prompts = [self.tokenizer.decode(r.ids, skip_special_tokens=False) for r in requests]
+        bodies = [self._body(self.tokenizer.decode(r.ids, skip_special_tokens=False), settings, max_new_tokens, seed)
+                  for r in requests]
+        hits = [self.cache.get(cache_key(self.base_url, b)) if self.cache is not None else None for b in bodies]
+        asked = [i for i, hit in enumerate(hits) if hit is None]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            choices = list(pool.map(lambda prompt: self._complete(prompt, settings, max_new_tokens, seed), prompts))
-        return [self._output(choice) for choice in choices]
+            answers = dict(zip(asked, pool.map(lambda i: self._complete(bodies[i]), asked)))
+        outputs = []
+        for i, (request, hit) in enumerate(zip(requests, hits)):
+            choice, latency = (hit, None) if hit is not None else answers[i]
+            outputs.append(self._output(choice))
+            if hit is not None:
+                self.counts.replayed()
+            else:
+                self._count_sent(request, choice, latency, outputs[-1])
+        return outputs
 
 
 def vllm_available() -> bool:
