@@ -178,8 +178,10 @@ class LLMProfileGenerator:
     name = "llm"
 
     def __init__(self, model_name_or_path: str | Path, version: str = "v1", max_new_tokens: int = 256,
-                 batch_size: int = 16, device: str = "auto", backend: str = "auto", loaded: Any = None) -> None:
-        self.model = str(model_name_or_path)
+                 batch_size: int = 16, device: str = "auto", backend: str = "auto", loaded: Any = None,
+                 name: str | None = None) -> None:
+        self.path = str(model_name_or_path)  # what is loaded
+        self.model = name or self.path  # what the profile cache key records (a tiny model's name, not its folder)
         self.version = version
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -210,9 +212,9 @@ class LLMProfileGenerator:
             if self._use_vllm():
                 from vllm import LLM  # guarded: only with vllm installed and a GPU
 
-                self._loaded = LLM(model=self.model, seed=0)
+                self._loaded = LLM(model=self.path, seed=0)
             else:
-                self._loaded = load_causal_lm(self.model, device=self.device, padding_side="left")
+                self._loaded = load_causal_lm(self.path, device=self.device, padding_side="left")
         return self._loaded
 
     def render(self, request: ProfileRequest, tokenizer: Any) -> str:

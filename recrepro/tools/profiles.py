@@ -184,10 +184,8 @@ def make_generator(profile: "Profile", root: Path | str = ".",
         if tiny_model is None:
             raise ValueError(f"user_profile.model_name_or_path {model!r} is a tiny offline model; pass tiny_model "
                              "(recrepro.stages.run_user_profiles does) to build it")
-        generator = LLMProfileGenerator(tiny_model(model), cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size,
-                                        profile.run.device)
-        generator.model = model
-        return generator
+        return LLMProfileGenerator(tiny_model(model), cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size,
+                                   profile.run.device, name=model)
     return LLMProfileGenerator(model, cfg.prompt_version, cfg.max_new_tokens, cfg.batch_size, profile.run.device)
 
 

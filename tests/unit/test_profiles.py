@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -164,3 +166,17 @@ def test_a_tiny_llm_writer_needs_its_builder():
     profile = load_profile("smoke", {"user_profile.generator": "llm", "user_profile.model_name_or_path": "tiny-qwen3"})
     with pytest.raises(ValueError, match="user_profile.model_name_or_path 'tiny-qwen3'"):
         make_generator(profile)
+
+
+def test_a_tiny_llm_writer_loads_the_built_folder_and_keys_profiles_by_name(tiny_model_dir):
+    """Issue 14: the paper profile's LLM writer with a tiny model asked the hub for 'tiny-qwen3', because
+    the name kept for the cache key also served as the path to load."""
+    from recrepro.config import load_profile
+    from recrepro.tools.profiles import make_generator
+
+    profile = load_profile("smoke", {"user_profile.generator": "llm", "user_profile.model_name_or_path": "tiny-qwen3",
+                                     "user_profile.max_new_tokens": 2})
+    generator = make_generator(profile, tiny_model=lambda name: Path(tiny_model_dir))
+    assert generator.model == "tiny-qwen3" and generator.path == str(tiny_model_dir)
+    loaded = generator._load()  # from the folder: no network call, which would fail here
+    assert loaded.model.config.model_type == "qwen3"
