@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import yaml
 
 from recrepro.config_sections import (  # the sections, one dataclass each
+    SERVED_APIS,
     RunConfig,
     DataConfig,
     RecBoleConfig,
@@ -158,9 +159,13 @@ def _validate_trained_baselines(profile: Profile) -> None:
 
 def _validate_served(profile: Profile) -> None:
     served = profile.served
-    if served.base_url is not None and (not served.model or not served.tokenizer):
+    if served.api not in SERVED_APIS:
+        raise ConfigError(f"served.api: expected one of {', '.join(SERVED_APIS)}, got {served.api!r}")
+    if served.base_url is not None and served.api == "chat" and not served.model:
+        raise ConfigError("served.model: a served model (served.base_url) needs its name")
+    if served.base_url is not None and served.api == "completions" and (not served.model or not served.tokenizer):
         raise ConfigError("served.model, served.tokenizer: a served model (served.base_url) needs its name and a "
-                          "matching tokenizer")
+                          "matching tokenizer (prompts are rendered with it for served.api: completions)")
     if served.base_url is not None and not served.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"served.base_url: expected an http(s) URL, got {served.base_url!r}")
 

@@ -211,15 +211,21 @@ class TrainedBaselineConfig:
     group_size: int | None  # ReRe only: beams (completions) per prompt; null for S-DPO and LLaRA
 
 
+SERVED_APIS = ("completions", "chat")  # the values of served.api
+
+
 @dataclass(frozen=True)
 class ServedConfig:
-    """A served model (an OpenAI-compatible ``/v1/completions`` endpoint) for Table 1's LLMRank and
-    InteRecAgent rows, which the paper ran on GPT-4 (PAPER.md 1.6). Off when ``base_url`` is null."""
+    """A served model (an OpenAI-compatible endpoint) for Table 1's LLMRank and InteRecAgent rows, which
+    the paper ran on GPT-4 (PAPER.md 1.6). Off when ``base_url`` is null."""
 
     base_url: str | None  # e.g. http://localhost:8000/v1; null = no served model (the rows stay "not run")
     model: str | None  # the served model's name, sent with every request and shown on the rows' cards
     tokenizer: str | None  # hub id or folder of a tokenizer matching the served model (prompts are rendered here)
     api_key_env: str | None  # name of the environment variable holding the key; null = no key
+    # "completions": /completions with the kit's rendered prompt and text tool calls (needs ``tokenizer``);
+    # "chat": /chat/completions with messages and native tool calling (recrepro.agent.chat_client)
+    api: str = "completions"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from recrepro.agent.card import load_eval_cards, write_eval_card
+from recrepro.agent.chat_client import chat_backend, evaluate_chat_agent
 from recrepro.agent.env import toolkit_env_factory
 from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend, served_backend
 from recrepro.agent.prompt import item_views
@@ -156,13 +157,18 @@ SERVED_LABELS = {"r": "LLMRank (served)", "tirr": "InteRecAgent (served)"}  # va
 def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBackend | None = None,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Table 1's LLMRank and InteRecAgent rows from the profile's served model (``served``; the paper used
-    GPT-4): the reasoning-only and the tool-using prompt, through the endpoint client, on the agent's test
-    lists with the same parser, metrics and card. Nothing is run when ``served.base_url`` is null."""
+    GPT-4): the reasoning-only and the tool-using prompt, through the endpoint client (``served.api``:
+    completions, or chat with native tool calls), on the agent's test lists with the same parser, metrics
+    and card. Nothing is run when ``served.base_url`` is null."""
 
     if profile.served.base_url is None and backend is None:
         log("[served] served.base_url is null: the LLMRank and InteRecAgent rows stay 'not run'")
         return {"rows": [], "cards": {}}
-    backend = backend or served_backend(profile)
+    chat = profile.served.api == "chat"  # messages and native tool calls (recrepro.agent.chat_client)
+    if chat:
+        backend = backend or chat_backend(profile)
+    backend = backend or served_backend(profile, root)
+    evaluate = evaluate_chat_agent if chat else evaluate_agent
     rows, cards = [], {}
     for dataset in profile.data.datasets:
         bench = load_benchmark(profile, dataset, root)
@@ -172,8 +178,7 @@ def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBack
             reset = getattr(backend.generator, "reset_stats", None)
             if reset is not None:
                 reset()
-            result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory,
-                                    variant, name)
+            result = evaluate(profile, root, dataset, samples, item_views(bench.items), backend, factory, variant, name)
             card = result.card
             if hasattr(backend.generator, "stats"):  # requests given up are scored truncated; the card counts them
                 card = {**card, "endpoint": backend.generator.stats()}

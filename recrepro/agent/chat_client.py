@@ -1,0 +1,433 @@
+"""A served model through the OpenAI chat completions API with native tool calling (``served.api: chat``).
+
+The completions path (:class:`recrepro.agent.generators.OpenAICompletionsGenerator`) sends the kit's own
+rendered prompt and reads tool calls from the text, so it needs a tokenizer that matches the served model.
+This path instead sends ``messages`` and, for the tool-using variant, ``tools`` (the environment's schemas in
+OpenAI function form) to ``POST {base_url}/chat/completions``; the server renders its own template and
+returns the assistant's ``tool_calls``, which the trajectory's own :class:`~recrepro.agent.env.RecAgentEnv`
+executes; the results go back as ``role: "tool"`` messages carrying the ``tool_call_id``. The loop ends on an
+assistant message without tool calls, whose content holds the answer.
+
+Validity is judged by the same rules as the text path, not by new ones: each assistant turn is recorded as
+its text followed by its native calls written in the kit's ``<tool_call>`` format, and that text goes
+through the one parser (:func:`recrepro.agent.parser.parse_tool_calls` while rolling out, and
+:meth:`recrepro.agent.env.Episode.finish` at the end), so budget, malformed calls, unknown tools and
+truncation get the reasons and precedence the rollout engine gives them. A server without a tool parser,
+whose model writes the calls into the content in the kit's format, is served by the same rule: those
+calls are found in the text and executed too (with ids made up here), i.e. tools go through the API's
+tool calling where the server supports it and through the kit's format in text otherwise.
+
+Limits as in the text path: ``max_tokens`` of a request is what is left of the turn and of the
+trajectory's budget; ``finish_reason: "length"``, a spent total budget after a tool turn, or a prompt
+beyond ``settings.max_context_tokens`` ends the trajectory as truncated. Token counts come from the
+response's ``usage`` (a server that omits it is counted, and its turns count as 0 tokens). A request
+that fails after its retries, or a malformed response, ends the trajectory with an empty unfinished turn,
+scored truncated exactly as the completions path scores a request it gave up, and is counted by kind.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recrepro import paths
+from recrepro.agent.card import build_card, write_eval_card
+from recrepro.agent.env import RecAgentEnv, tool_schemas
+from recrepro.agent.evaluate import (AgentBackend, AgentEvaluation, make_tasks, rollout_settings, save_trajectories,
+                                     shown_path)
+from recrepro.agent.generators import RolloutSettings
+from recrepro.agent.parser import CALL_CLOSE, CALL_OPEN, ToolCallParse, check_call_against_schema, parse_tool_calls
+from recrepro.agent.prompt import PROMPT_VERSION, profile_spec, prompt_fingerprint
+from recrepro.agent.rollout import AgentTask, TrajectoryRecord
+from recrepro.config import Profile
+from recrepro.evaluation import evaluate_lists
+from recrepro.progress import Progress, format_duration, say
+
+_CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r".*?" + re.escape(CALL_CLOSE), re.DOTALL)
+
+
+# --------------------------------------------------------------------------------------------
+# The HTTP client
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NativeCall:
+    """One entry of a response's ``tool_calls``; ``arguments`` as the server sent it (JSON text or object)."""
+
+    id: str | None
+    name: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The first choice of one chat completion."""
+
+    content: str
+    calls: tuple[NativeCall, ...]
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def parse_reply(data: Any) -> ChatReply:
+    """The first choice of a response body; raises ValueError, KeyError, IndexError or TypeError when the
+    body is not a chat completion (a server fault, not the model's: the request is counted as failed)."""
+    choice = data["choices"][0]
+    message = choice["message"]
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError("message content is not text")
+    calls = []
+    for raw in message.get("tool_calls") or []:
+        function = raw["function"]
+        name = function["name"]
+        if not isinstance(name, str) or not name:
+            raise ValueError("a tool call without a name")
+        call_id = raw.get("id")
+        calls.append(NativeCall(call_id if isinstance(call_id, str) and call_id else None, name,
+                                function.get("arguments")))
+    usage = data.get("usage") or {}
+    return ChatReply(content or "", tuple(calls), choice.get("finish_reason"),
+                     _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "max": float("nan")}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "p50": float(np.quantile(arr, 0.5)), "p90": float(np.quantile(arr, 0.9)),
+            "max": float(arr.max())}
+
+
+def decoding(settings: RolloutSettings) -> dict[str, Any]:
+    """The decoding fields of every request (greedy = temperature 0, sent explicitly)."""
+    return {"temperature": settings.temperature if settings.do_sample else 0.0,
+            "top_p": settings.top_p if settings.do_sample else 1.0, "seed": settings.seed}
+
+
+class ChatCompletionsClient:
+    """``POST {base_url}/chat/completions`` with timeouts and retries; thread-safe counters for the card.
+
+    Timeouts, refused connections, 408, 429 and 5xx are retried with exponential backoff; other HTTP
+    errors and malformed bodies are not (a retry would get the same answer). ``max_workers`` trajectories
+    are rolled out at a time.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
+                 max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s, self.max_workers = timeout_s, max_workers
+        self.retries, self.backoff_s = retries, backoff_s
+        self._lock = threading.Lock()
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.requests = 0  # requests answered or given up
+            self.retried: Counter = Counter()  # failed attempts that were retried, by kind
+            self.failed: Counter = Counter()  # requests given up, by kind (their trajectory is scored truncated)
+            self.without_usage = 0
+            self.decoding: dict[str, Any] = {}
+            self._usage: list[tuple[int, int]] = []  # (prompt, completion) tokens of answered requests
+            self._latency: list[float] = []
+
+    def stats(self) -> dict[str, Any]:
+        """What the evaluation card records about the endpoint (the completions path's keys, and more)."""
+        with self._lock:
+            return {"api": "chat", "base_url": self.base_url, "model": self.model, "decoding": dict(self.decoding),
+                    "requests": self.requests, "failed": dict(self.failed), "retried": dict(self.retried),
+                    "retries": self.retries, "timeout_s": self.timeout_s,
+                    "responses_without_usage": self.without_usage,
+                    "prompt_tokens_per_request": _summary([p for p, _ in self._usage]),
+                    "completion_tokens_per_request": _summary([c for _, c in self._usage]),
+                    "latency_s_per_request": _summary(self._latency)}
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        headers = {"Content-Type": "application/json",
+                   **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                         headers=headers)
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read())
+
+    def chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None,
+             settings: RolloutSettings, max_tokens: int) -> ChatReply | None:
+        """The first choice, or None when the request is given up (counted by kind)."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), "max_tokens": int(max_tokens),
+                                **decoding(settings)}
+        if tools:  # the reasoning-only variant sends none, so the server renders no tool section
+            body["tools"] = list(tools)
+        with self._lock:
+            self.decoding = {**decoding(settings), "max_tokens_per_turn": settings.max_new_tokens_per_turn,
+                             "max_tokens_total": settings.max_new_tokens_total}
+        for attempt in range(self.retries + 1):
+            began = time.perf_counter()
+            try:
+                reply = parse_reply(self._post(body))
+                self._answered(reply, time.perf_counter() - began)
+                return reply
+            except urllib.error.HTTPError as exc:
+                kind = "rate_limited" if exc.code == 429 else f"http_{exc.code}"
+                transient = exc.code in (408, 429) or exc.code >= 500
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+                kind, transient = f"unreachable ({type(getattr(exc, 'reason', exc)).__name__})", True
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                kind, transient = "malformed_response", False
+            if not transient or attempt == self.retries:
+                with self._lock:
+                    self.requests += 1
+                    self.failed[kind] += 1
+                return None
+            with self._lock:
+                self.retried[kind] += 1
+            time.sleep(self.backoff_s * 2 ** attempt)
+        return None
+
+    def _answered(self, reply: ChatReply, latency_s: float) -> None:
+        with self._lock:
+            self.requests += 1
+            self._latency.append(latency_s)
+            if reply.prompt_tokens is None or reply.completion_tokens is None:
+                self.without_usage += 1
+            else:
+                self._usage.append((reply.prompt_tokens, reply.completion_tokens))
+
+
+# --------------------------------------------------------------------------------------------
+# Turns in the kit's format
+# --------------------------------------------------------------------------------------------
+
+def call_block(call: NativeCall) -> str:
+    """A native call written as the kit's ``<tool_call>`` block, for the parser and the transcript.
+
+    Arguments that are not a JSON object stay as they came (a string), which the parser rejects as
+    ``'arguments' is not an object``: a bad tool call, as malformed JSON in a text call is. ``<`` is
+    escaped (still valid JSON) so no value can close the block or open a think block early.
+    """
+    arguments = call.arguments
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        arguments = {}  # no arguments, as the parser reads a missing "arguments"
+    elif isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except (ValueError, RecursionError):
+            decoded = None
+        arguments = decoded if isinstance(decoded, dict) else arguments
+    payload = json.dumps({"name": call.name, "arguments": arguments}, ensure_ascii=False).replace("<", "\\u003c")
+    return f"{CALL_OPEN}\n{payload}\n{CALL_CLOSE}"
+
+
+def turn_text(reply: ChatReply) -> str:
+    """The assistant turn as the text path would hold it: the content, then the native calls."""
+    return "\n".join([reply.content, *(call_block(c) for c in reply.calls)]) if reply.calls else reply.content
+
+
+def assistant_message(reply: ChatReply, parsed: ToolCallParse, turn: int) -> tuple[dict[str, Any], list[str]]:
+    """The assistant message sent back with the conversation, and the ids of the turn's parsed calls.
+
+    The parser's calls of a turn are those written in the content (the kit's format) first, then the
+    native ones: the former get ids made up here, the latter keep the server's. Call blocks are cut from
+    the content so the server's template does not render a call twice. A turn with a call that did not
+    parse ends the trajectory; its message keeps the server's calls as they came, for the transcript.
+    """
+    n_text = len(parsed.calls) - len(reply.calls)
+    if not parsed.ok or n_text < 0:
+        raw = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+               for c in reply.calls]
+        return {"role": "assistant", "content": reply.content or None, **({"tool_calls": raw} if raw else {})}, []
+    ids = [f"call_{turn}_{i}" for i in range(n_text)]
+    ids += [c.id or f"call_{turn}_{n_text + i}" for i, c in enumerate(reply.calls)]
+    entries = [{"id": call_id, "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+               for call_id, call in zip(ids, parsed.calls)]
+    content = _CALL_BLOCK.sub("", reply.content).strip() if n_text else reply.content
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if entries:
+        message["tool_calls"] = entries
+    return message, ids
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Trajectory:
+    task: AgentTask
+    env: RecAgentEnv
+    messages: list[dict[str, Any]]
+    turns: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated: int = 0
+    truncated: bool = False
+    started: float = 0.0
+
+
+class ChatEpisodes:
+    """Runs tasks through the chat API, one trajectory per task, ``client.max_workers`` at a time.
+
+    Tools run one at a time under a lock (environments built by one factory share the tool kit's caches);
+    requests overlap, and they are where the time goes.
+    """
+
+    def __init__(self, client: ChatCompletionsClient, env_factory: Callable[[], RecAgentEnv],
+                 settings: RolloutSettings, top_k: int = 10) -> None:
+        self.client, self.env_factory, self.settings, self.top_k = client, env_factory, settings, top_k
+        self._tools_lock = threading.Lock()
+        with self._tools_lock:
+            self.schemas = tool_schemas(env_factory())
+        self.tools = [self.schemas[name] for name in sorted(self.schemas)]
+
+    def run(self, tasks: Sequence[AgentTask], desc: str = "chat rollouts") -> list[TrajectoryRecord]:
+        """One record per task, in task order (``sample_index`` 0: evaluation draws one trajectory)."""
+        records: list[TrajectoryRecord | None] = [None] * len(tasks)
+        with Progress(desc, len(tasks), unit="trajectory", enabled=self.settings.progress and bool(tasks)) as bar, \
+                ThreadPoolExecutor(max_workers=max(1, self.client.max_workers)) as pool:
+            futures = {pool.submit(self.run_one, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                records[futures[future]] = future.result()
+                bar.update(1)
+        return [r for r in records if r is not None]
+
+    def run_one(self, task: AgentTask) -> TrajectoryRecord:
+        with self._tools_lock:
+            env = self.env_factory()
+            env.reset(**dict(task.row))
+        traj = _Trajectory(task, env, copy.deepcopy(task.messages), started=time.perf_counter())
+        # Every turn that continues executes at least one call and the budget's refusal ends the
+        # trajectory, so this ends within max_tool_calls + 2 turns, as the text path does.
+        while self._turn(traj):
+            pass
+        return self._finish(traj)
+
+    def _turn(self, traj: _Trajectory) -> bool:
+        """One request and its tool calls; True if the trajectory needs another turn."""
+        settings = self.settings
+        max_tokens = max(1, min(settings.max_new_tokens_per_turn, settings.max_new_tokens_total - traj.generated))
+        reply = self.client.chat(traj.messages, self.tools if traj.task.uses_tools else None, settings, max_tokens)
+        if reply is None:  # given up: an empty, unfinished turn, which the verdict scores as truncated
+            traj.turns.append("")
+            traj.truncated = True
+            return False
+        if not traj.turns:
+            traj.prompt_tokens = reply.prompt_tokens or 0
+        traj.generated += reply.completion_tokens or 0
+        text = turn_text(reply)
+        traj.turns.append(text)
+        parsed = parse_tool_calls(text)
+        message, ids = assistant_message(reply, parsed, len(traj.turns))
+        traj.messages.append(message)
+        if reply.finish_reason == "length":
+            traj.truncated = True
+            return False
+        if parsed.n_attempted == 0:
+            return False  # the final answer turn
+        # The text path's rules: a bad call, or any call where tools are not offered, fixes the verdict.
+        if not traj.task.uses_tools or not parsed.ok:
+            return False
+        if any(check_call_against_schema(call, self.schemas) for call in parsed.calls):
+            return False
+        self._execute(traj, parsed.calls, ids)
+        if traj.env.episode.over_budget or traj.env.episode.n_agent_errors:
+            return False
+        limit = settings.max_context_tokens
+        used = (reply.prompt_tokens or 0) + (reply.completion_tokens or 0)
+        if traj.generated >= settings.max_new_tokens_total or (limit is not None and used >= limit):
+            traj.truncated = True
+            return False
+        return True
+
+    def _execute(self, traj: _Trajectory, calls: Sequence[Any], ids: Sequence[str]) -> None:
+        """Run the calls in order through the environment; each result goes back as a tool message."""
+        traj.env.episode.turn = len(traj.turns)
+        with self._tools_lock:
+            for call, call_id in zip(calls, ids):
+                result = getattr(traj.env, call.name)(**call.arguments)
+                traj.messages.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
+                if traj.env.episode.over_budget:
+                    break
+
+    def _finish(self, traj: _Trajectory) -> TrajectoryRecord:
+        episode = traj.env.episode
+        schemas = self.schemas if traj.task.uses_tools else None
+        verdict = episode.finish(traj.turns, self.top_k, schemas, traj.truncated)
+        answer = verdict.answer
+        return TrajectoryRecord(
+            sample_id=traj.task.sample_id, sample_index=0, target_index=traj.task.target_index,
+            messages=traj.messages, turns=traj.turns, answer=answer.ranking,
+            invalid_reason=None if answer.reason is None else answer.reason.value, detail=answer.detail,
+            n_tool_calls=verdict.n_tool_calls, calls_per_tool=episode.calls_per_tool(), tool_calls=list(episode.calls),
+            n_tool_errors=sum(1 for c in episode.calls if not c.ok), prompt_tokens=traj.prompt_tokens,
+            tokens_generated=traj.generated, truncated=traj.truncated, wall_s=time.perf_counter() - traj.started,
+            n_out_of_range=answer.n_out_of_range, n_duplicates=answer.n_duplicates)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation (the chat counterpart of recrepro.agent.evaluate.evaluate_agent)
+# --------------------------------------------------------------------------------------------
+
+def chat_backend(profile: Profile) -> AgentBackend:
+    """The profile's served model (``served``) through :class:`ChatCompletionsClient`; no tokenizer is
+    needed, the server renders its own template."""
+    served = profile.served
+    if served.base_url is None:
+        raise ValueError("served.base_url is null: this profile names no served model")
+    key = os.environ.get(served.api_key_env) if served.api_key_env else None
+    if served.api_key_env and not key:
+        raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
+    client = ChatCompletionsClient(served.base_url, str(served.model), api_key=key)
+    return AgentBackend(client, None, f"{served.model} at {served.base_url}", None)
+
+
+def evaluate_chat_agent(profile: Profile, root: Path | str, dataset: str, samples: pd.DataFrame, views: dict,
+                        backend: AgentBackend, env_factory: Callable[[], RecAgentEnv], variant: str, model: str,
+                        extra_names: Sequence[str] = (), settings: RolloutSettings | None = None) -> AgentEvaluation:
+    """:func:`recrepro.agent.evaluate.evaluate_agent` with the chat episodes in place of the rollout engine
+    (same signature; ``backend.generator`` is a :class:`ChatCompletionsClient`): the same tasks, scores,
+    per-instance files, card (plus its ``endpoint`` entry) and trajectory file."""
+    client: ChatCompletionsClient = backend.generator
+    spec = profile_spec(profile.agent, variant)
+    settings = settings or rollout_settings(profile)
+    began = time.perf_counter()
+    records = ChatEpisodes(client, env_factory, settings, profile.agent.top_k).run(
+        make_tasks(samples, views, spec), desc=f"{dataset} {model}")
+    wall = time.perf_counter() - began
+    predictions = [list(r.answer) if r.answer else None for r in records]
+    row = evaluate_lists(profile, dataset, model, samples, predictions, root)
+    for name in extra_names:
+        evaluate_lists(profile, dataset, name, samples, predictions, root)
+    card = build_card(records, dataset=dataset, model=model, variant=variant, profile=profile.run.name,
+                      n_candidates=profile.data.n_candidates, top_k=profile.agent.top_k,
+                      max_tool_calls=profile.agent.max_tool_calls, settings=asdict(settings),
+                      model_path=shown_path(backend.model_path, root), wall_s_total=wall, prompt_version=PROMPT_VERSION,
+                      prompt_fingerprint=prompt_fingerprint())
+    card["endpoint"] = client.stats()
+    write_eval_card(profile.results_dir(root), card)
+    save_trajectories(paths.trajectories_file(profile, dataset, model, root), records)
+    if settings.progress:
+        say(f"{dataset} {model}: {len(records)} trajectories through {client.base_url}/chat/completions in "
+            f"{format_duration(wall)}; valid answers {card['valid_share']:.0%}")
+    return AgentEvaluation(dataset, model, variant, records, row, card)
