@@ -95,6 +95,12 @@ class AgentBackend:
     model_path: str
     max_context_tokens: int | None
 
+    def close(self) -> None:
+        """Free the generator's engine (vLLM) before the next backend is loaded; a no-op for the others."""
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            close()
+
 
 def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Path | None = None,
                  transformers_only: bool = False) -> AgentBackend:

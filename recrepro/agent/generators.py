@@ -267,6 +267,25 @@ class VLLMGenerator:
     def release(self, key: int) -> None:
         return None
 
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory: each policy evaluated in a process gets an engine
+        of its own, and a second engine at vLLM's default memory share does not fit beside a live one."""
+        if self.llm is None:
+            return
+        shutdown = getattr(self.llm, "shutdown", None)  # LLM.shutdown() where this vLLM has it
+        if shutdown is None:  # else the V1 engine-core client's, which stops the engine process
+            shutdown = getattr(getattr(getattr(self.llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self.llm = None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def generate(self, requests: Sequence[GenRequest], settings: RolloutSettings, max_new_tokens: int,
                  seed: int) -> list[GenOutput]:
         from vllm import SamplingParams

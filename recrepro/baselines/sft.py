@@ -283,6 +283,7 @@ def evaluate_answer_model(profile: Profile, root: Path | str, dataset: str, mode
     with generation_context(backend) if generation_context else contextlib.nullcontext():
         result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
                                 name, settings=settings)
+    backend.close()
     info = {"stamp": stamp, "wall_s_eval": round(time.perf_counter() - began, 2),
             "valid_share": result.card["valid_share"], "invalid_reasons": result.card["invalid_reasons"]}
 

@@ -154,20 +154,26 @@ def policy_outputs(profile: Profile, backend: Any, ctx: DatasetContext, samples:
             for s, r in zip(samples.to_dict("records"), records)]
 
 
+def mining_provenance(profile: Profile, dataset: str, model_path: Path, k: int) -> dict[str, Any]:
+    """What round ``k``'s pairs depend on: the mining policy (its weights), the config and the seed."""
+    return {"ppr_version": PPR_VERSION, "round": k, "dataset": dataset, "seed": profile.run.seed + k,
+            "policy": rta.config_stamp(profile, "tirr", str(model_path), dataset)["start_model"],
+            "config": profile.section_hash(*STAMP_SECTIONS)}
+
+
 def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, paths: RoundPaths, k: int,
                backend: Any | None = None, log: Callable[[str], None] = print) -> Path:
     """Mine round ``k``'s pairs with ``paths.start`` (reused when their manifest says same policy/config)."""
 
     folder, model_path = paths.pairs, paths.start
-    provenance = {"ppr_version": PPR_VERSION, "round": k, "dataset": ctx.dataset, "seed": profile.run.seed + k,
-                  "policy": rta.config_stamp(profile, "tirr", str(model_path), ctx.dataset)["start_model"],
-                  "config": profile.section_hash(*STAMP_SECTIONS)}
+    provenance = mining_provenance(profile, ctx.dataset, model_path, k)
     try:
         if read_manifest(folder).get("config") == provenance:
             read_pairs(folder)
             return folder
     except (ManifestError, FileNotFoundError, ValueError):
         pass
+    own = backend is None  # a backend passed in belongs to the caller, who closes it
     backend = backend or load_backend(profile, root, model_path=model_path)
     pairs, stats = {}, {}
     for split, samples in (("train", ctx.train), ("valid", ctx.valid)):
@@ -176,6 +182,8 @@ def mine_round(profile: Profile, root: Path | str, ctx: DatasetContext, paths: R
                                                 seed=profile.run.seed + k + (1000 if split == "valid" else 0))
         log(f"[ppr] {ctx.dataset} round {k} {split}: {stats[split]['pairs']} pairs from {stats[split]['instances']} "
             f"instances ({stats[split]['invalid_skipped']} invalid answers skipped)")
+    if own:
+        backend.close()
     return write_pairs(folder, pairs, stats, provenance)
 
 
@@ -236,6 +244,10 @@ def train_stage(profile: Profile, root: Path | str, dataset: str, k: int = 1,
     if not (paths.pairs / "manifest.json").is_file():
         raise FileNotFoundError(f"{paths.pairs}: round {k} has no mined pairs; run "
                                 f"`python -m recrepro.stages.ppr --stage mine --round {k}` first (one process)")
+    if read_manifest(paths.pairs).get("config") != mining_provenance(profile, dataset, paths.start, k):
+        raise ValueError(f"{paths.pairs}: these pairs were mined by another policy or config than round {k} now "
+                         f"starts from ({paths.start}); run `python -m recrepro.stages.ppr --stage mine --round {k}` "
+                         "again (one process)")
     pairs, _ = read_pairs(paths.pairs)
     ctx = dataset_context(profile, root, dataset)
     rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls,
@@ -321,7 +333,8 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     stamp = run_stamp(profile, root, dataset, start, row_name)
     final = folder / "final"
     done = grpo.read_json(folder / "stamp.json")
-    if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
+    if (not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file()
+            and done.get("policy") == grpo.policy_id(final)):
         log(f"[ppr] {dataset}: final policy and its evaluation are up to date; skipping")
         if row_name is None:
             write_rows(profile, root, done["rows"])
@@ -343,6 +356,7 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
             before, judged_before = preference_accuracy(profile, backend, ctx, valid_rows, f"{dataset} accuracy before")
             random_before, judged_random_before = preference_accuracy(profile, backend, ctx, control_rows,
                                                                       f"{dataset} random-pair accuracy before")
+        backend.close()
         del backend
         rows = pair_rows(pairs["train"], ctx.train, ctx.views, profile.agent.max_tool_calls,
                          profile.agent.affinity_order > 0)
@@ -364,9 +378,10 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     _save_accuracy(folder, accuracy, {"before": judged_before, "after": judged_after,
                                       "random_before": judged_random_before, "random_after": judged_random_after})
     rows = evaluate_test(profile, root, ctx, backend, row_name)
+    backend.close()
     if row_name is None:
         write_rows(profile, root, rows)
-    record = {"stamp": stamp, "rows": rows, "rounds": rounds, "accuracy": accuracy}
+    record = {"stamp": stamp, "policy": grpo.policy_id(final), "rows": rows, "rounds": rounds, "accuracy": accuracy}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=grpo.json_default)))
     return {**record, "skipped": False, "final": str(final)}
 

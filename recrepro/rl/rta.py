@@ -48,7 +48,7 @@ from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
 from recrepro.io import sha256_file, write_json_atomic
 from recrepro.models import is_tiny_name
-from recrepro.rl.grpo import TrainingSetup, json_default, plain, read_json, run_training
+from recrepro.rl.grpo import WEIGHTS_FILE, TrainingSetup, json_default, plain, policy_id, read_json, run_training
 from recrepro.rl.reward import ListwiseRewardFunc
 from recrepro.rl.rta_log import ValidationSlice, read_train_log, summarize_log
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
@@ -178,7 +178,7 @@ def config_stamp(profile: Profile, variant: str, model_path: str, dataset: str =
     # A local folder by its absolute path: `--root .` on the CLI and the notebook's absolute root
     # must give one stamp, or a policy trained under accelerate launch would be trained again.
     origin = {"path": str(start.resolve()) if start.is_dir() else model_path}
-    for name in ("warmstart_info.json", "build_info.json", "config.json"):
+    for name in ("warmstart_info.json", "build_info.json", "config.json", WEIGHTS_FILE):
         if (start / name).is_file():
             origin[name] = sha256_file(start / name)
     return {"rta_version": RTA_VERSION, "dataset": dataset, "variant": variant, "seed": profile.run.seed,
@@ -212,6 +212,7 @@ def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: s
     factory = toolkit_env_factory(profile, bench, root, samples)
     result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, variant,
                             name, extra_names=extra)
+    backend.close()
     return [chance_row(dataset, profile.data.n_candidates, len(samples), profile), result.row,
             *({**result.row, "model": e} for e in extra)]
 
@@ -243,7 +244,8 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
     done = read_json(folder / "stamp.json")
     final = folder / "final"
     log_path = folder / "train_log.csv" if out_dir is not None else train_log_path(profile, root, dataset, variant)
-    if not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file():
+    if (not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file()
+            and done.get("policy") == policy_id(final)):
         log(f"[rta] {dataset}/{variant}: final policy and its evaluation are up to date; skipping")
         if out_dir is None:
             write_rows(profile, root, done["rows"])
@@ -257,7 +259,7 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
     if out_dir is None:
         write_rows(profile, root, rows)
     train_log = read_train_log(log_path)
-    record = {"stamp": stamp, "rows": rows, "wall_s_train": trained["wall_s"],
+    record = {"stamp": stamp, "policy": policy_id(trained["final"]), "rows": rows, "wall_s_train": trained["wall_s"],
               "resumed_from": trained["resumed_from"], "summary": summarize_log(train_log)}
     write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=json_default)))
     return {**record, "skipped": False, "final": str(trained["final"]), "log": train_log}

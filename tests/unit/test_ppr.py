@@ -355,11 +355,14 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     pairs = _pairs(samples)
     profile = load_profile("smoke", {"ppr.rounds": 2})
     stage1 = tmp_path / "stage1"
-    mined, trained, judged = [], [], []
+    mined, trained, judged, closed = [], [], [], []
 
     class Backend:
         def __init__(self, model_path):
             self.model_path = str(model_path)
+
+        def close(self):
+            closed.append(self.model_path)
 
     def fake_train_round(profile, ctx, paths, rows, stamp, log=print):
         trained.append((str(paths.start), str(paths.final), len(rows), stamp["round"]))
@@ -395,6 +398,7 @@ def test_several_rounds_remine_with_the_previous_rounds_policy(monkeypatch, tmp_
     assert set(result["accuracy"]) == {"before", "after", "random", "tests"}
     assert set(json.loads((folder / "preference_accuracy.json").read_text())) == {"before", "after", "random", "tests"}
     assert [r["round"] for r in result["rounds"]] == [1, 2] and result["final"] == str(folder / "final")
+    assert closed == [str(stage1), round1, str(folder / "final")]  # each engine freed before the next loads
 
 
 
