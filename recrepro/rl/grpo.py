@@ -52,7 +52,7 @@ from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, model_context
 from recrepro.plan import completions_per_micro_step
-from recrepro.io import atomic_dir, write_json_atomic
+from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
@@ -385,6 +385,7 @@ def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None
 
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
+    digests = replica_digests(trainer.accelerator, model)
     if trainer.accelerator.is_main_process:
         if hasattr(model, "merge_and_unload"):  # peft: evaluation loads a plain model
             import copy
@@ -395,8 +396,52 @@ def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None
             trainer.processing_class.save_pretrained(tmp)
             if stamp is not None:
                 write_json_atomic(tmp / TRAINED_STAMP, json.loads(json.dumps(dict(stamp), default=json_default)))
+            if digests:
+                write_json_atomic(tmp / REPLICAS_FILE, {"processes": len(digests), "sha256": digests})
+            write_json_atomic(tmp / WEIGHTS_FILE, {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))})
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+REPLICAS_FILE = "replicas.json"  # beside a policy trained by several data-parallel processes
+WEIGHTS_FILE = "weights_sha256.json"  # beside every saved policy: which weights these are
+
+
+def policy_id(final: Path) -> dict[str, str] | None:
+    """The saved policy's weight-file hashes, or None. An evaluation record keeps it, so a policy
+    retrained with the same config (``--force``, a launched run) is evaluated again, not skipped."""
+    return read_json(Path(final) / WEIGHTS_FILE)
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over the names and bytes of every tensor of ``model``'s state dict."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def replica_digests(accelerator: Any, model: Any) -> list[str]:
+    """Every data-parallel process's weights digest (main process first); empty on one process or
+    under ZeRO-3, where no process holds whole weights.
+
+    Data parallelism keeps the replicas identical by construction; a drift (a process that skipped a
+    step, a group split unevenly) would silently save one process's policy, so it stops the run.
+    """
+    from accelerate.utils import gather_object
+
+    zero3 = getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
+    if accelerator.num_processes < 2 or zero3:
+        return []
+    digests = gather_object([weights_digest(model)])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {len(digests)} training processes ended with different weights: {digests}")
+    return digests
 
 
 def json_default(value: Any) -> Any:
