@@ -13,7 +13,11 @@ rewrites the card byte for byte (issue 15). A card records:
 * position bias: where the target sat in the candidate list versus how often it was hit, and
   which candidate number the answers put first;
 * cost: prompt and generated tokens and wall time per request, tool latency (PAPER.md 1.3 reports
-  0.01-0.02 s per tool call, 16-21 s and 2.6-3.7k tokens per request on an A800 with vLLM, [N]).
+  0.01-0.02 s per tool call, 16-21 s and 2.6-3.7k tokens per request on an A800 with vLLM, [N]);
+* for a served model (an ``endpoint`` entry, both ``served.api`` paths): the endpoint, requests sent and
+  answers replayed from the response cache, failures and retries by kind, tokens per request sent beside
+  the paper's figure. Its latency (:data:`VOLATILE_ENDPOINT_KEYS`) goes to the timings files with the
+  other times.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recrepro.agent.endpoint import PAPER_PER_REQUEST
 from recrepro.agent.parser import InvalidReason
 from recrepro.agent.rollout import TrajectoryRecord
 from recrepro.io import write_json_atomic, write_text_atomic
@@ -104,6 +109,7 @@ def build_card(records: Sequence[TrajectoryRecord], *, dataset: str, model: str,
 
 
 VOLATILE_KEYS = ("tool_latency_s", "wall_s_per_request", "wall_s_total", "notes")  # wall-clock times (and their note)
+VOLATILE_ENDPOINT_KEYS = ("latency_s",)  # the endpoint entry's times; its counts and token means stay on the card
 SWEEP_PREFIX = "sweep "  # models of the Figure 4/5 sweep points (recrepro.rl.sweeps.row_name)
 
 
@@ -123,14 +129,26 @@ def write_eval_card(results_dir: Path | str, card: dict[str, Any]) -> tuple[Path
     ``.md`` files; returns the card's two paths."""
     results_dir = Path(results_dir)
     key = card_key(card)
-    stable = {k: v for k, v in card.items() if k not in VOLATILE_KEYS}
-    times = {k: card[k] for k in VOLATILE_KEYS if k in card}
+    stable, times = split_card(card)
     cards = _upsert_json(results_dir / "eval_card.json", key, stable)
     write_text_atomic(results_dir / "eval_card.md", render_cards(cards))
     if times:
         timings = _upsert_json(results_dir / "eval_timings.json", key, {**times, "n_trajectories": card["n_trajectories"]})
         write_text_atomic(results_dir / "eval_timings.md", render_timings(timings))
     return results_dir / "eval_card.json", results_dir / "eval_card.md"
+
+
+def split_card(card: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what goes on the card, its times): the keys of :data:`VOLATILE_KEYS`, and the endpoint's latency
+    (with the number of requests it was taken over, for the timings table), leave the card."""
+    stable = {k: v for k, v in card.items() if k not in VOLATILE_KEYS}
+    times = {k: card[k] for k in VOLATILE_KEYS if k in card}
+    endpoint = card.get("endpoint")
+    if isinstance(endpoint, dict) and any(k in endpoint for k in VOLATILE_ENDPOINT_KEYS):
+        stable["endpoint"] = {k: v for k, v in endpoint.items() if k not in VOLATILE_ENDPOINT_KEYS}
+        times["endpoint"] = {"timed": endpoint.get("timed"),
+                             **{k: endpoint[k] for k in VOLATILE_ENDPOINT_KEYS if k in endpoint}}
+    return stable, times
 
 
 def load_eval_cards(results_dir: Path | str) -> dict[str, dict[str, Any]]:
@@ -156,7 +174,39 @@ def render_timings(timings: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {key} | {t.get('n_trajectories', '–')} | {_ms(request.get('mean', float('nan')))} | "
                      f"{_ms(request.get('p90', float('nan')))} | {_num(t.get('wall_s_total', float('nan')), 1)} | "
                      f"{_ms(tool.get('mean', float('nan')))} |")
+    served = [key for key in sorted(timings) if isinstance(timings[key].get("endpoint"), dict)]
+    if served:
+        lines += _endpoint_timing_lines({key: timings[key]["endpoint"] for key in served})
     return "\n".join(lines) + "\n"
+
+
+def _paper_figures() -> tuple[str, str]:
+    """The paper's per-request latency and tokens as text: ("16–21 s", "2.6–3.7k")."""
+    (low_s, high_s), (low_t, high_t) = PAPER_PER_REQUEST["latency_s"], PAPER_PER_REQUEST["tokens"]
+    return f"{low_s:g}–{high_s:g} s", f"{low_t / 1000:g}–{high_t / 1000:g}k"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}"
+
+
+def _latency_text(latency: dict[str, Any]) -> str:
+    return " / ".join(_seconds(latency.get(k)) for k in ("mean", "p50", "p90", "max")) + " s"
+
+
+def _endpoint_timing_lines(endpoints: dict[str, dict[str, Any]]) -> list[str]:
+    """The served endpoints' latency per request sent, beside the paper's figure."""
+    paper_s, _ = _paper_figures()
+    lines = ["", "## Served endpoints: latency per request", "",
+             f"Seconds per request actually sent (answers replayed from the cache are not timed). A request here "
+             f"is one model call (one turn); the paper's is a whole recommendation: {paper_s} on "
+             f"{PAPER_PER_REQUEST['hardware']} ({PAPER_PER_REQUEST['source']}).", "",
+             "| dataset/model | requests timed | mean, s | p50, s | p90, s | max, s |", "|---|---|---|---|---|---|"]
+    for key, e in endpoints.items():
+        latency = e.get("latency_s") or {}
+        cells = " | ".join(_seconds(latency.get(k)) for k in ("mean", "p50", "p90", "max"))
+        lines.append(f"| {key} | {e.get('timed', '–')} | {cells} |")
+    return lines
 
 
 def _pct(value: float) -> str:
@@ -189,16 +239,53 @@ def _card_lines(key: str, c: dict[str, Any]) -> list[str]:
         "times in `eval_timings.md`",
     ]
     if "endpoint" in c:  # a served model: requests given up are scored truncated
-        e = c["endpoint"]
-        failed = ", ".join(f"{k} {v}" for k, v in e["failed"].items()) or "none"
-        retried = ", ".join(f"{k} {v}" for k, v in e["retried"].items()) or "none"
-        lines.append(f"- endpoint `{e['base_url']}`, model `{e['model']}`: {e['requests']} requests; given up: "
-                     f"{failed}; retried: {retried} (up to {e['retries']} retries, timeout {e['timeout_s']:g} s)")
+        lines += endpoint_lines(c["endpoint"])
     lines += ["", "| target position | n | H@1 | H@10 |", "|---|---|---|---|"]
     lines += [f"| {r['positions']} | {r['n']} | {_num(r['H@1'], 3)} | {_num(r['H@10'], 3)} |"
               for r in c["target_position_vs_hit"]]
     lines.append("")
     return lines
+
+
+def _by_kind(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def _mean_text(stat: Any) -> str:
+    mean = stat.get("mean") if isinstance(stat, dict) else None
+    return "–" if mean is None or mean != mean else f"{mean:.0f}"
+
+
+def _n_with_tokens(e: dict[str, Any]) -> Any:
+    """Answered requests the token means are over: those sent whose tokens were counted (a chat answer
+    without ``usage`` is timed but not counted); an entry without ``tokens_from``: its timed ones."""
+    tokens_from = e.get("tokens_from")
+    if not isinstance(tokens_from, dict):
+        return e.get("timed", "–")
+    return sum(n for source, n in tokens_from.items() if source != "none")
+
+
+def endpoint_lines(e: dict[str, Any]) -> list[str]:
+    """The card's block about a served endpoint. Latency is shown where the entry holds it (a card not
+    yet split); a stored card's is in ``eval_timings.md``. Entries of cards written before the response
+    cache lack some keys: no ``cached`` reads 0 replays, a missing figure reads "–"; the completions
+    client's entry names no ``api``."""
+    paper_s, paper_tokens = _paper_figures()
+    api = e.get("api", "completions")
+    latency = (f"mean / p50 / p90 / max {_latency_text(e['latency_s'])}" if isinstance(e.get("latency_s"), dict)
+               else "in `eval_timings.md`")
+    return [
+        f"- endpoint `{e['base_url']}`, model `{e['model']}`, api {api}",
+        f"  - requests sent: {e['requests']}; answers replayed from the cache: {e.get('cached', 0)}; given up: "
+        f"{_by_kind(e['failed'])}; retried: {_by_kind(e['retried'])} (up to {e['retries']} retries, timeout "
+        f"{e['timeout_s']:g} s)",
+        f"  - tokens per request sent: prompt {_mean_text(e.get('prompt_tokens'))}, completion "
+        f"{_mean_text(e.get('completion_tokens'))} (means over {_n_with_tokens(e)} answered); the paper: "
+        f"about {paper_tokens}",
+        f"  - latency per request sent: {latency}; the paper: {paper_s}",
+        f"  - the paper's figures: {PAPER_PER_REQUEST['hardware']}, {PAPER_PER_REQUEST['source']}; its request is "
+        "a whole recommendation (every turn), ours one model call (one turn)",
+    ]
 
 
 def render_cards(cards: dict[str, dict[str, Any]]) -> str:

@@ -23,6 +23,12 @@ beyond ``settings.max_context_tokens`` ends the trajectory as truncated. Token c
 response's ``usage`` (a server that omits it is counted, and its turns count as 0 tokens). A request
 that fails after its retries, or a malformed response, ends the trajectory with an empty unfinished turn,
 scored truncated exactly as the completions path scores a request it gave up, and is counted by kind.
+
+Resume: with a cache file, each answer (the assistant message with its tool calls, the finish reason and
+the usage) is kept on disk as it arrives, in the completions path's
+:class:`~recrepro.agent.endpoint.ResponseCache`, keyed on the endpoint and the whole request body. The
+tools are deterministic, so an episode is a function of its answers: a killed evaluation run again
+replays every answered turn, rebuilds the same conversations, and asks only what was never answered.
 """
 
 from __future__ import annotations
@@ -36,27 +42,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
-from recrepro import paths
-from recrepro.agent.card import build_card, write_eval_card
+from recrepro.agent.endpoint import RequestStats, ResponseCache, cache_key
 from recrepro.agent.env import RecAgentEnv, tool_schemas
-from recrepro.agent.evaluate import (AgentBackend, AgentEvaluation, make_tasks, rollout_settings, save_trajectories,
-                                     shown_path)
+from recrepro.agent.evaluate import AgentBackend, AgentEvaluation, evaluate_agent, rollout_settings, served_cache_file
 from recrepro.agent.generators import RolloutSettings
 from recrepro.agent.parser import CALL_CLOSE, CALL_OPEN, ToolCallParse, check_call_against_schema, parse_tool_calls
-from recrepro.agent.prompt import PROMPT_VERSION, profile_spec, prompt_fingerprint
 from recrepro.agent.rollout import AgentTask, TrajectoryRecord
 from recrepro.config import Profile
-from recrepro.evaluation import evaluate_lists
-from recrepro.progress import Progress, format_duration, say
+from recrepro.progress import Progress
 
 _CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r".*?" + re.escape(CALL_CLOSE), re.DOTALL)
 
@@ -111,12 +111,25 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "max": float("nan")}
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "p50": float(np.quantile(arr, 0.5)), "p90": float(np.quantile(arr, 0.9)),
-            "max": float(arr.max())}
+def cached_choice(reply: ChatReply) -> dict[str, Any]:
+    """What the response cache keeps of an answer: the assistant message, the finish reason and the usage,
+    in the response's own form, so a replay goes through :func:`parse_reply` like a fresh answer."""
+    calls = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+             for c in reply.calls]
+    usage = {k: v for k, v in (("prompt_tokens", reply.prompt_tokens), ("completion_tokens", reply.completion_tokens))
+             if v is not None}
+    return {"message": {"role": "assistant", "content": reply.content, **({"tool_calls": calls} if calls else {})},
+            "finish_reason": reply.finish_reason, "usage": usage or None}
+
+
+def replayed_reply(choice: dict[str, Any]) -> ChatReply | None:
+    """The answer a cache entry holds, or None when it is not a chat answer (asked again, not trusted)."""
+    body = {"choices": [{"message": choice.get("message"), "finish_reason": choice.get("finish_reason")}],
+            "usage": choice.get("usage")}
+    try:
+        return parse_reply(body)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 
 def decoding(settings: RolloutSettings) -> dict[str, Any]:
@@ -130,39 +143,38 @@ class ChatCompletionsClient:
 
     Timeouts, refused connections, 408, 429 and 5xx are retried with exponential backoff; other HTTP
     errors and malformed bodies are not (a retry would get the same answer). ``max_workers`` trajectories
-    are rolled out at a time.
+    are rolled out at a time. With ``cache_path``, answers are kept on disk as they arrive and a request
+    already answered is replayed, not sent; requests given up are not kept, so a resumed run asks them again.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0) -> None:
+                 max_workers: int = 8, retries: int = 3, backoff_s: float = 1.0,
+                 cache_path: Path | str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.timeout_s, self.max_workers = timeout_s, max_workers
         self.retries, self.backoff_s = retries, backoff_s
+        self.cache = ResponseCache(cache_path) if cache_path is not None else None
+        self.counts = RequestStats()  # for the evaluation card
         self._lock = threading.Lock()
-        self.reset_stats()
+        self.decoding: dict[str, Any] = {}
 
     def reset_stats(self) -> None:
+        """Zero the counts, so each evaluation's card counts its own requests (the cache stays)."""
+        self.counts.reset()
         with self._lock:
-            self.requests = 0  # requests answered or given up
-            self.retried: Counter = Counter()  # failed attempts that were retried, by kind
-            self.failed: Counter = Counter()  # requests given up, by kind (their trajectory is scored truncated)
-            self.without_usage = 0
-            self.decoding: dict[str, Any] = {}
-            self._usage: list[tuple[int, int]] = []  # (prompt, completion) tokens of answered requests
-            self._latency: list[float] = []
+            self.decoding = {}
 
     def stats(self) -> dict[str, Any]:
-        """What the evaluation card records about the endpoint (the completions path's keys, and more)."""
+        """What the evaluation card records about the endpoint: the completions path's entry (requests sent
+        and replayed, failures and retries by kind, latency and tokens per request sent, the cache), plus
+        the api and the decoding settings."""
         with self._lock:
-            return {"api": "chat", "base_url": self.base_url, "model": self.model, "decoding": dict(self.decoding),
-                    "requests": self.requests, "failed": dict(self.failed), "retried": dict(self.retried),
-                    "retries": self.retries, "timeout_s": self.timeout_s,
-                    "responses_without_usage": self.without_usage,
-                    "prompt_tokens_per_request": _summary([p for p, _ in self._usage]),
-                    "completion_tokens_per_request": _summary([c for _, c in self._usage]),
-                    "latency_s_per_request": _summary(self._latency)}
+            decoding_sent = dict(self.decoding)
+        return {"api": "chat", "base_url": self.base_url, "model": self.model, "decoding": decoding_sent,
+                **self.counts.summary(), "retries": self.retries, "timeout_s": self.timeout_s,
+                "cache": self.cache.summary() if self.cache is not None else None}
 
     def _post(self, body: dict[str, Any]) -> Any:
         headers = {"Content-Type": "application/json",
@@ -174,7 +186,8 @@ class ChatCompletionsClient:
 
     def chat(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None,
              settings: RolloutSettings, max_tokens: int) -> ChatReply | None:
-        """The first choice, or None when the request is given up (counted by kind)."""
+        """The first choice (replayed from the cache when this very request was answered before), or None
+        when the request is given up (counted by kind)."""
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), "max_tokens": int(max_tokens),
                                 **decoding(settings)}
         if tools:  # the reasoning-only variant sends none, so the server renders no tool section
@@ -182,12 +195,20 @@ class ChatCompletionsClient:
         with self._lock:
             self.decoding = {**decoding(settings), "max_tokens_per_turn": settings.max_new_tokens_per_turn,
                              "max_tokens_total": settings.max_new_tokens_total}
+        key = cache_key(self.base_url, body) if self.cache is not None else None
+        hit = self.cache.get(key) if key is not None else None
+        reply = replayed_reply(hit) if hit is not None else None
+        if reply is not None:
+            self.counts.replayed()
+            return reply
+        return self._ask(body, key)
+
+    def _ask(self, body: dict[str, Any], key: str | None) -> ChatReply | None:
+        """Send ``body``, retrying transient failures; an answer is cached before this returns."""
         for attempt in range(self.retries + 1):
             began = time.perf_counter()
             try:
                 reply = parse_reply(self._post(body))
-                self._answered(reply, time.perf_counter() - began)
-                return reply
             except urllib.error.HTTPError as exc:
                 kind = "rate_limited" if exc.code == 429 else f"http_{exc.code}"
                 transient = exc.code in (408, 429) or exc.code >= 500
@@ -195,24 +216,24 @@ class ChatCompletionsClient:
                 kind, transient = f"unreachable ({type(getattr(exc, 'reason', exc)).__name__})", True
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 kind, transient = "malformed_response", False
+            else:
+                self._answered(reply, time.perf_counter() - began)
+                if key is not None:  # outside the try: a disk error is not a failed request
+                    self.cache.put(key, cached_choice(reply))
+                return reply
             if not transient or attempt == self.retries:
-                with self._lock:
-                    self.requests += 1
-                    self.failed[kind] += 1
+                self.counts.give_up(kind)
+                self.counts.sent(None)
                 return None
-            with self._lock:
-                self.retried[kind] += 1
+            self.counts.retry(kind)
             time.sleep(self.backoff_s * 2 ** attempt)
         return None
 
     def _answered(self, reply: ChatReply, latency_s: float) -> None:
-        with self._lock:
-            self.requests += 1
-            self._latency.append(latency_s)
-            if reply.prompt_tokens is None or reply.completion_tokens is None:
-                self.without_usage += 1
-            else:
-                self._usage.append((reply.prompt_tokens, reply.completion_tokens))
+        if reply.prompt_tokens is None or reply.completion_tokens is None:
+            self.counts.sent_without_usage(latency_s)
+        else:
+            self.counts.sent(latency_s, reply.prompt_tokens, reply.completion_tokens, from_usage=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,50 +405,39 @@ class ChatEpisodes:
             n_out_of_range=answer.n_out_of_range, n_duplicates=answer.n_duplicates)
 
 
-
 # --------------------------------------------------------------------------------------------
-# Evaluation (the chat counterpart of recrepro.agent.evaluate.evaluate_agent)
+# Evaluation (recrepro.agent.evaluate.evaluate_agent with the chat episodes as its rollout)
 # --------------------------------------------------------------------------------------------
 
-def chat_backend(profile: Profile) -> AgentBackend:
+def chat_cache_file(profile: Profile, root: Path | str = ".") -> Path:
+    """The chat path's response cache of a run, beside the completions path's
+    (:func:`~recrepro.agent.evaluate.served_cache_file`): ``runs/<profile>/served/responses_chat.jsonl``."""
+    return served_cache_file(profile, root).with_name("responses_chat.jsonl")
+
+
+def chat_backend(profile: Profile, root: Path | str | None = None) -> AgentBackend:
     """The profile's served model (``served``) through :class:`ChatCompletionsClient`; no tokenizer is
-    needed, the server renders its own template."""
+    needed, the server renders its own template. With ``root``, answers are cached in the run folder
+    (:func:`chat_cache_file`), so a killed evaluation resumes without asking again what was answered;
+    without it nothing is written."""
     served = profile.served
     if served.base_url is None:
         raise ValueError("served.base_url is null: this profile names no served model")
     key = os.environ.get(served.api_key_env) if served.api_key_env else None
     if served.api_key_env and not key:
         raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
-    client = ChatCompletionsClient(served.base_url, str(served.model), api_key=key)
+    cache = chat_cache_file(profile, root) if root is not None else None
+    client = ChatCompletionsClient(served.base_url, str(served.model), api_key=key, cache_path=cache)
     return AgentBackend(client, None, f"{served.model} at {served.base_url}", None)
 
 
 def evaluate_chat_agent(profile: Profile, root: Path | str, dataset: str, samples: pd.DataFrame, views: dict,
                         backend: AgentBackend, env_factory: Callable[[], RecAgentEnv], variant: str, model: str,
                         extra_names: Sequence[str] = (), settings: RolloutSettings | None = None) -> AgentEvaluation:
-    """:func:`recrepro.agent.evaluate.evaluate_agent` with the chat episodes in place of the rollout engine
-    (same signature; ``backend.generator`` is a :class:`ChatCompletionsClient`): the same tasks, scores,
-    per-instance files, card (plus its ``endpoint`` entry) and trajectory file."""
-    client: ChatCompletionsClient = backend.generator
-    spec = profile_spec(profile.agent, variant)
+    """:func:`recrepro.agent.evaluate.evaluate_agent` with the chat episodes as its rollout (same signature;
+    ``backend.generator`` is a :class:`ChatCompletionsClient`): the same tasks, scores, per-instance files,
+    card (its ``endpoint`` entry from the client's stats) and trajectory file."""
     settings = settings or rollout_settings(profile)
-    began = time.perf_counter()
-    records = ChatEpisodes(client, env_factory, settings, profile.agent.top_k).run(
-        make_tasks(samples, views, spec), desc=f"{dataset} {model}")
-    wall = time.perf_counter() - began
-    predictions = [list(r.answer) if r.answer else None for r in records]
-    row = evaluate_lists(profile, dataset, model, samples, predictions, root)
-    for name in extra_names:
-        evaluate_lists(profile, dataset, name, samples, predictions, root)
-    card = build_card(records, dataset=dataset, model=model, variant=variant, profile=profile.run.name,
-                      n_candidates=profile.data.n_candidates, top_k=profile.agent.top_k,
-                      max_tool_calls=profile.agent.max_tool_calls, settings=asdict(settings),
-                      model_path=shown_path(backend.model_path, root), wall_s_total=wall, prompt_version=PROMPT_VERSION,
-                      prompt_fingerprint=prompt_fingerprint())
-    card["endpoint"] = client.stats()
-    write_eval_card(profile.results_dir(root), card)
-    save_trajectories(paths.trajectories_file(profile, dataset, model, root), records)
-    if settings.progress:
-        say(f"{dataset} {model}: {len(records)} trajectories through {client.base_url}/chat/completions in "
-            f"{format_duration(wall)}; valid answers {card['valid_share']:.0%}")
-    return AgentEvaluation(dataset, model, variant, records, row, card)
+    episodes = ChatEpisodes(backend.generator, env_factory, settings, profile.agent.top_k)
+    return evaluate_agent(profile, root, dataset, samples, views, backend, env_factory, variant, model,
+                          extra_names, settings, rollout=episodes.run)

@@ -6,8 +6,9 @@ written, flushed and fsynced as soon as the answer arrives. :class:`RequestStats
 evaluation card records about the endpoint: requests sent, answers replayed, failures and retries by
 kind, and latency and tokens per request beside the paper's figure (:data:`PAPER_PER_REQUEST`).
 
-Used by :class:`recrepro.agent.generators.OpenAICompletionsGenerator`; kept apart so that module
-stays about generation, and free of imports from it (no cycle).
+Used by :class:`recrepro.agent.generators.OpenAICompletionsGenerator` (a cached answer is the completion's
+``text``) and :class:`recrepro.agent.chat_client.ChatCompletionsClient` (the assistant ``message`` with its
+tool calls); kept apart so those modules stay about requests, and free of imports from them (no cycle).
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ PAPER_PER_REQUEST: dict[str, Any] = {
 
 
 def cache_key(base_url: str, body: Mapping[str, Any]) -> str:
-    """sha256 over everything that decides the answer: the endpoint and the request body (model, prompt,
-    max_tokens, temperature, top_p, stop strings, seed). Any change is a different key, never a stale hit."""
+    """sha256 over everything that decides the answer: the endpoint and the request body (model, the prompt
+    or the messages with their tool results and the tools offered, max_tokens, temperature, top_p, stop
+    strings, seed). Any change is a different key, never a stale hit."""
     text = json.dumps({"base_url": base_url.rstrip("/"), **body}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+CHOICE_FIELDS = ("text", "message", "finish_reason", "usage")  # what a cached answer keeps
 
 
 def _record(line: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -44,16 +49,19 @@ def _record(line: bytes) -> tuple[str, dict[str, Any]] | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
         return None
     choice = entry.get("choice")
-    if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+    if not isinstance(choice, dict):
+        return None
+    # A completion's answer is its text; a chat completion's is the assistant message (content, tool calls).
+    if not isinstance(choice.get("text"), str) and not isinstance(choice.get("message"), dict):
         return None
     return entry["key"], choice
 
 
 class ResponseCache:
-    """Answered requests on disk, one JSON line each: ``{"key": ..., "choice": {"text", "finish_reason",
-    "usage"?}}``. Lines that do not parse (a kill mid-write leaves a torn last line) are skipped and
-    counted in ``skipped_lines``; a torn last line is cut off so that the next append starts a line of
-    its own. Appends are serialised by a lock (requests run in a thread pool)."""
+    """Answered requests on disk, one JSON line each: ``{"key": ..., "choice": {"text" or "message",
+    "finish_reason", "usage"?}}``. Lines that do not parse (a kill mid-write leaves a torn last line) are
+    skipped and counted in ``skipped_lines``; a torn last line is cut off so that the next append starts a
+    line of its own. Appends are serialised by a lock (requests run in a thread pool)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -95,7 +103,7 @@ class ResponseCache:
     def put(self, key: str, choice: Mapping[str, Any]) -> None:
         """Keep an answered request, on disk before this returns (flushed and fsynced): a kill loses at
         most the requests still in flight."""
-        kept = {k: choice[k] for k in ("text", "finish_reason", "usage") if choice.get(k) is not None}
+        kept = {k: choice[k] for k in CHOICE_FIELDS if choice.get(k) is not None}
         line = json.dumps({"key": key, "choice": kept}, ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +148,8 @@ class RequestStats:
             self.latencies: list[float] = []  # seconds, per answered request
             self.prompt_tokens: list[int] = []
             self.completion_tokens: list[int] = []
-            self.tokens_from: Counter = Counter()  # "usage" (the server's count) or "tokenizer" (ours)
+            # "usage" (the server's count), "tokenizer" (ours) or "none" (no usage and no tokenizer: chat)
+            self.tokens_from: Counter = Counter()
 
     def retry(self, kind: str) -> None:
         with self._lock:
@@ -165,6 +174,14 @@ class RequestStats:
             self.prompt_tokens.append(int(prompt_tokens or 0))
             self.completion_tokens.append(int(completion_tokens or 0))
             self.tokens_from["usage" if from_usage else "tokenizer"] += 1
+
+    def sent_without_usage(self, latency_s: float) -> None:
+        """An answered request whose response had no ``usage`` and no tokenizer to count it (the chat path):
+        timed, but left out of the token means rather than counted as 0 tokens."""
+        with self._lock:
+            self.requests += 1
+            self.latencies.append(latency_s)
+            self.tokens_from["none"] += 1
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts: per-request latency (mean, p50, p90, max, in s) and tokens (mean) over the

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -172,19 +173,26 @@ def shown_path(model_path: str | Path, root: Path | str) -> str:
 
 def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd.DataFrame, views: dict,
                    backend: AgentBackend, env_factory: Callable[[], RecAgentEnv], variant: str, model: str,
-                   extra_names: Sequence[str] = (), settings: RolloutSettings | None = None) -> AgentEvaluation:
+                   extra_names: Sequence[str] = (), settings: RolloutSettings | None = None, *,
+                   rollout: Callable[..., list[TrajectoryRecord]] | None = None) -> AgentEvaluation:
     """Roll the agent out once per instance, score the answers, write the card; returns the rows.
 
     ``model`` names the row (e.g. ``frozen-TIRR``); ``extra_names`` are further names under which
-    the same per-instance scores are saved (the Table 1 name of the same run).
+    the same per-instance scores are saved (the Table 1 name of the same run). ``rollout(tasks, desc=...)``,
+    one record per task in task order, replaces the rollout engine (the chat API's episodes,
+    :mod:`recrepro.agent.chat_client`), so every path is scored, carded and saved by the code below. A
+    generator that reports ``stats()`` (a served endpoint) has them on the card as its ``endpoint`` entry.
     """
 
     spec = profile_spec(profile.agent, variant)
     settings = settings or rollout_settings(profile)
-    engine = RolloutEngine(backend.generator, backend.tokenizer, env_factory, settings, top_k=profile.agent.top_k,
-                           max_tool_calls=profile.agent.max_tool_calls, max_context_tokens=backend.max_context_tokens)
+    if rollout is None:  # the rollout engine, one trajectory per instance (evaluation draws one)
+        engine = RolloutEngine(backend.generator, backend.tokenizer, env_factory, settings, top_k=profile.agent.top_k,
+                               max_tool_calls=profile.agent.max_tool_calls,
+                               max_context_tokens=backend.max_context_tokens)
+        rollout = partial(engine.run, n_samples=1)
     began = time.perf_counter()
-    records = engine.run(make_tasks(samples, views, spec), n_samples=1, desc=f"{dataset} {model}")
+    records = rollout(make_tasks(samples, views, spec), desc=f"{dataset} {model}")
     wall = time.perf_counter() - began
     predictions = [list(r.answer) if r.answer else None for r in records]
     row = evaluate_lists(profile, dataset, model, samples, predictions, root)
@@ -195,6 +203,9 @@ def evaluate_agent(profile: Profile, root: Path | str, dataset: str, samples: pd
                       max_tool_calls=profile.agent.max_tool_calls, settings=asdict(settings),
                       model_path=shown_path(backend.model_path, root), wall_s_total=wall, prompt_version=PROMPT_VERSION,
                       prompt_fingerprint=prompt_fingerprint())
+    endpoint = getattr(backend.generator, "stats", None)
+    if endpoint is not None:  # requests given up are scored truncated; the card counts them
+        card["endpoint"] = endpoint()
     write_eval_card(profile.results_dir(root), card)
     save_trajectories(paths.trajectories_file(profile, dataset, model, root), records)
     if settings.progress:

@@ -166,7 +166,7 @@ def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBack
         return {"rows": [], "cards": {}}
     chat = profile.served.api == "chat"  # messages and native tool calls (recrepro.agent.chat_client)
     if chat:
-        backend = backend or chat_backend(profile)
+        backend = backend or chat_backend(profile, root)
     backend = backend or served_backend(profile, root)
     evaluate = evaluate_chat_agent if chat else evaluate_agent
     rows, cards = [], {}

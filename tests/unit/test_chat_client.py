@@ -14,7 +14,9 @@ from typing import Any, Callable
 import pandas as pd
 import pytest
 
-from recrepro.agent.chat_client import ChatCompletionsClient, evaluate_chat_agent
+from recrepro.agent.chat_client import (ChatCompletionsClient, ChatReply, NativeCall, cached_choice,
+                                       evaluate_chat_agent, replayed_reply)
+from recrepro.agent.endpoint import cache_key
 from recrepro.agent.env import BUDGET_MESSAGE
 from recrepro.agent.evaluate import AgentBackend, eval_subset, rollout_settings
 from recrepro.agent.parser import InvalidReason, format_answer
@@ -87,11 +89,13 @@ def behave(fn: Callable[[dict], tuple[int, Any]]) -> None:
 
 
 def evaluate(tmp_path, url: str, variant: str = "tirr", n: int = 6, retries: int = 2, workers: int = 3,
-             max_tool_calls: int = 10, **setting_changes: Any):
-    """evaluate_chat_agent on the synthetic benchmark's first ``n`` test rows (the real tools)."""
+             max_tool_calls: int = 10, cache=None, **setting_changes: Any):
+    """evaluate_chat_agent on the synthetic benchmark's first ``n`` test rows (the real tools); with
+    ``cache``, the client's response cache file."""
     profile = load_profile("smoke", {"run.name": "chat", "agent.max_tool_calls": max_tool_calls})
     settings = dataclasses.replace(rollout_settings(profile, progress=False), **setting_changes)
-    client = ChatCompletionsClient(url, "fake-chat", retries=retries, backoff_s=0.0, timeout_s=5, max_workers=workers)
+    client = ChatCompletionsClient(url, "fake-chat", retries=retries, backoff_s=0.0, timeout_s=5, max_workers=workers,
+                                   cache_path=cache)
     backend = AgentBackend(client, None, f"fake-chat at {url}", None)
     samples = pd.DataFrame(af.sample_rows(n))
     return evaluate_chat_agent(profile, tmp_path, "synthetic", samples, af.views(), backend,
@@ -137,7 +141,9 @@ def test_native_tool_calls_run_in_the_real_environment_and_are_scored_like_every
     endpoint = card["endpoint"]
     assert endpoint["api"] == "chat" and endpoint["requests"] == 18 and endpoint["failed"] == {}
     assert endpoint["retried"] == {} and endpoint["decoding"]["temperature"] == 0.0
-    assert endpoint["completion_tokens_per_request"]["mean"] == 7.0 and endpoint["responses_without_usage"] == 0
+    assert endpoint["completion_tokens"]["mean"] == 7.0 and endpoint["tokens_from"] == {"usage": 18}
+    assert endpoint["prompt_tokens"]["mean"] == pytest.approx((6 * 100 + 6 * 100 + 6 * 600) / 18)
+    assert (endpoint["cached"], endpoint["timed"], endpoint["cache"]) == (0, 18, None)
     assert all(r.prompt_tokens == 100 and r.tokens_generated == 21 for r in result.records)
     saved = (tmp_path / "runs" / "chat" / "agent_eval" / "synthetic" / "chat-tirr.jsonl").read_text().splitlines()
     assert len(saved) == 6 and "eval_card.json" in {p.name for p in (tmp_path / "runs" / "chat" / "results").iterdir()}
@@ -267,3 +273,112 @@ def test_run_served_rows_through_the_chat_api_writes_both_rows(tmp_path, server,
     assert {b["path"] for b in bodies} == {"/v1/chat/completions"} and {b["auth"] for b in bodies} == {"Bearer secret"}
     assert sum("tools" in b for b in bodies) == 8  # the tool-using row's requests only
     assert "fake-chat" in (profile.results_dir(tmp_path) / "eval_card.md").read_text()
+    # The run folder keeps the answers beside the completions path's cache: a second run asks nothing
+    cache = tmp_path / "runs" / "smoke" / "served" / "responses_chat.jsonl"
+    assert len(cache.read_text().splitlines()) == 12
+    again = run_served_rows(profile, tmp_path, log=lambda _: None)
+    assert len(_Chat.bodies) == 12 and again["rows"] == out["rows"]
+    assert [(c["endpoint"]["requests"], c["endpoint"]["cached"]) for c in again["cards"].values()] == [(0, 4), (0, 8)]
+
+
+# --------------------------------------------------------------------------------------------
+# Resume: the response cache replays answered turns, so a killed run asks only what is missing
+# --------------------------------------------------------------------------------------------
+
+def stable(record) -> dict:
+    """A record without its times (wall and tool latency), which differ from run to run."""
+    data = dataclasses.asdict(record)
+    data.pop("wall_s")
+    for call in data["tool_calls"]:
+        call.pop("latency_s")
+    return data
+
+
+def sent(body: dict) -> dict:
+    """The body as the client sent it (the fake server records the path and the auth header beside it)."""
+    return {k: v for k, v in body.items() if k not in ("path", "auth")}
+
+
+@pytest.mark.parametrize("reply", [
+    ChatReply("", (NativeCall("call_up", "get_user_profile", "{}"),), "tool_calls", 100, 7),
+    ChatReply("<think>x</think>", (NativeCall(None, "candidates_analyze", {"k": [1, 2]}),), "tool_calls", None, None),
+    ChatReply(FIRST_TEN, (), "length", 12, None),
+])
+def test_a_cached_answer_replays_as_the_same_reply(reply):
+    choice = json.loads(json.dumps(cached_choice(reply)))  # as read back from the cache file
+    assert replayed_reply(choice) == reply
+    assert replayed_reply({"text": FIRST_TEN}) is None  # not a chat answer: asked again, never trusted
+
+
+def test_a_second_run_with_the_same_cache_asks_nothing_and_gives_the_same_rows(tmp_path, server):
+    cache = tmp_path / "served" / "responses_chat.jsonl"
+    first = evaluate(tmp_path, server, cache=cache)
+    assert len(_Chat.bodies) == 18 and len(cache.read_text().splitlines()) == 18
+    second = evaluate(tmp_path, server, cache=cache)
+    assert len(_Chat.bodies) == 18  # every turn replayed: the server is asked nothing
+    assert second.row == first.row and [stable(r) for r in second.records] == [stable(r) for r in first.records]
+    endpoint = second.card["endpoint"]
+    assert (endpoint["requests"], endpoint["cached"], endpoint["timed"], endpoint["failed"]) == (0, 18, 0, {})
+    assert endpoint["latency_s"]["mean"] is None and endpoint["prompt_tokens"]["mean"] is None  # replays: untimed
+    assert endpoint["cache"] == {"loaded": 18, "skipped_lines": 0, "entries": 18}
+    evaluate(tmp_path, server, cache=cache, seed=1)  # another setting is another request: all asked again
+    assert len(_Chat.bodies) == 36
+
+
+def test_a_rerun_asks_exactly_the_requests_that_failed(tmp_path, server):
+    cache = tmp_path / "responses_chat.jsonl"
+    users = [task.messages[1]["content"] for task in af.tasks(6)]
+    fails = {(users[1], 2), (users[4], 0)}  # instance 1 at its answer turn, instance 4 at its first turn
+    failed: list[dict] = []
+
+    def failing(body: dict) -> tuple[int, Any]:
+        if (body["messages"][1]["content"], n_tool_messages(body)) in fails:
+            failed.append(body)
+            return 503, {"error": "overloaded"}
+        return two_tools(body)
+
+    behave(failing)
+    first = evaluate(tmp_path, server, cache=cache, retries=0)
+    assert [r.invalid_reason for r in first.records] == [None, "truncated", None, None, "truncated", None]
+    assert first.card["endpoint"]["failed"] == {"http_503": 2} and first.card["endpoint"]["requests"] == 16
+    assert len(failed) == 2 and len(cache.read_text().splitlines()) == 14  # given up: not cached
+    behave(two_tools)
+    asked_before = len(_Chat.bodies)
+    second = evaluate(tmp_path, server, cache=cache, retries=0)
+    rerun = by_conversation(_Chat.bodies[asked_before:])
+    assert set(rerun) == {users[1], users[4]}  # the other conversations are replayed whole
+    assert sorted(json.dumps(sent(c[0]), sort_keys=True) for c in rerun.values()) == \
+        sorted(json.dumps(b, sort_keys=True) for b in failed)  # the very requests that failed, rebuilt by replay
+    assert len(rerun[users[1]]) == 1 and len(rerun[users[4]]) == 3  # then instance 4's turns never reached
+    assert all(r.valid for r in second.records) and second.row["H@10"] == pytest.approx(3 / 6)
+    assert (second.card["endpoint"]["requests"], second.card["endpoint"]["cached"]) == (4, 14)
+
+
+def test_a_torn_last_cache_line_is_skipped_and_only_the_lost_request_is_asked(tmp_path, server):
+    cache = tmp_path / "responses_chat.jsonl"
+    first = evaluate(tmp_path, server, cache=cache, n=3)
+    lines = cache.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 9
+    lost = json.loads(lines[-1])["key"]  # whichever answer came last
+    cache.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
+    second = evaluate(tmp_path, server, cache=cache, n=3)
+    assert [cache_key(server, sent(b)) for b in _Chat.bodies[9:]] == [lost]
+    assert second.row == first.row and [stable(r) for r in second.records] == [stable(r) for r in first.records]
+    endpoint = second.card["endpoint"]
+    assert (endpoint["requests"], endpoint["cached"]) == (1, 8)
+    assert endpoint["cache"] == {"loaded": 8, "skipped_lines": 1, "entries": 9}
+
+
+def test_answers_without_usage_are_timed_but_left_out_of_the_token_means(tmp_path, server):
+    def no_usage(body: dict) -> tuple[int, Any]:
+        status, answer = two_tools(body)
+        return status, {k: v for k, v in answer.items() if k != "usage"}
+
+    behave(no_usage)
+    cache = tmp_path / "responses_chat.jsonl"
+    result = evaluate(tmp_path, server, variant="r", n=2, cache=cache)
+    endpoint = result.card["endpoint"]
+    assert (endpoint["tokens_from"], endpoint["timed"], endpoint["prompt_tokens"]["mean"]) == ({"none": 2}, 2, None)
+    assert all(r.valid and r.tokens_generated == 0 for r in result.records)
+    replayed = evaluate(tmp_path, server, variant="r", n=2, cache=cache)
+    assert len(_Chat.bodies) == 2 and [stable(r) for r in replayed.records] == [stable(r) for r in result.records]
