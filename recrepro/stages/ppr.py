@@ -5,18 +5,41 @@ See :mod:`recrepro.rl.ppr` for the recipe and the GPU commands.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from recrepro import paths
 from recrepro.config import Profile
 from recrepro.io import write_text_atomic
+from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
-from recrepro.progress import Progress, stage_entry
+from recrepro.progress import Progress, say, stage_entry
 from recrepro.rl import grpo
-from recrepro.rl.pairs import accuracy_table
-from recrepro.rl.ppr import mine_stage, run_dataset, train_stage
+from recrepro.rl.pairs import accuracy_table, read_pairs
+from recrepro.rl.ppr import mine_stage, ppr_dir, run_dataset, train_stage
+
+
+def train_rounds_apart(profile: Profile, root: Path | str, dataset: str, force: bool = False,
+                       log: Callable[[str], None] = print) -> None:
+    """Mine every round here and train it in a process of its own (``--stage train``), as stage 1 does with
+    colocated vLLM: TRL's engine is not freed when training ends, so no evaluation engine could start
+    beside it. :func:`run_dataset` then finds the pairs and the trained policies and only measures and
+    evaluates. A round without training pairs is left to :func:`run_dataset`, which carries its policy
+    forward."""
+    if force:
+        shutil.rmtree(ppr_dir(profile, root, dataset), ignore_errors=True)
+    settings = profile_file(profile, root)
+    for k in range(1, profile.ppr.rounds + 1):
+        pairs, _ = read_pairs(mine_stage(profile, root, dataset, k, log=log))
+        if pairs["train"].empty:
+            return
+        job = Job(f"ppr-{dataset}-round{k}", "recrepro.stages.ppr",
+                  ("--profile", str(settings), "--root", str(Path(root).resolve()), "--dataset", dataset,
+                   "--stage", "train", "--round", str(k)))
+        run_jobs([job], 1, paths.jobs_dir(profile, root), cwd=root, log=log, say=say)
 
 
 @stage_entry
@@ -28,6 +51,9 @@ def run_ppr(profile: Profile, root: Path | str = ".", force: bool = False,
     runs = {}
     with Progress("ppr", len(profile.data.datasets), unit="dataset") as bar:
         for dataset in profile.data.datasets:
+            if grpo.vllm_colocate_available(profile):
+                train_rounds_apart(profile, root, dataset, force=force, log=log)
+                force = False  # done above: run_dataset must not delete the rounds just trained
             runs[dataset] = run_dataset(profile, root, dataset, force=force, log=log)
             bar.update(1, note=f"{dataset} {'up to date' if runs[dataset].get('skipped') else 'done'}")
     accuracy = pd.concat([accuracy_table(d, r["accuracy"]["before"], r["accuracy"]["after"], profile.run.name,
