@@ -32,7 +32,8 @@ clipping only matters against vLLM's sampling logprobs); a constant learning rat
 trajectories keep their gradient (they are invalid, reward -1, and should be discouraged); a turn is
 capped at ``agent.max_new_tokens_per_turn`` tokens and a trajectory at ``rta.max_completion_length``.
 
-:func:`run_training` is the one training routine of both stages: reuse a policy trained with the
+:func:`run_training` is the one training routine of both stages (saving and policy identity live in
+:mod:`recrepro.rl.policy_io`): reuse a policy trained with the
 same stamp, else resume from the last checkpoint of the same config, else start; then save the final
 policy with its stamp (:func:`finished_policy`).
 """
@@ -40,7 +41,6 @@ policy with its stamp (:func:`finished_policy`).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import time
@@ -52,7 +52,10 @@ from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, model_context
 from recrepro.plan import completions_per_micro_step
-from recrepro.io import atomic_dir, sha256_file, write_json_atomic
+from recrepro.io import write_json_atomic
+from recrepro.rl.policy_io import (REPLICAS_FILE, TRAINED_STAMP, WEIGHTS_FILE, finished_policy,  # noqa: F401 (re-exported)
+                                     json_default, policy_id, read_json, refuse_lora_under_zero3, replica_digests,
+                                     save_final, weights_digest, zero3)
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
@@ -299,6 +302,7 @@ def build_trainer(setup: TrainingSetup, reward_class: Callable[..., Any], **conf
     """
 
     profile = setup.profile
+    refuse_lora_under_zero3(profile)
     model, tokenizer = load_policy(setup.model_path, profile)
     trace = RolloutTrace()
     schemas = tool_schemas(setup.env_factory()) if setup.env_factory is not None else None
@@ -323,13 +327,6 @@ def training_name(setup: TrainingSetup) -> str:
     """How progress lines name a run: the last folders above its checkpoints (``rta/ml-100k/tirr``,
     ``ppr/ml-100k/round1``, ``ml-100k/<sweep point>/ppr``), then "training"."""
     return Path(*setup.output_dir.parent.parts[-3:]).as_posix() + " training"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, force: bool = False,
@@ -364,87 +361,3 @@ def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, fo
     wall = time.perf_counter() - began
     save_final(trainer, final, stamp)
     return {"final": final, "wall_s": wall, "resumed_from": last, "trainer": trainer}
-
-
-TRAINED_STAMP = "train_stamp.json"  # written beside a final policy: the config it was trained with
-
-
-def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
-    """Whether ``final`` holds a policy trained to the end with exactly this config stamp.
-
-    Lets the one-process evaluation after an ``accelerate launch`` training run use its policy
-    instead of resuming a DeepSpeed checkpoint without DeepSpeed.
-    """
-    return (final / "config.json").is_file() and read_json(final / TRAINED_STAMP) == json.loads(
-        json.dumps(dict(stamp), default=json_default))
-
-
-def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None) -> Path:
-    """``save_pretrained`` of the policy (LoRA merged into the weights) and tokenizer, atomically;
-    with ``stamp``, also the config it was trained with (:func:`finished_policy`)."""
-
-    trainer.accelerator.wait_for_everyone()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    digests = replica_digests(trainer.accelerator, model)
-    if trainer.accelerator.is_main_process:
-        if hasattr(model, "merge_and_unload"):  # peft: evaluation loads a plain model
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        with atomic_dir(final) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            trainer.processing_class.save_pretrained(tmp)
-            if stamp is not None:
-                write_json_atomic(tmp / TRAINED_STAMP, json.loads(json.dumps(dict(stamp), default=json_default)))
-            if digests:
-                write_json_atomic(tmp / REPLICAS_FILE, {"processes": len(digests), "sha256": digests})
-            write_json_atomic(tmp / WEIGHTS_FILE, {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))})
-    trainer.accelerator.wait_for_everyone()
-    return final
-
-
-REPLICAS_FILE = "replicas.json"  # beside a policy trained by several data-parallel processes
-WEIGHTS_FILE = "weights_sha256.json"  # beside every saved policy: which weights these are
-
-
-def policy_id(final: Path) -> dict[str, str] | None:
-    """The saved policy's weight-file hashes, or None. An evaluation record keeps it, so a policy
-    retrained with the same config (``--force``, a launched run) is evaluated again, not skipped."""
-    return read_json(Path(final) / WEIGHTS_FILE)
-
-
-def weights_digest(model: Any) -> str:
-    """sha256 over the names and bytes of every tensor of ``model``'s state dict."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def replica_digests(accelerator: Any, model: Any) -> list[str]:
-    """Every data-parallel process's weights digest (main process first); empty on one process or
-    under ZeRO-3, where no process holds whole weights.
-
-    Data parallelism keeps the replicas identical by construction; a drift (a process that skipped a
-    step, a group split unevenly) would silently save one process's policy, so it stops the run.
-    """
-    from accelerate.utils import gather_object
-
-    zero3 = getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
-    if accelerator.num_processes < 2 or zero3:
-        return []
-    digests = gather_object([weights_digest(model)])
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"the {len(digests)} training processes ended with different weights: {digests}")
-    return digests
-
-
-def json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
