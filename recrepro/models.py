@@ -224,10 +224,14 @@ def _corpus_tools_key(corpus_tools: Any) -> dict[str, Any]:
     return {} if corpus_tools is None else {"corpus_tools": dict(sorted(vars(corpus_tools).items()))}
 
 
-def ensure_tiny_qwen3(run_dir: Path | str, name: str, corpus: Callable[[], Iterable[str]], corpus_version: str,
-                      seed: int = 0, corpus_tools: Any = None) -> Path:
-    """The folder of a built tiny model for ``name``, building it first (tokenizer on ``corpus()``)
-    when absent or stale: another builder version, spec, seed, ``corpus_version`` or ``corpus_tools``."""
+class ModelNotBuilt(FileNotFoundError):
+    """A model a stage builds (a tiny backbone, its warm start) is absent or stale where it is looked up."""
+
+
+def find_tiny_qwen3(run_dir: Path | str, name: str, corpus_version: str, seed: int = 0,
+                    corpus_tools: Any = None) -> Path:
+    """The folder of the built tiny model ``name``; :class:`ModelNotBuilt` when it is absent or stale (another
+    builder version, spec, seed, ``corpus_version`` or ``corpus_tools``). Builds nothing."""
     import json
 
     size = tiny_size_of(name)
@@ -240,7 +244,18 @@ def ensure_tiny_qwen3(run_dir: Path | str, name: str, corpus: Callable[[], Itera
                 info.get("corpus_tools")) == (TINY_BUILD_VERSION, seed, corpus_version, TINY_SIZES[size].__dict__,
                                               _corpus_tools_key(corpus_tools).get("corpus_tools")):
             return folder
-    return build_tiny_qwen3(size, folder, corpus(), seed=seed, corpus_version=corpus_version, corpus_tools=corpus_tools)
+    raise ModelNotBuilt(f"{folder}: the tiny model {name!r} is not built for this config")
+
+
+def ensure_tiny_qwen3(run_dir: Path | str, name: str, corpus: Callable[[], Iterable[str]], corpus_version: str,
+                      seed: int = 0, corpus_tools: Any = None) -> Path:
+    """Build the tiny model ``name`` (tokenizer on ``corpus()``) unless :func:`find_tiny_qwen3` finds it."""
+    try:
+        return find_tiny_qwen3(run_dir, name, corpus_version, seed, corpus_tools)
+    except ModelNotBuilt:
+        folder = tiny_model_dir(run_dir, tiny_size_of(name))
+        return build_tiny_qwen3(tiny_size_of(name), folder, corpus(), seed=seed, corpus_version=corpus_version,
+                                corpus_tools=corpus_tools)
 
 
 def checkpointing_argument(args_class: type, enabled: bool) -> dict[str, bool]:

@@ -25,7 +25,7 @@ from recrepro.agent.prompt import (PROMPT_VERSION, STYLES, VARIANTS, AgentInstan
                                    item_views, system_prompt, user_prompt)
 from recrepro.config import load_profile
 from recrepro.data.movielens import load_interactions, load_items, packaged_dir
-from recrepro.models import ensure_tiny_qwen3
+from recrepro.models import ensure_tiny_qwen3, find_tiny_qwen3
 from recrepro.tools import ToolKit
 
 CORPUS_VERSION = "v1"  # bump when the corpus recipe changes (tiny models are then rebuilt)
@@ -115,6 +115,12 @@ def tokenizer_corpus(seed: int = 0, documents: int = DEFAULT_DOCUMENTS, tools: A
         texts.append(_turn("system", system) + _turn("user", user_prompt(instance, spec))
                      + _conversation(rng, row, instance, spec, env, schemas))
     return texts
+
+
+def find_tiny_agent_model(run_dir: Path | str, name: str, seed: int = 0, tools: Any = None) -> Path:
+    """The built tiny model ``name`` under ``run_dir``; :class:`~recrepro.models.ModelNotBuilt` when absent or
+    stale. Builds nothing (:func:`ensure_tiny_agent_model` builds)."""
+    return find_tiny_qwen3(run_dir, name, corpus_version(), seed=seed, corpus_tools=tools)
 
 
 def ensure_tiny_agent_model(run_dir: Path | str, name: str, seed: int = 0, tools: Any = None) -> Path:

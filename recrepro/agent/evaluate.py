@@ -42,7 +42,7 @@ from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, build_messages, in
 from recrepro.agent.generators import (HFGenerator, OpenAICompletionsGenerator, RolloutSettings, VLLMGenerator,
                                        vllm_available)
 from recrepro.agent.rollout import AgentTask, RolloutEngine, TrajectoryRecord
-from recrepro.agent.warmstart import ensure_warm_tiny_model
+from recrepro.agent.warmstart import find_warm_tiny_model
 from recrepro.config import Profile
 from recrepro.evaluation import evaluate_lists
 from recrepro.io import write_text_atomic
@@ -110,8 +110,8 @@ def load_backend(profile: Profile, root: Path | str = ".", model_path: str | Pat
 
     if model_path is None:
         name = profile.agent.model_name_or_path
-        if is_tiny_name(name):
-            model_path = ensure_warm_tiny_model(profile, root)
+        if is_tiny_name(name):  # built by the stage that owns it (stage 1), never here
+            model_path = find_warm_tiny_model(profile, root)
         else:
             model_path = name
     if not transformers_only and vllm_available() and profile.run.device != "cpu":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from recrepro.agent.corpus import ensure_tiny_agent_model
+from recrepro.agent.corpus import ensure_tiny_agent_model, find_tiny_agent_model
 from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
 from recrepro.agent.prompt import PROMPT_VERSION, AgentInstance, PromptSpec, instance_from_sample, profile_spec, item_views
@@ -24,7 +24,7 @@ from recrepro.agent.teacher import (MIXED_TEACHER_VERSION, PPR_TEACHER_VERSION, 
                                     ppr_teacher_examples, teacher_examples, teacher_strategies)
 from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir
-from recrepro.models import checkpointing_argument, load_causal_lm
+from recrepro.models import ModelNotBuilt, checkpointing_argument, load_causal_lm
 from recrepro.progress import say, trainer_progress
 
 
@@ -208,28 +208,11 @@ def warm_model_dir(base_dir: Path) -> Path:
     return base_dir.with_name(base_dir.name + "-warm")
 
 
-def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | None = None,
-                           force: bool = False, progress: bool = True) -> Path:
-    """Build the profile's tiny backbone and warm-start it on training instances (both cached).
-
-    With ``warmstart.enabled: false`` the freshly built (random) model is returned as is.
-
-    Teacher transcripts come from the first dataset's training split only (a seeded subset), with
-    the same tools the agent will use (SASRec space and profiles when notebooks 02 and 03 wrote
-    them), in every prompt variant the evaluation uses. The result lives beside the base model
-    (``runs/<profile>/models/tiny-qwen3-<size>-warm/``) and is rebuilt only when its recipe changes.
-    """
+def _warm_recipe(profile: Any, base: Path, dataset: str) -> dict[str, Any]:
+    """Everything the warm-started model depends on: teacher, prompts, data, settings and the base build."""
     import json
 
-
-    root = Path(root)
-    base = ensure_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
-                                   tools=profile.tools)
-    if not profile.warmstart.enabled:
-        return base
-    out = warm_model_dir(base)
     n_instances, settings = warmstart_settings(profile)
-    dataset = dataset or profile.data.datasets[0]
     specs = [profile_spec(profile.agent, "tirr"), profile_spec(profile.agent, "r")]
     recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
               "instances": n_instances, "settings": settings.__dict__, "specs": [_recorded(s) for s in specs],
@@ -242,9 +225,53 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     if profile.warmstart.ppr_share > 0:  # recorded only when used, so ranking-only recipes keep their cache
         recipe["ppr"] = {"share": profile.warmstart.ppr_share, "teacher_version": PPR_TEACHER_VERSION,
                          "prompts": ppr_prompt_fingerprint()}
+    return recipe
+
+
+def find_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | None = None) -> Path:
+    """The profile's built tiny backbone, warm-started when ``warmstart.enabled``; :class:`ModelNotBuilt`
+    when it is absent or its recipe changed. Builds nothing (:func:`ensure_warm_tiny_model` builds)."""
+    import json
+
+    base = find_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path,
+                                 seed=profile.run.seed, tools=profile.tools)
+    if not profile.warmstart.enabled:
+        return base
+    out = warm_model_dir(base)
     info = out / "warmstart_info.json"
-    if not force and info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
+    recipe = _warm_recipe(profile, base, dataset or profile.data.datasets[0])
+    if info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
         return out
+    raise ModelNotBuilt(f"{out}: the warm-started model is not built for this config; stage 1 (notebook 04, "
+                        "recrepro.stages.rta) builds it")
+
+
+def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | None = None,
+                           force: bool = False, progress: bool = True) -> Path:
+    """Build the profile's tiny backbone and warm-start it on training instances, unless both are built
+    with this recipe (:func:`find_warm_tiny_model`). With ``warmstart.enabled: false`` the freshly built
+    (random) model is returned as is.
+
+    Teacher transcripts come from the first dataset's training split only (a seeded subset), with
+    the same tools the agent will use (SASRec space and profiles when notebooks 02 and 03 wrote
+    them), in every prompt variant the evaluation uses. The result lives beside the base model
+    (``runs/<profile>/models/tiny-qwen3-<size>-warm/``).
+    """
+    if not force:
+        try:
+            return find_warm_tiny_model(profile, root, dataset)
+        except ModelNotBuilt:
+            pass
+    root = Path(root)
+    base = ensure_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path, seed=profile.run.seed,
+                                   tools=profile.tools)
+    if not profile.warmstart.enabled:
+        return base
+    out = warm_model_dir(base)
+    n_instances, settings = warmstart_settings(profile)
+    dataset = dataset or profile.data.datasets[0]
+    specs = [profile_spec(profile.agent, "tirr"), profile_spec(profile.agent, "r")]
+    recipe = _warm_recipe(profile, base, dataset)
     if progress:
         say(f"warm start: building {out.name} ({settings.steps} steps on teacher transcripts of {dataset})")
     bench = load_benchmark(profile, dataset, root)

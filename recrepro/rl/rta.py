@@ -37,12 +37,11 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.corpus import ensure_tiny_agent_model
 from recrepro.agent.env import make_env_factory, toolkit_env_factory
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.generators import RolloutSettings
 from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views, profile_spec
-from recrepro.agent.warmstart import ensure_warm_tiny_model
+from recrepro.agent.warmstart import ensure_warm_tiny_model, find_warm_tiny_model
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
@@ -121,13 +120,21 @@ def training_rows(samples: pd.DataFrame, views: Mapping[str, Any], spec: PromptS
 # Stage
 # ------------------------------------------------------------------------------------------------
 
-def starting_model(profile: Profile, root: Path | str = ".", progress: bool = True) -> str:
-    """The policy RL starts from: the warm-started tiny model (smoke), else the profile's backbone."""
+def starting_model(profile: Profile, root: Path | str = ".") -> str:
+    """The policy RL starts from: the built (warm-started) tiny model, else the profile's backbone.
+
+    Builds nothing: a tiny model not yet built is :class:`~recrepro.models.ModelNotBuilt`
+    (:func:`build_starting_model` is the step that builds it)."""
+    name = profile.agent.model_name_or_path
+    return str(find_warm_tiny_model(profile, root)) if is_tiny_name(name) else name
+
+
+def build_starting_model(profile: Profile, root: Path | str = ".", progress: bool = True) -> str:
+    """Build the starting policy when the backbone is a tiny offline model (and warm-start it when
+    ``warmstart.enabled``); a hub backbone needs no step. Returns :func:`starting_model`."""
     name = profile.agent.model_name_or_path
     if is_tiny_name(name):
-        if profile.warmstart.enabled:
-            return str(ensure_warm_tiny_model(profile, root, progress=progress))
-        return str(ensure_tiny_agent_model(profile.run_dir(root), name, seed=profile.run.seed, tools=profile.tools))
+        return str(ensure_warm_tiny_model(profile, root, progress=progress))
     if profile.warmstart.enabled:
         print("[rta] warmstart.enabled is ignored for a hub backbone: the paper starts RL from the instruct model")
     return name

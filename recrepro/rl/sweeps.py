@@ -44,7 +44,7 @@ from recrepro.agent.card import load_eval_cards
 from recrepro.config import Profile
 from recrepro.io import write_csv_split
 from recrepro.metrics import metric_names
-from recrepro.models import TINY_PREFIX, is_tiny_name, tiny_size_of
+from recrepro.models import TINY_PREFIX, ModelNotBuilt, is_tiny_name, tiny_size_of
 from recrepro.rl import grpo, ppr, rta
 from recrepro.rl.rta import run_variant
 
@@ -158,8 +158,10 @@ def run_point(profile: Profile, root: Path | str, dataset: str, point: SweepPoin
     """Train (or skip, when its stamp is unchanged) and evaluate one sweep point (stage 1)."""
 
     out_dir = sweep_dir(profile, root, dataset) / point.name
-    result = run_variant(point_profile(profile, point), root, dataset, "tirr", force=force, log=log,
-                         out_dir=out_dir, row_name=row_name(point))
+    sized = point_profile(profile, point)
+    rta.build_starting_model(sized, root)  # its backbone's start (and warm start) when not built yet
+    result = run_variant(sized, root, dataset, "tirr", force=force, log=log, out_dir=out_dir,
+                         row_name=row_name(point))
     row = next(r for r in result["rows"] if r["model"] == row_name(point))
     return {"row": row, "parameters": count_parameters(result["final"]), "skipped": bool(result["skipped"]),
             "wall_s_train": result.get("wall_s_train"), "valid_share": _valid_share(profile, root, dataset, point),
@@ -224,7 +226,11 @@ def adopt_main_policy(profile: Profile, root: Path | str, dataset: str, point: S
     folder = sweep_dir(profile, root, dataset) / point.name
     main = rta.variant_dir(profile, root, dataset, "tirr") / "final"
     sized = point_profile(profile, point)
-    stamp = rta.config_stamp(sized, "tirr", rta.starting_model(sized, root, progress=False), dataset)
+    try:
+        start = rta.starting_model(sized, root)
+    except ModelNotBuilt:
+        return False  # its warm start differs from the main run's (sweeps.warmstart_steps)
+    stamp = rta.config_stamp(sized, "tirr", start, dataset)
     if (folder / "final").exists() or not grpo.finished_policy(main, stamp):
         return False
     folder.mkdir(parents=True, exist_ok=True)

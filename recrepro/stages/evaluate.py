@@ -35,7 +35,7 @@ from recrepro.positions import dataset_position_rows, write_position_buckets
 from recrepro.overrides import load_cli_profile
 from recrepro.progress import Progress, stage_entry
 from recrepro.rl.grpo import n_processes
-from recrepro.rl.rta import starting_model
+from recrepro.rl.rta import build_starting_model, starting_model
 from recrepro.significance import run_comparisons
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
 
@@ -49,7 +49,9 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
     the same lists, in both tables."""
 
     root = Path(root)
-    backend = backend or load_backend(profile, root)
+    if backend is None:
+        build_starting_model(profile, root)  # the frozen rows read the same (warm-started) model as stage 1
+        backend = load_backend(profile, root)
     rows1, rows2, evaluations = [], [], []
     bar = Progress("zero-shot", len(profile.data.datasets) * len(variants), unit="evaluation")
     for dataset in profile.data.datasets:
@@ -90,7 +92,7 @@ def run_sft_baseline(profile: Profile, root: Path | str = ".", force: bool = Fal
     if not profile.sft.enabled:
         log("[sft] sft.enabled is false: the TALLRec-like baseline is not run")
         return {"rows": [], "runs": {}}
-    start = starting_model(profile, root)
+    start = build_starting_model(profile, root)
     rows, runs = [], {}
     bar = Progress("sft baseline", len(profile.data.datasets), unit="dataset")
     for dataset in profile.data.datasets:
@@ -133,7 +135,7 @@ def run_trained_baselines(profile: Profile, root: Path | str = ".", force: bool 
     if not enabled:
         log("[baselines] sdpo, llara and rere are disabled in this profile: none is run")
         return {"rows": [], "runs": {}}
-    start = starting_model(profile, root)
+    start = build_starting_model(profile, root)
     rows, runs = [], {}
     bar = Progress("trained baselines", len(profile.data.datasets) * len(enabled), unit="baseline")
     for dataset in profile.data.datasets:
@@ -247,7 +249,8 @@ BASELINE_CHOICES = ("sft", *TRAINED_BASELINES)
 def train_and_score(profile: Profile, root: Path | str, dataset: str, baseline: str, *, evaluate: bool = True,
                     force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """One trained baseline on one dataset: train (cached), then, with ``evaluate``, its Table 1 row (returned)."""
-    start = starting_model(profile, root)
+    # Under a launcher every process would build a tiny start model at once: there it must exist already.
+    start = build_starting_model(profile, root) if n_processes() == 1 else starting_model(profile, root)
     if baseline == "sft":
         trained = train_sft(profile, root, dataset, start, force=force, log=log)
         return evaluate_sft(profile, root, dataset, trained["final"], trained["stamp"], force=force,

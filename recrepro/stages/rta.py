@@ -19,8 +19,8 @@ from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
 from recrepro.progress import Progress, say, stage_entry
 from recrepro.rl.grpo import finished_policy, n_processes, on_cpu, vllm_colocate_available
-from recrepro.rl.rta import (VARIANTS, check_variant, config_stamp, evaluate_policy, prepare_setup, run_variant,
-                             starting_model, train_policy, variant_dir, write_rows)
+from recrepro.rl.rta import (VARIANTS, build_starting_model, check_variant, config_stamp, evaluate_policy,
+                             prepare_setup, run_variant, train_policy, variant_dir, write_rows)
 
 def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[str], force: bool = False,
                        log: Callable[[str], None] = print, min_jobs: int = 2) -> None:
@@ -31,7 +31,7 @@ def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[st
     The starting model is built first, here, so that no two jobs build it at once. Fewer than
     ``min_jobs`` policies to train are left to :func:`run_variant` (in this process).
     """
-    model_path = starting_model(profile, root)
+    model_path = build_starting_model(profile, root)
     todo = [(d, v) for d in profile.data.datasets for v in variants
             if force or not finished_policy(variant_dir(profile, root, d, v) / "final",
                                             config_stamp(profile, v, model_path, d))]
@@ -66,6 +66,7 @@ def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", for
         train_side_by_side(profile, root, _variants(variant), force=force, log=log, min_jobs=1)
     elif profile.run.jobs > 1 and on_cpu(profile):
         train_side_by_side(profile, root, _variants(variant), force=force, log=log)
+    build_starting_model(profile, root)
     todo = [(dataset, v) for dataset in profile.data.datasets for v in _variants(variant)]
     runs = {}
     with Progress("rta", len(todo), unit="policy") as bar:
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage == "all" and n_processes() > 1:
         raise SystemExit("--stage all evaluates on one process; under accelerate launch use --stage train, "
                          "then --stage eval without the launcher")
+    if args.stage != "eval" and n_processes() == 1:  # a launched run finds it built (every process would build)
+        build_starting_model(profile, args.root)
     for dataset in args.dataset or profile.data.datasets:
         for variant in _variants(args.variant):
             if args.stage == "all":

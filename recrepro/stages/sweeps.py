@@ -131,8 +131,10 @@ def train_point(profile: Profile, root: Path | str, point: SweepPoint, log: Call
     """Stage 1 of one point, exactly as :func:`run_point` trains it (resumable; launcher-safe)."""
 
     dataset = sweep_dataset(profile)
-    setup = rta.prepare_setup(point_profile(profile, point), root, dataset, "tirr",
-                              out_dir=sweep_dir(profile, root, dataset) / point.name)
+    sized = point_profile(profile, point)
+    if grpo.n_processes() == 1:  # under a launcher every process would build it at once: build it first
+        rta.build_starting_model(sized, root)
+    setup = rta.prepare_setup(sized, root, dataset, "tirr", out_dir=sweep_dir(profile, root, dataset) / point.name)
     return Path(rta.train_policy(setup, log=log)["final"])
 
 

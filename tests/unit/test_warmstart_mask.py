@@ -68,3 +68,23 @@ def test_the_same_seed_gives_the_same_weights(policy):
         runs.append((losses, {n: p.detach().clone() for n, p in fresh.model.named_parameters()}))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][n], runs[1][1][n]) for n in runs[0][1])
+
+
+def test_getters_find_start_models_and_only_the_build_step_builds_them(tmp_path):
+    """Issue 13: reading the starting model, or loading the agent backend, never builds or fine-tunes one."""
+    from recrepro.agent.evaluate import load_backend
+    from recrepro.config import load_profile
+    from recrepro.models import ModelNotBuilt
+    from recrepro.rl.rta import build_starting_model, starting_model
+
+    profile = load_profile("smoke", {"warmstart.enabled": False, "run.name": "t"})
+    with pytest.raises(ModelNotBuilt, match="tiny-qwen3-s: the tiny model 'tiny-qwen3' is not built"):
+        starting_model(profile, tmp_path)
+    with pytest.raises(ModelNotBuilt):
+        load_backend(profile, tmp_path)
+    assert not (profile.run_dir(tmp_path) / "models").exists()
+    built = build_starting_model(profile, tmp_path, progress=False)
+    assert starting_model(profile, tmp_path) == built and built.endswith("models/tiny-qwen3-s")
+    warm = load_profile("smoke", {"run.name": "t"})  # the same run folder
+    with pytest.raises(ModelNotBuilt, match="tiny-qwen3-s-warm: the warm-started model is not built"):
+        starting_model(warm, tmp_path)  # the base exists; its warm start does not
