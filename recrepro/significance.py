@@ -1,30 +1,14 @@
 """Paired significance test of AgenticRec against the strongest measured baseline (Table 1).
 
 The paper reports AgenticRec as best in 19 of 20 columns (PAPER.md 1.6) without saying how
-significance was judged; ours is a two-sided paired bootstrap [G] (:func:`recrepro.metrics.
-paired_bootstrap_columns`, ``eval.bootstrap_reps`` resamples, ``eval.bootstrap_seed``) over the test
-instances both rows were scored on. The agent rows use a seeded subset of the test split
-(``agent.eval_instances``) while classic baselines score the whole split, so the pairing joins the
-saved per-instance files (``runs/<profile>/eval/<dataset>/<model>.parquet``) on ``sample_id``.
+significance was judged; ours is a two-sided paired bootstrap [G] over the test instances both rows
+were scored on (joined on ``sample_id``: the agent rows use a subset), with exact McNemar or the
+Wilcoxon signed-rank test beside it. Ours is "AgenticRec (RTA+PPR)", else "AgenticRec (RTA)"; the
+baseline is the measured non-AgenticRec row with the highest N@10. Written to
+``results/<profile>/significance.csv`` and ``.md``; :func:`run_comparisons` writes the ablation pairs
+of :data:`COMPARISONS` to ``comparisons.csv`` and ``.md``. With the smoke profile it reproduces nothing.
 
-* ours: "AgenticRec (RTA+PPR)" when its per-instance file exists, else "AgenticRec (RTA)";
-* baseline: the measured, non-AgenticRec Table 1 row with the highest N@10 on that dataset.
-
-Written to ``results/<profile>/significance.csv`` and ``.md``. With the smoke profile the test says
-whether one tiny CPU model beats another on a few dozen ml-100k instances; it reproduces nothing.
-
-Every comparison row (:func:`paired_comparison`, :func:`compare_rows`) carries: the mean of each
-row, their difference and its 95% paired-bootstrap interval, the bootstrap p-value with its
-resolution floor 1 / (reps + 1) (``p_text`` prints "< 0.001 (1,000 resamples)" when no resample of
-1,000 was as extreme, never a number that looks exact), and a second test that needs no resampling: exact
-McNemar (two-sided binomial test on the discordant pairs) when both rows are 0/1 per instance (H@K
-of LLM answers), else the Wilcoxon signed-rank test (NDCG, and H@K of a score row with tied
-candidates, whose per-instance values are expectations).
-
-:func:`run_comparisons` writes ``results/<profile>/comparisons.csv`` and ``.md`` with the ablation
-pairs of :data:`COMPARISONS` (trained TIRR against its starting policy, against R, PPR against RTA,
-each trained row against ``First ten candidates``, RTA against MostPop, S-DPO and ReRe against their SFT
-start, LLaRA against the text-only SFT row) wherever both rows' per-instance files exist.
+Details (pairing, what each row carries, the comparisons): docs/internals.md, "significance.py".
 """
 
 from __future__ import annotations

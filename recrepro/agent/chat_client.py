@@ -1,34 +1,14 @@
 """A served model through the OpenAI chat completions API with native tool calling (``served.api: chat``).
 
-The completions path (:class:`recrepro.agent.generators.OpenAICompletionsGenerator`) sends the kit's own
-rendered prompt and reads tool calls from the text, so it needs a tokenizer that matches the served model.
-This path instead sends ``messages`` and, for the tool-using variant, ``tools`` (the environment's schemas in
-OpenAI function form) to ``POST {base_url}/chat/completions``; the server renders its own template and
-returns the assistant's ``tool_calls``, which the trajectory's own :class:`~recrepro.agent.env.RecAgentEnv`
-executes; the results go back as ``role: "tool"`` messages carrying the ``tool_call_id``. The loop ends on an
-assistant message without tool calls, whose content holds the answer.
+Unlike the completions path (:class:`recrepro.agent.generators.OpenAICompletionsGenerator`), which
+sends the kit's own rendered prompt and so needs a tokenizer that matches the served model, this
+path sends ``messages`` and ``tools`` to ``POST {base_url}/chat/completions`` and executes the
+returned ``tool_calls`` in the trajectory's own :class:`~recrepro.agent.env.RecAgentEnv`. Validity is
+judged by the same rules as the text path, not by new ones: each assistant turn is recorded in the
+kit's ``<tool_call>`` text format and goes through the one parser. Limits, failures and resume
+(:class:`~recrepro.agent.endpoint.ResponseCache`) are those of the completions path.
 
-Validity is judged by the same rules as the text path, not by new ones: each assistant turn is recorded as
-its text followed by its native calls written in the kit's ``<tool_call>`` format, and that text goes
-through the one parser (:func:`recrepro.agent.parser.parse_tool_calls` while rolling out, and
-:meth:`recrepro.agent.env.Episode.finish` at the end), so budget, malformed calls, unknown tools and
-truncation get the reasons and precedence the rollout engine gives them. A server without a tool parser,
-whose model writes the calls into the content in the kit's format, is served by the same rule: those
-calls are found in the text and executed too (with ids made up here), i.e. tools go through the API's
-tool calling where the server supports it and through the kit's format in text otherwise.
-
-Limits as in the text path: ``max_tokens`` of a request is what is left of the turn and of the
-trajectory's budget; ``finish_reason: "length"``, a spent total budget after a tool turn, or a prompt
-beyond ``settings.max_context_tokens`` ends the trajectory as truncated. Token counts come from the
-response's ``usage`` (a server that omits it is counted, and its turns count as 0 tokens). A request
-that fails after its retries, or a malformed response, ends the trajectory with an empty unfinished turn,
-scored truncated exactly as the completions path scores a request it gave up, and is counted by kind.
-
-Resume: with a cache file, each answer (the assistant message with its tool calls, the finish reason and
-the usage) is kept on disk as it arrives, in the completions path's
-:class:`~recrepro.agent.endpoint.ResponseCache`, keyed on the endpoint and the whole request body. The
-tools are deterministic, so an episode is a function of its answers: a killed evaluation run again
-replays every answered turn, rebuilds the same conversations, and asks only what was never answered.
+Details (the loop, validity, limits, resume): docs/internals.md, "agent/chat_client.py".
 """
 
 from __future__ import annotations

@@ -2,30 +2,13 @@
 
 :class:`RecAgentEnv` is the single place where tools are executed, counted and recorded, for our
 own rollout engine and for TRL 1.16 ``GRPOTrainer(environment_factory=...)`` alike (DESIGN.md 2:
-one environment for training and evaluation). It follows TRL's environment contract, as read in
-``trl/trainer/grpo_trainer.py``:
+one environment for training and evaluation). It follows TRL's environment contract: besides
+``reset`` its public functions are the seven tool methods of :class:`recrepro.tools.ToolMethods`,
+and all bookkeeping lives in the :class:`Episode` of its ``episode`` attribute. Budget (PAPER.md
+1.3, [N]): at most ``max_tool_calls`` (10) calls per trajectory; one more makes it invalid, as does a
+call the tools reject as the agent's mistake (PAPER.md 1.4); a failure of the kit itself is not.
 
-* TRL calls the factory with no arguments and keeps a pool of instances, one per rollout;
-* before each rollout it calls ``reset(**row)`` with every column of the dataset row; a ``None``
-  return leaves the prompt unchanged;
-* it lists ``inspect.getmembers(type(env), predicate=inspect.isfunction)`` and turns every public
-  function except ``reset`` and ``get_reward`` into a tool, whose JSON schema transformers'
-  ``get_json_schema`` derives from the docstring and type hints;
-* it calls a tool as ``method(**arguments)`` and sends ``str(result)`` back as a ``tool`` message.
-
-The seven tool methods come from :class:`recrepro.tools.ToolMethods` (generated from the tools'
-single definition, so the schema the model sees is the registry's); they route every call to
-:meth:`RecAgentEnv._call_tool`, which enforces the budget, records the call and forwards it to the
-instance-bound :class:`recrepro.tools.InstanceTools`. The class has no other public function, and
-all bookkeeping lives in the :class:`Episode` held in the ``episode`` attribute (attributes are not
-functions, so TRL ignores them).
-
-Budget (PAPER.md 1.3, [N]): at most ``max_tool_calls`` (10) calls per trajectory; the call after
-that is not executed, answers with an error text and marks the episode as over budget, which makes
-the trajectory invalid (``too_many_tool_calls``). A call the tools reject as the agent's mistake
-(unknown tool, bad or missing arguments, an item name that matches nothing; the kinds in
-``recrepro.tools.base.AGENT_ERROR_KINDS``) is a bad tool call (PAPER.md 1.4: invalid). A failure of
-the kit itself (``internal``) is recorded as a tool error but not held against the agent.
+Details (TRL's contract as read, budget, error kinds): docs/internals.md, "agent/env.py".
 """
 
 from __future__ import annotations

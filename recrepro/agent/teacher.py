@@ -1,34 +1,14 @@
 """The scripted, target-blind teachers whose transcripts warm-start the tiny models (:mod:`recrepro.agent.warmstart`).
 
-The category teacher [G] (``warmstart.teacher: category``; deterministic for an instance):
+The category teacher [G] (``warmstart.teacher: category``) ranks first the candidates that share the
+history's two most frequent categories, after a fixed plan of tool calls that depends only on the
+prompt; the mixed teacher (``warmstart.teacher: mixed``) draws one strategy per tool-using example
+(:data:`STRATEGIES`); PPR examples (stage 2, PAPER.md 1.5) prefer the item of higher history
+affinity. No teacher ever sees the target, so they teach the format, not the answer.
+:func:`encode_transcript` lays a transcript out exactly as the rollout engine does, with loss only on
+the tokens the model would generate, as in GRPO (PAPER.md 1.4).
 
-* tool-using variant: ``get_user_profile``, then ``candidates_analyze``, then -- for a short
-  history (fewer than :data:`SHORT_HISTORY` items, which the prompt shows) -- ``get_similar_items``
-  on the latest history title; one call per turn, each after a short thought in ``<think>``. The
-  plan depends only on what the prompt shows, so a model can learn it exactly;
-* both variants: a final thought naming the history's two most frequent categories, then the answer
-  ``<answer>\\boxed{[...]}</answer>``: first the candidates that share one of those categories, then
-  the others, each group in candidate order, top K. Two increasing runs are the easiest shape of
-  distinct numbers for a small model to learn.
-* with ``agent.affinity_order`` > 0 the prompt ends with the affinity line
-  (:func:`recrepro.agent.prompt.affinity_line`), and the answer copies that order instead (the
-  history strategy of the mixed teacher and every R example): the same category signal, written out.
-
-The mixed teacher (``warmstart.teacher: mixed``) draws one strategy per tool-using example (see
-:data:`STRATEGIES`); reasoning-only (R) examples always use the category rule, the only one R's
-prompt supports.
-
-PPR format (``warmstart.ppr_share`` of the examples; stage 2, PAPER.md 1.5): two of the instance's
-candidates shown as A and B, the MORE or LESS question of :mod:`recrepro.agent.pairwise`, one
-``get_user_profile`` call, then ``<answer>\\boxed{A}</answer>`` or ``B``. The teacher prefers the
-item with the higher :func:`~recrepro.agent.prompt.history_affinity` (the ranking teacher's signal;
-ties go to A for MORE and so to B for LESS), because it depends only on what the prompt shows [G];
-with ``agent.affinity_order`` > 0 the prompt shows both affinities beside the items.
-
-No teacher ever sees the target, so they teach the format, not the answer. :func:`encode_transcript`
-lays a transcript out exactly as the rollout engine does, with a loss mask over the tokens the model
-would generate (assistant turns and their end-of-turn token); prompt and tool tokens carry no loss,
-as in GRPO (PAPER.md 1.4).
+Details (each teacher's plan and answer, the PPR format): docs/internals.md, "agent/teacher.py".
 """
 
 from __future__ import annotations

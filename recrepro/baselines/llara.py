@@ -1,43 +1,16 @@
 """LLaRA baseline (core): hybrid item tokens from SASRec, a trained projector, a text-to-hybrid curriculum.
 
 "LLaRA: Large Language-Recommendation Assistant" (Liao et al., SIGIR 2024; arXiv 2312.02445; code
-github.com/ljy0ustc/LLaRA read at commit 9733f73). Facts from the abstract and the code ([N]; files named):
+github.com/ljy0ustc/LLaRA read at commit 9733f73). Kept [N]: each item is its title plus one
+placeholder token whose input embedding is the item's SASRec row through a Linear-GELU-Linear
+projector; a curriculum from text-only to hybrid prompts (:func:`hybrid_probability`); LoRA
+(:data:`ORIGINAL_SETTINGS`). Adapted [G]: the reasoning-only prompt and the TALLRec-like answer, the
+kit's own SASRec (training period only; an item it never saw gets the zero vector), one added
+:data:`PLACEHOLDER` token. Evaluation is not here (the kit's backends generate from token ids,
+LLaRA needs ``inputs_embeds``): :func:`load_llara` and :meth:`LLaRAModel.generate` give the greedy
+answers for the kit's parser.
 
-* hybrid items [N] (``data/data_interface.py`` ``TrainCollater``): each history item and candidate is its
-  title plus one placeholder token (``title [HistoryEmb]``, ``title [CansEmb]``); ``model/model_interface.py``
-  ``wrap_emb`` replaces each placeholder's input embedding, in order, by the projected item vector;
-* item vector [N] (``--rec_embed SASRec``: ``SASRec.cacu_x``, ``recommender/A_SASRec_final_bce_llm.py``):
-  the item's row of the frozen SASRec item-embedding table, not a contextual state;
-* projector [N] (``model/mlp_projector.py``): Linear(rec_size, llm_size) -> GELU -> Linear(llm_size,
-  llm_size), default initialisation, trained; rec_size 64 (``main.py``);
-* curriculum [N] (abstract: text-only warm-up, then a progressive move to hybrid; ``TrainCollater``): the
-  s-th collated batch (s = 1, 2, ... of T batches; per loader worker, T divided by the workers) is hybrid
-  when a uniform draw is below s / T, else text-only (each title followed by a plain ``[PH]`` token, and
-  the projector frozen for the step); validation and test are always hybrid: :func:`hybrid_probability`;
-* tuning [N]: LoRA r 8, alpha 32, dropout 0.1 on q/k/v/o/gate/up/down of Llama-2-7B, loss on the answer
-  tokens, everything else frozen; :data:`ORIGINAL_SETTINGS`.
-
-Mapping to the kit [G]:
-
-* prompt: the agent's reasoning-only ("r") prompt (as the TALLRec-like row), :data:`PLACEHOLDER` after each
-  history and candidate line (:func:`hybrid_messages`); answer: the SFT target of
-  :func:`recrepro.baselines.sft.target_ranking`, laid out by the rollout engine's encoder;
-* one added placeholder token for both forms (same token layout): text-only keeps its word embedding (the
-  mean of the existing rows, deterministic; the code's ``[PH]`` is a random resized row), hybrid replaces it;
-* the curriculum draws per example (seeded by run seed and batch number), not once per batch: the same
-  expected share per step, less variance, identical at batch size 1; the projector learns from hybrid
-  examples only, as in the code;
-* item vectors: the SASRec the kit fits on the training period only (notebook 02,
-  ``runs/<profile>/models/<dataset>/SASRec``). An item it never saw keeps its placeholder and gets the zero
-  vector (:class:`ItemTable` row 0), so the projector's image of 0 is a learned "unknown item" input; in
-  the code every item has a row, the unseen ones keep their random initial values;
-* training: LoRA on every linear layer of the agent's start model, subset, steps, epochs and
-  rate from the profile's ``llara`` section, LoRA and batch from ``sft``, transformers' ``Trainer``; ``runs/<profile>/llara/<dataset>/final`` holds the merged model and
-  tokenizer, ``projector.safetensors``, the item table and ``llara_info.json`` (stamp), reused while the
-  stamp holds.
-
-Evaluation is not here (the kit's backends generate from token ids, LLaRA needs ``inputs_embeds``):
-:func:`load_llara` and :meth:`LLaRAModel.generate` give the greedy answers for the kit's parser.
+Details (what the code does, the mapping, output files): docs/protocol.md, "LLaRA: implementation notes".
 """
 
 from __future__ import annotations

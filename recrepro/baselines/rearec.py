@@ -1,50 +1,15 @@
 """ReaRec (Tang et al., "Think Before Recommend", arXiv 2503.22675) on top of RecBole's SASRec.
 
-Sources, read for this module (no code copied):
+After SASRec's pass over the items, K implicit reasoning steps feed the last hidden state plus a
+learned reasoning-position embedding back as one extra position each; with K = 0 the model *is*
+SASRec (same parameters, same forward). Two training schemes: ERL (mean of the K+1 steps, KL
+diversity term) and PRL (last step, progressively sharper temperatures, contrastive term over a
+noisy pass). Only the paper's abstract could be read, so every formula and default is the authors'
+code's: [C] = github.com/TangJiakai/ReaRec at commit 7f46432 (read, no code copied), [R] = that
+repository's README. Deviations are only those forced by RecBole's layout or by K = 0 having to be
+SASRec exactly.
 
-- [C] the authors' code, github.com/TangJiakai/ReaRec at commit 7f46432 (2025-12-29):
-  ``src/utils/layers.py`` (``ReaRecAutoRegressiveWrapper``), ``src/models/ERL.py``,
-  ``src/models/PRL.py`` (their argparse defaults are the defaults below);
-- [R] that repository's README, "Implementation Details": lambda searched in
-  {0.001, 0.005, 0.01, 0.05, 0.1}; PRL noise strength gamma = 0.01; base temperature tau tuned in
-  {0.05, 0.1, 0.5, 1.0, 2.0, 5.0} and decay rate alpha in {1.0, 1.2, 1.5, 2.0, 5.0, 10.0}.
-
-Only the paper's abstract could be read for this module, so every formula and default below is the
-authors' code's. In particular ERL's recommendation term there is one CE on the mean of the steps,
-not a CE at every step; where the paper's text says otherwise, this module follows the code.
-
-Reasoning [C layers.py]. The SASRec encoder runs once over the items; then, for k = 0..K-1, the last
-hidden state h_k plus a learned reasoning-position embedding r_k is fed back as one extra position,
-x_k = dropout(LayerNorm(h_k + r_k)) with the same LayerNorm as the item inputs, and the encoder's
-output there is h_{k+1}. A reasoning position attends (causally, with cached keys and values) to
-every item of the history and to the earlier reasoning positions, never to padding. So h_0 is
-SASRec's output, and with K = 0 the model *is* SASRec (same parameters, same forward).
-
-Schemes (logits s_k = h_k . E^T / tau over every item row E, RecBole's CE layout; y the target):
-
-- ERL [C ERL.py]: representation = mean_k h_k (an ensemble of the K+1 steps);
-  loss = CE(mean_k(h_k) . E^T / tau, y) - lambda * mean_{b, i != j} KL(p_j || sg(p_i)),
-  p_k = softmax(s_k), sg = stop-gradient (the authors detach the log-probabilities in the second
-  slot). The minus sign pushes the steps apart (diversity).
-- PRL [C PRL.py]: representation = h_K (the last step);
-  loss = CE(h_K . E^T / tau, y)
-       + w_pl * mean_{b, k<K} CE(h_k . E^T / (tau * alpha^(K-k)), y)     (progressively sharper)
-       + w_cl * mean_{b, t=1..K} CE_j(<h~_{b,t}, h_{j,t}> / tau, j = b)  (InfoNCE over the batch)
-  where h~ are the outputs of a second, noisy pass: the item pass repeated (own dropout draws) and
-  reasoning inputs h_k + r_k + gamma * N(0, I), h_k taken from the clean pass. The noisy pass runs
-  only in training after ``warmup_epochs`` epochs (the authors' ``epoch > warmup``); before that the
-  contrastive term is 0.
-
-Deviations from [C], each forced by RecBole's layout or by K = 0 having to be SASRec exactly:
-the authors' wrapper has its own LayerNorm and a fixed dropout of 0.2 on every input position; here
-SASRec's embedding LayerNorm and dropout (``hidden_dropout_prob``) serve the reasoning inputs too.
-RecBole pads on the right, so the reasoning positions follow the padding in memory; padding is
-masked out (by item id 0 and by ``item_seq_len``), so they attend to exactly what the authors'
-left-padded layout gives them. The mask's fill value is RecBole's -10000 (the authors: -1e10).
-The authors' ERL.py references an undefined ``noise_factor`` after its warm-up (ERL has no noise
-term) and PRL.py's contrastive term is unbound during warm-up; ERL here never adds noise and PRL's
-term is 0 during warm-up. The training temperature tau (0.07) does not change rankings: the kit's
-scorer ranks by the dot product of ``forward``'s output with ``item_embedding``.
+Details (sources, formulas, deviations): docs/protocol.md, "ReaRec: implementation notes".
 """
 
 from __future__ import annotations

@@ -1,56 +1,16 @@
 """Make RecBole 1.2.1 usable on numpy 2.4, pandas 2.3 and torch 2.13 (every workaround lives here).
 
 Import this module before anything from ``recbole``; importing it applies the patches, and
-:func:`apply` is idempotent, so importing it twice or calling :func:`apply` again is harmless.
+:func:`apply` is idempotent. RecBole 1.2.1 (the latest) breaks on the current stack, so every
+workaround sits in this one module, imported first (facts measured here, DESIGN.md section 4).
+Points: 1 restore numpy 2's removed aliases (``np.float``, ...); 2 replace
+``Config.compatibility_settings``; 3 ignore ``sys.argv`` in ``Config``; 4 restore
+``CUDA_VISIBLE_DEVICES``; 5 never import ``quick_start`` (ray), no stub; 6 no RecBole checkpoints,
+so no ``torch.load`` patch; 7 a copy-on-write-safe ``Dataset._fill_nan``; 8 a scoped filter for the
+per-epoch ``GradScaler`` FutureWarning; 9 undo the anomaly mode ``sine.py`` switches on at import;
+10 ``Interaction.sort`` without numpy's ``__array_wrap__`` warning. pandas 3 is pinned out, not patched.
 
-What is patched, and why (facts measured on this stack, DESIGN.md section 4):
-
-1. numpy 2 removed the aliases ``np.float``, ``np.int``, ``np.object``, ``np.str``, ``np.complex``
-   and ``np.unicode`` (NEP 52). RecBole still uses ``np.float`` at run time (``data/interaction.py``
-   when turning Python lists into tensors, ``evaluator/metrics.py`` in every ranking metric,
-   ``data/dataset/dataset.py`` for sequence features) and ``np.str`` in its tuner. We restore only
-   the aliases numpy lacks, pointing at the types numpy 1.x gave (``np.bool`` and ``np.long`` exist
-   again in numpy 2 and are left alone).
-2. ``Config.compatibility_settings`` (called first thing in ``Config.__init__``) assigns
-   ``np.float = np.float_``; ``np.float_`` is gone in numpy 2, so every ``Config(...)`` raises. It
-   is replaced by the alias restoration of point 1, which also avoids overwriting numpy 2's own
-   ``np.long`` (a C long) with ``np.int_`` as the original does.
-3. ``Config._load_cmd_line`` parses ``sys.argv`` and merges every ``--key=value`` into the model
-   config, so ``pytest --timeout=60`` or ``recrepro ... --seed=3`` would silently leak into RecBole.
-   We configure RecBole only through ``config_dict``; the command line is ignored.
-4. ``Config._init_device`` writes ``os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id`` (``""`` for a
-   CPU run), which would hide every GPU from the rest of the process (a notebook trains the LLM
-   agent later in the same kernel). The variable is restored after RecBole picked its device.
-5. ``recbole.quick_start`` imports ``ray`` at module level (only for hyper-parameter tuning), and ray
-   2.6.3 fails on numpy 2 / current setuptools. Nothing here imports ``quick_start``: callers use
-   ``recbole.config.Config``, ``recbole.data.create_dataset / data_preparation`` and
-   ``recbole.utils.init_seed / get_model / get_trainer`` directly, none of which import ray, so no
-   ray stub is installed (a stub would also mask a real ray elsewhere in the process).
-6. torch >= 2.6 loads with ``weights_only=True`` by default, and RecBole's own checkpoints pickle
-   its ``Config``, so ``Trainer.evaluate(load_best_model=True)`` / ``resume_checkpoint`` fail. We
-   avoid RecBole checkpoints entirely (training runs with ``saved=False`` and keeps the best state
-   in memory; exports are safetensors), so no ``torch.load`` is patched.
-7. ``Dataset._fill_nan`` calls ``feat[field].fillna(..., inplace=True)`` on a column selection:
-   pandas 2.3 warns (chained assignment) and, under copy-on-write (the pandas 3 default), the fill
-   silently does nothing. It is replaced by an equivalent that assigns the filled column back.
-8. Every training epoch builds ``torch.cuda.amp.GradScaler(...)``, deprecated in torch 2.4+, which
-   prints a FutureWarning per epoch. :func:`known_warnings_silenced` filters that one message around
-   training (a scoped filter, not a global one); the behaviour is unchanged (the scaler is
-   disabled on CPU and only enabled by RecBole's ``enable_scaler`` on GPU).
-9. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
-   at import time, and importing any sequential model (SASRec included) imports the package and so
-   ``sine``. Anomaly mode records a Python stack trace for every autograd op, process-wide: epochs
-   of GRU4Rec / Caser on 30k interactions ran 2-3x slower with it here, and it would slow every
-   later torch training in the same process (the notebooks train the LLM agent afterwards). We
-   import that package once with the caller's anomaly setting saved and restore it afterwards (if
-   RecBole's models were imported before this module, anomaly mode is simply switched off).
-10. ``Interaction.sort`` calls ``np.argsort`` on a torch tensor; numpy 2 then calls the tensor's
-    old-style ``__array_wrap__`` and emits a DeprecationWarning saying this will stop working. The
-    replacement sorts the tensor's numpy view (same stable argsort, same resulting order) and hands
-    RecBole a torch index as before.
-
-pandas 3 also breaks token_seq fields (``Series.agg(len)``); the project pins pandas < 3 and feeds
-RecBole interaction columns only, so that path is never reached and is not patched.
+Details (what each point fixes, and why): docs/protocol.md, "RecBole compatibility (recbole_compat.py)".
 """
 
 from __future__ import annotations

@@ -1,50 +1,17 @@
 """ReRe baseline (core): GRPO with constrained beam search and a rank-aware reward.
 
 ReRe is "Reinforced Preference Optimization for Recommendation" (Tan et al., arXiv 2510.12211; code
-github.com/sober-clever/ReRe); PAPER.md 1.6 lists it among the Table 1 baselines trained on the same
-backbone (learning rate 1e-5). Facts [N] from the paper's abstract and the authors' code (files and
-commits named); [G] = our choice.
+github.com/sober-clever/ReRe; [N] = the abstract, ``rere_trainer.py`` and ``rere.sh`` @290b509,
+``rere.py`` @045c646; [G] = our choice). PAPER.md 1.6 lists it among the Table 1 baselines trained
+on the same backbone (learning rate 1e-5). Kept [N]: beam search with G beams constrained to valid
+outputs, the rule reward plus the auxiliary rank penalty by beam rank (:func:`rank_penalties`),
+group-normalised advantages. Adapted [G]: the completion is a ranked list
+(:class:`CandidateListLogitsProcessor` admits only ``<answer>\\boxed{[...]}</answer>`` lists of
+``agent.top_k`` distinct candidates), the rule reward is the target's NDCG@K (the 0/1 reward for
+K = 1), and training starts from the TALLRec-like SFT model with a fresh LoRA adapter. Evaluation
+(:func:`evaluate_rere`) is one greedy answer under the same constraint, so every answer is valid.
 
-* Generation [N] (abstract; ``rere_trainer.py`` @290b509): constrained decoding masks every token that
-  cannot continue a valid item; beam search replaces sampling, one ``generate`` per distinct prompt with
-  ``num_beams = num_return_sequences = G`` and ``length_penalty = 0``, so a group's G completions are
-  distinct and ordered by beam score. ``rere.sh`` @290b509: ``--beam_search True --temperature 1.0
-  --num_generations 16``.
-* Reward [N] (``rere.py`` @045c646, ``--reward_type ranking`` = ``[rule_reward, ndcg_rule_reward]``,
-  summed with weight 1): rule reward 1 when the generated item is the target, else 0; auxiliary ranking
-  reward ``-(1/log2(j+1)) / sum_{k=1..G} 1/log2(k+1)`` for the completion at beam rank j (1-based) when
-  it is not the target and some completion of its group is, else 0 (:func:`rank_penalties`).
-* Optimisation [N] (same files): advantage (reward - group mean) / (group std + 1e-4) (TRL's
-  ``scale_rewards="group"``); per-sequence token mean, then batch mean (``loss_type="grpo"``); KL
-  coefficient 1e-3 to a reference synced during training; learning rate 1e-5, cosine schedule, warmup
-  ratio 0.03, max grad norm 0.3, 2 epochs, 64 completions x 4 GPUs x 2 accumulation steps, at most 128
-  completion tokens. The loss uses the unconstrained model's log-probabilities (the constraint acts in
-  generation only), as TRL does.
-
-Mapping to the kit [G]. ReRe's completion is one item title; the kit's answer is a ranked list
-(PAPER.md 1.1) judged by the one parser (:mod:`recrepro.agent.parser`):
-
-* completion: :class:`CandidateListLogitsProcessor` forces ``<answer>\\boxed{[i1, ..., iK]}</answer>``
-  and end of turn, K = ``agent.top_k`` distinct positions in 1..n, in :func:`format_answer`'s tokens;
-  no reasoning (ReRe writes the item right after the prompt); the TALLRec-like prompt (the agent's
-  reasoning-only one); masked scores are renormalised, so beam scores are constrained log-probabilities;
-* rule reward: NDCG@K of the target in the list (1/log2(p + 1) at position p, 0 when absent or the
-  answer is invalid); for K = 1 exactly the paper's 0/1 reward;
-* "the generated item is the target" <-> the list ranks the target first (correct); the ranking reward
-  goes unchanged to the other completions of a group that has a correct one, by beam rank;
-* start: the cached TALLRec-like SFT model (the authors run ``sft.py`` then ``rere.py``; the paper
-  reports base and SFT-initialised starts) with a fresh LoRA adapter of the ``sft`` section's settings
-  (the authors tune all weights); no reference syncing (TRL cannot sync an adapter-disabled reference);
-* hyperparameters: G (beams), subset, steps, epochs and learning rate from the profile's ``rere``
-  section (paper profile: G 16, 2 epochs, 1e-5 = PAPER.md 1.6 = ``rere.sh``), instances per step and KL
-  coefficient from ``rta``, LoRA from ``sft`` (:func:`recrepro.baselines.sft.baseline_profile`); the
-  paper's values are the constants below;
-* evaluation (:func:`evaluate_rere`): one greedy answer turn under the same constraint, so every answer
-  is a valid list by construction (ReRe's constrained beam search at test time, with one beam).
-
-Output: ``runs/<profile>/rere/<dataset>/final`` (merged model + ``rere_info.json``), skipped while its
-stamp is unchanged. Generation runs through transformers ``generate`` (vLLM is refused): the trainer
-wraps TRL's own generation call (:func:`constrained_generation`).
+Details (generation, reward, optimisation, mapping, output): docs/protocol.md, "ReRe: implementation notes".
 """
 
 from __future__ import annotations

@@ -2,54 +2,14 @@
 
 S-DPO is "On Softmax Direct Preference Optimization for Recommendation" (Chen et al., NeurIPS
 2024; arXiv 2406.09215, code github.com/chenyuxin1999/S-DPO). PAPER.md 1.6 lists it among the
-Table 1 baselines trained on the same backbone (learning rate 1e-5). Facts read in the paper and
-the authors' code (repository files named; [N] = given there, [G] = our choice):
+Table 1 baselines trained on the same backbone (learning rate 1e-5). Kept [N]: the softmax-DPO
+loss over :data:`N_NEGATIVES` negatives drawn from the prompt's own candidates, :data:`BETA`, SFT
+first and the SFT model as the frozen reference. Adapted [G]: the kit answers a ranked list, so the
+chosen list starts at the target and each rejected list at a negative; the preference learned is
+still S-DPO's, the target first. :class:`SDPOTrainer` is TRL's ``DPOTrainer`` with its pairwise data
+path and loss replaced; :func:`evaluate_sdpo` scores it exactly as the TALLRec-like row.
 
-* loss [N] (paper, the S-DPO objective; code ``trainer/softmax_dpo_trainer.py`` ``dpo_loss``): per
-  prompt x, preferred item e_p and sampled negatives e_1..e_K,
-  ``L = -log sigmoid(-log sum_j exp(beta * [log pi(e_j|x)/ref(e_j|x) - log pi(e_p|x)/ref(e_p|x)]))``;
-  with K = 1 it is DPO's sigmoid loss ``-log sigmoid(beta * (r_p - r_1))``. The code sums
-  ``exp`` over the negatives directly; we use ``logsumexp`` (same value, no overflow). Sequence
-  log-probabilities are sums over the answer tokens, end-of-sequence token included (code
-  ``_get_batch_logps(..., average_log_prob=False)``, ``trainer/utils.py`` appends EOS);
-* negatives [N] (code ``softmax_dpo.py``): ``random.sample`` of ``neg_num`` candidates other than
-  the true one, drawn from the prompt's own candidate list; ``softmax_dpo.sh`` runs ``--neg_num 3``
-  (:data:`N_NEGATIVES`) and ``--beta 1`` (:data:`BETA`; the function default 0.1 is overridden);
-  their DPO baseline is the same script with ``--neg_num 1`` (``dpo.sh``);
-* schedule [N] (code): SFT first (``sft.sh``: learning rate 1e-5, 5 epochs, LoRA r 8, alpha 32,
-  dropout 0.1 on q/k/v/o/gate/up/down), then S-DPO from that checkpoint, which is also the frozen
-  reference (``softmax_dpo.sh``: learning rate 1e-5, 3 epochs, batch 4 x 8 accumulation x 4 GPUs =
-  128, cosine schedule, warmup ratio 0.05, max grad norm 0.3, checkpoint chosen on validation loss).
-  The paper's setup: LLM methods train at most 5 epochs at batch size 128, keeping the checkpoint of
-  lowest validation loss.
-
-Mapping to the kit [G]. S-DPO's completion is one item title; the kit's answer is a ranked list
-(PAPER.md 1.1), scored with the agent's parser and metrics. So each training instance gives
-
-* prompt: the agent's reasoning-only ("r") prompt, as for the TALLRec-like row
-  (:func:`recrepro.baselines.sft.encode_example`, rendered as the rollout engine renders it);
-* chosen completion: the SFT target ``<answer>\\boxed{[t, t+1, ...]}</answer>`` of
-  :func:`recrepro.baselines.sft.target_ranking`, started at the target position t;
-* each rejected completion: the same construction started at a negative position n (the frozen
-  candidates after n, cyclically). The negatives are :data:`N_NEGATIVES` distinct candidate
-  positions other than the target, drawn per instance with the run seed and the sample id (S-DPO
-  draws uniformly from the prompt's candidates too). After SFT the tail of each list follows from
-  its first entry, so the preference the loss learns is the one S-DPO learns: the target, not a
-  negative, comes first. A rejected list may still contain the target further down; it is rejected
-  because the target is not first.
-
-Training [G]: the SFT stage is the TALLRec-like baseline itself (:func:`recrepro.baselines.sft.train_sft`,
-cached); S-DPO then trains a fresh LoRA adapter on the merged SFT model, so the reference (adapter
-disabled) is exactly the SFT model, as in the code (there the SFT adapter is trained further).
-Dropout is off during S-DPO (TRL's ``disable_dropout`` default; the code keeps LoRA dropout 0.1).
-:class:`SDPOTrainer` is TRL's ``DPOTrainer`` (peft wrapping, the adapter-disabled reference, the
-fused LM head that never materialises the vocabulary-wide logits, logging) with its pairwise data
-path and loss replaced: DPOTrainer's tokenizer and collator take one rejected completion only. Subset,
-steps, epochs and rate come from the profile's ``sdpo`` section, the rest (LoRA, batch, lengths) from
-``sft`` (:func:`recrepro.baselines.sft.baseline_profile`).
-Output: ``runs/<profile>/sdpo/<dataset>/final`` (merged model + ``sdpo_info.json``), skipped while
-its stamp is unchanged. Evaluation (:func:`evaluate_sdpo`) is the TALLRec-like row's: greedy, one
-answer turn, the same test lists, parser, metrics and card.
+Details (loss, negatives, schedule, mapping, training): docs/protocol.md, "S-DPO: implementation notes".
 """
 
 from __future__ import annotations

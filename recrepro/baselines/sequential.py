@@ -1,34 +1,14 @@
 """Sequential baselines (SASRec, GRU4Rec, Caser) trained with RecBole and exported as plain files.
 
-Training (:func:`train_sequential`, or :func:`fit_sequential` to keep the model in memory) feeds
-RecBole the training-period interactions only, with ``MAX_ITEM_LIST_LENGTH`` set to the paper's
-history cap. RecBole holds out each user's last next-item sample (time order) for validation and
-early stopping; the best epoch's weights are kept in memory, so RecBole never writes or reads a
-pickled checkpoint. When no user has enough interactions for a validation sample, all epochs run
-and the last weights are kept. Interactions with equal timestamps keep the caller's order within
-a user and follow each other in RecBole's sequences. Everything RecBole writes (its atomic data
-file, ``log_tensorboard/``, the checkpoint folder) lands under ``work_dir``.
+:func:`train_sequential` (or :func:`fit_sequential`, to keep the model in memory) feeds RecBole the
+training-period interactions only, with ``MAX_ITEM_LIST_LENGTH`` set to the paper's history cap,
+keeps the best epoch's weights in memory (RecBole never writes or reads a pickled checkpoint) and
+exports safetensors and JSON under ``<out_dir>/<model_name>/``, from which
+:func:`recrepro.baselines.sequential_scorer.load_sequential` alone rebuilds the model.
 
 Not thread-safe: training changes the process's working directory while RecBole runs.
 
-Export (``<out_dir>/<model_name>/``), with no pickles anywhere:
-
-- ``weights.safetensors``: the model's state dict;
-- ``item_embeddings.safetensors``: ``item_embedding`` [n_items, hidden], the matrix candidates are
-  scored against (row 0 is RecBole's padding row);
-- ``item_ids.json`` / ``user_ids.json``: external id of each embedding row, row 0 is ``[PAD]``;
-- ``model_config.json``: model name, the exact constructor parameters, field names, max length,
-  row counts, the :class:`~recrepro.config.RecBoleConfig` used and a training summary.
-
-:func:`recrepro.baselines.sequential_scorer.load_sequential` rebuilds the model from those files alone.
-
-Reproducibility: with a fixed seed, ``reproducibility: True`` and ``worker: 0``, a CPU run repeats
-bit for bit on the same machine, torch build and thread count (RecBole seeds Python, numpy, torch
-and its data loader's shuffling generator; CPU kernels for these models are deterministic). It is
-not guaranteed bit-identical across CPU types, torch/MKL versions, different
-``torch.get_num_threads()`` (reduction order in matmuls can change) or on GPU (cuDNN/cuBLAS
-kernels; RecBole only sets ``cudnn.deterministic``). Scoring an exported model is deterministic
-for a given batch size; different batch sizes can differ in the last float bits.
+Details: docs/protocol.md, "Sequential models (SASRec, GRU4Rec, Caser): implementation notes".
 """
 
 from __future__ import annotations

@@ -1,43 +1,13 @@
 """Amazon Reviews 2023: stream the official raw files into canonical tables.
 
 The official release (PAPER.md section 1.2) has, per category, a reviews file and a metadata file,
-both gzipped JSON lines, fetched by :mod:`recrepro.data.amazon_download`. This module parses them:
+both gzipped JSON lines, fetched by :mod:`recrepro.data.amazon_download`. :func:`read_reviews`,
+:func:`read_meta` and :func:`load_category` parse them as a stream, keeping only the fields the kit
+needs, because a large category's reviews are several GB uncompressed. Bad input data (not JSON, a
+corrupt gzip, an empty file) raises :class:`~recrepro.data.schema.DataError` naming the file and
+line; well-formed but unusable rows are skipped and counted in ``skips`` for the data stage.
 
-* :func:`read_reviews` / :func:`read_meta` / :func:`load_category` parse the files as a stream:
-  one line at a time with ``orjson``, keeping only the few fields the kit needs, ids interned into
-  integer codes in ``array.array`` buffers (each distinct id string is stored once). A raw file is
-  never held in memory as a whole (the reviews of a large category are several GB uncompressed);
-  the parser holds a few MB of decompressed text at a time (:mod:`recrepro.data.gzip_lines`).
-
-Error policy. Bad *input data* raises :class:`~recrepro.data.schema.DataError` naming the file and
-line: a line that is not JSON or not a JSON object, a truncated or corrupt gzip stream; and
-:func:`load_category` refuses an empty reviews or metadata file (no JSON line), naming the file and
-the dataset. Rows that are well-formed JSON but unusable (no user, no item, non-numeric timestamp or
-rating, a rating off the 1-5 star scale) are skipped and counted in ``skips`` so that the data stage
-can report them.
-
-Skip counters (keys of ``skips``). A review is counted under the first check it fails, in the
-order listed; ``timestamp_in_seconds`` is a note on a review that passed the four checks.
-
-``review_bad_timestamp``   timestamp missing or not a number (review skipped)
-``review_missing_user``    user_id missing, empty or not a string (review skipped)
-``review_missing_item``    parent_asin missing, empty or not a string (review skipped)
-``review_bad_rating``      rating missing or not a number (review skipped)
-``review_rating_out_of_scale``  rating outside the 1..5 stars of :data:`RATING_SCALE` (review skipped)
-``review_outside_window``  timestamp outside [window_start_ts, window_end_ts) (review filtered)
-``timestamp_in_seconds``   timestamp below 1e11, taken to be seconds already (review kept);
-                           counted whether or not the review falls inside the window
-``meta_missing_item``      metadata line without a usable parent_asin (line skipped)
-``meta_duplicate_item``    a second metadata line for the same parent_asin (first one kept)
-``meta_bad_price``         a price that is neither missing/"None" nor a non-negative number, e.g.
-                           a range "$5.99 - $9.99" (price NaN)
-``item_without_meta``      an item with reviews in the window but no metadata line (title "")
-
-Booleans are not numbers here (JSON ``true`` is not a rating). orjson never yields NaN or
-infinity, so every number that passes is finite.
-
-Speed: decompression overlaps with JSON parsing in a helper thread, and the per-line loop has a fast
-path for official records (``benchmarks/bench_amazon_parse.py`` compares it with pandas).
+Details (parsing, error policy, the skip counters, speed): docs/amazon-data.md.
 """
 
 from __future__ import annotations
@@ -87,7 +57,7 @@ class ParsedFile:
 class AmazonTables:
     """One category in canonical layout (see :mod:`recrepro.data.schema`).
 
-    ``skips`` counts dropped or repaired rows by reason (see the module docstring); ``lines`` is
+    ``skips`` counts dropped or repaired rows by reason (docs/amazon-data.md lists them); ``lines`` is
     the number of lines read from each raw file, keyed by file name.
     """
 

@@ -1,16 +1,11 @@
 """Amazon Reviews 2023 raw files: download them safely and read them back as a gzip stream.
 
 :func:`category_urls` / :func:`download` / :func:`fetch_category` fetch a category's reviews and
-metadata files with the standard library only. A download goes into ``<dest>.part``, resumes an
-interrupted ``.part`` with an HTTP ``Range`` request, is checked for length, for being one complete
-gzip stream and (when given) for its SHA-256, and only then is renamed onto ``dest``.
-``fetch_category`` records url, size and SHA-256 of both files in ``<raw_dir>/<category>/downloads.json``.
-Transient network failures raise :class:`DownloadError` naming the URL; the ``.part`` file is kept
-so that the next call resumes it. A file whose bytes fail the gzip or hash check raises
-:class:`~recrepro.data.schema.DataError`.
+metadata files with the standard library only; a download resumes after an interruption and is
+checked (length, one complete gzip stream, SHA-256) before it is renamed onto its destination.
+:func:`inflate` streams a gzip file's decompressed bytes (the gzip check, :mod:`recrepro.data.amazon`).
 
-:func:`inflate` streams a gzip file's decompressed bytes (used by the gzip check and by the parser
-in :mod:`recrepro.data.amazon`).
+Details (resume, checks, errors, ``downloads.json``): docs/amazon-data.md, "Downloading".
 """
 
 from __future__ import annotations
