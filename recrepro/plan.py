@@ -2,25 +2,12 @@
 
 Nothing runs; the plan is arithmetic on the profile and the declared hardware (``--gpus``,
 ``--gpu-memory-gib``; the paper's 4 x A800 80 GB by default, PAPER.md 1.4). It exits non-zero,
-naming the profile key to change, when a stage does not fit.
+naming the profile key to change, when a stage does not fit. Memory per GPU counts the ZeRO-3
+states, the reference model, the vLLM pool and its KV cache, activations [G estimate], in-training
+validation and :data:`OVERHEAD_GIB`; time [G estimate] scales the paper's 16-21 s per request on one
+A800 (PAPER.md 1.3) to the sample counts of its dataset statistics (PAPER.md 1.2).
 
-Memory per GPU of a stage-1 / PPR / sweep training process (full fine-tuning, AdamW, bf16 with fp32
-master weights; configs/accelerate/README.md), for Psi parameters, N processes, micro-batch b:
-
-* states: ZeRO-3 (2 + 2 + 12) Psi / N bytes (bf16 weights and gradients, fp32 master and two moments);
-* reference model: 2 Psi / N when ``rta.beta`` > 0 (the profiles use 0);
-* vLLM pool: ``rta.vllm_gpu_memory_utilization`` x GPU memory, holding its own bf16 weights (2 Psi)
-  and, in the rest, the KV cache (2 x layers x KV heads x head dim x 2 bytes per token);
-* activations [G estimate]: b completions of L = ``rta.max_prompt_length + rta.max_completion_length``
-  tokens: saved layer inputs layers x L x hidden x 2 bytes each, plus the micro-batch's bf16 logits
-  over the completion (completion x vocab x 2 bytes each) and one row's fp32 log-softmax;
-* in-training validation (HF on the training model): ``rta.eval_batch_size`` trajectories of L
-  tokens of KV cache; it runs between steps, so the larger of activations and validation counts;
-* CUDA context and fragmentation: :data:`OVERHEAD_GIB`.
-
-Time [G estimate]: trajectories x the paper's measured 16-21 s per request on one A800 (PAPER.md 1.3),
-divided by GPUs x ``--concurrency`` requests generated at once per GPU. The training sample count
-comes from the paper's dataset statistics (PAPER.md 1.2): (interactions - users) x 0.8.
+Details (the memory and time formulas): docs/internals.md, "plan.py".
 """
 
 from __future__ import annotations

@@ -1,25 +1,13 @@
 """Live progress with an ETA, and where a stage's output goes: its log file, the console, the notebook.
 
-Stages report through this module:
-
-* :class:`Progress`: ``[04 rta] warm start: step 7/20  35%  elapsed 3m12s  ETA 5m56s``, throttled (the
-  first update and the last, each tenth of the way, a heartbeat every minute, never two lines within
-  ten seconds); :func:`trainer_progress` is the same for a transformers ``Trainer``;
-* :func:`say`: a line for the console, ``[<label>] message``;
-* :func:`log`: bulk output (per-step metrics) for the log file.
-
-Where the lines go depends on the process:
-
-* under the chain runner (:func:`recrepro.runner.run_chain`) the notebook's kernel gets
-  ``RECREPRO_LOG`` (``runs/<profile>/logs/<notebook>.log``) and ``RECREPRO_LABEL`` (``04 rta``): every
-  line is appended to that file and the runner relays the ``[<label>]`` lines to its console
-  (:class:`LogRelay`). A stage entry point (:func:`stage_entry`) also sends whatever else the stage
-  prints (libraries' warnings, trainer logs) to the file, so the executed notebook keeps its tables;
-* a side-by-side job (:mod:`recrepro.jobs`) has no ``RECREPRO_LOG`` and its job's name as label:
-  progress goes to stderr, which is the job's log file, and the parent relays it;
-* anywhere else (an interactive notebook, a CLI): progress on stderr, bulk lines on stdout.
-
+Stages report through :class:`Progress` (throttled progress lines with an ETA; :func:`trainer_progress`
+for a transformers ``Trainer``), :func:`say` (a ``[<label>] message`` line for the console) and
+:func:`log` (bulk output for the log file). Under the chain runner every line goes to
+``runs/<profile>/logs/<notebook>.log`` and the runner relays the ``[<label>]`` lines; a side-by-side
+job writes to stderr, its log; anywhere else progress goes to stderr and bulk lines to stdout.
 Output only: progress reads the clock, never a random number generator, and changes nothing computed.
+
+Details (throttling, the environment variables, each kind of process): docs/internals.md, "progress.py".
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """Run stamps, the committed reference outputs, and the comparison of a run against them (issue 15).
 
-A run writes its tables to ``runs/<name>/results/`` and its figures to ``runs/<name>/figures/``.
-:func:`stamp_results` writes the run's name and config digest into every table (two trailing CSV
-columns, ``run`` and ``config``; a ``Run:`` line under a Markdown title; a comment atop a LaTeX
-table); the runner calls it after each notebook. Both stamps are functions of the configuration,
-so a reproduced run rewrites each table byte for byte.
+:func:`stamp_results` writes the run's name and config digest into every table of
+``runs/<name>/results/``, so a reproduced run rewrites each table byte for byte. ``results/<name>/``
+and ``figures/<name>/`` hold the committed reference, changed only by :func:`promote`.
+:func:`compare` checks a run against it: bit-reproducible rows and every count exactly, RecBole rows
+within :data:`RECBOLE_TOL`, LLM rows within :data:`LLM_TOL`, every other file byte for byte. The
+verdict is a match when the config digests are equal, Tables 1 and 2 agree within those tolerances,
+and every file of :data:`DETERMINISTIC_FILES` is identical.
 
-``results/<name>/`` and ``figures/<name>/`` hold the committed reference, and
-``results/<name>/notebooks/`` the reference run's executed notebooks. They change only through
-:func:`promote` (``python -m recrepro promote --profile P``), which copies a run's outputs there
-without their volatile siblings (``*_timings.*``: wall times, cache counts).
-
-:func:`compare` (``python -m recrepro compare --profile P``) checks a run against the reference:
-
-* Tables 1 and 2, row by row: rows that are bit-reproducible for the seed (chance, the first-ten
-  reference, Random, MostPop) and every count exactly; RecBole rows within :data:`RECBOLE_TOL`
-  (float reductions change with CPU type and thread count); LLM rows within :data:`LLM_TOL` (greedy
-  decoding of a tiny model flips on last-bit differences, and one changed answer moves H@K by 1/n);
-* every other reference file byte for byte (stamps included); a differing file derived from LLM rows
-  (significance, comparisons, cards, sweeps) is listed with the first differing lines.
-
-The verdict is a match when the run's config digest equals the reference's, Tables 1 and 2 agree
-within those tolerances, and every file of :data:`DETERMINISTIC_FILES` is identical.
+Details (stamp formats, what promote leaves out, why the tolerances): docs/internals.md, "reference.py".
 """
 
 from __future__ import annotations

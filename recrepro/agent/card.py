@@ -1,23 +1,12 @@
 """Evaluation cards: what an agent evaluation did, beyond its accuracy.
 
-Every agent evaluation writes one card per (dataset, model) into the run's ``results/eval_card.json``
-(a mapping ``"<dataset>/<model>" -> card``, upserted so each evaluation replaces only its own
-card) and re-renders ``eval_card.md``. Times (:data:`VOLATILE_KEYS`) differ from run to run, so they
-go to ``eval_timings.json`` / ``.md`` beside it and never into the card: a reproduced run then
-rewrites the card byte for byte (issue 15). A card records:
+Every agent evaluation upserts one card per (dataset, model) into the run's ``results/eval_card.json``
+and re-renders ``eval_card.md``: validity and invalid reasons, tool use, position bias, cost (beside
+PAPER.md 1.3's [N] figures) and, for a served model, the endpoint's requests, replays and failures.
+Times (:data:`VOLATILE_KEYS`, :data:`VOLATILE_ENDPOINT_KEYS`) go to ``eval_timings.json`` / ``.md``
+instead, so a reproduced run rewrites the card byte for byte (issue 15).
 
-* validity: share of valid answers, share of every invalid reason (PAPER.md 1.3-1.4 rules, see
-  :class:`recrepro.agent.parser.InvalidReason`), duplicate and out-of-range rates (answers that
-  contained such an index, whatever reason was reported), truncation rate;
-* tool use: calls per trajectory (mean and histogram), calls per tool, tool error rate (by kind);
-* position bias: where the target sat in the candidate list versus how often it was hit, and
-  which candidate number the answers put first;
-* cost: prompt and generated tokens and wall time per request, tool latency (PAPER.md 1.3 reports
-  0.01-0.02 s per tool call, 16-21 s and 2.6-3.7k tokens per request on an A800 with vLLM, [N]);
-* for a served model (an ``endpoint`` entry, both ``served.api`` paths): the endpoint, requests sent and
-  answers replayed from the response cache, failures and retries by kind, tokens per request sent beside
-  the paper's figure. Its latency (:data:`VOLATILE_ENDPOINT_KEYS`) goes to the timings files with the
-  other times.
+Details (every field of a card): docs/internals.md, "agent/card.py".
 """
 
 from __future__ import annotations

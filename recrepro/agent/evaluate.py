@@ -1,27 +1,13 @@
 """Zero-shot evaluation of the agent on the frozen test lists (notebook 06, first part).
 
-Two rows per dataset, one model, two prompts (PAPER.md 1.6, Table 2's frozen rows, and the
-training-free rows of Table 1):
+Two rows per dataset, one model, two prompts (PAPER.md 1.6: Table 2's frozen rows and Table 1's
+training-free rows): ``frozen-R`` / "LLMRank-like (frozen R)" (reasoning only) and ``frozen-TIRR`` /
+"InteRecAgent-like (frozen TIRR)" (the seven tools), both on our backbone rather than the paper's
+GPT-4, beside the ``First ten candidates`` reference row. Greedy by default [G], with the same
+environment, parser and metrics as training (DESIGN.md 2); invalid answers are misses. In the smoke
+profile the numbers test the machinery and reproduce nothing.
 
-* ``frozen-R`` / "LLMRank-like (frozen R)": reasoning only, no tools (an LLMRank-style ranker run
-  on our backbone; the paper's LLMRank row used GPT-4, so this is a like-for-like stand-in, not that
-  baseline);
-* ``frozen-TIRR`` / "InteRecAgent-like (frozen TIRR)": the same backbone with the seven tools in the
-  ReAct loop (InteRecAgent's setting, again on our backbone, not GPT-4).
-
-Beside them, on the same instances, the ``First ten candidates`` reference row (the answer
-[1, ..., 10]) that every LLM row should beat.
-
-Both use greedy decoding by default [G] (one trajectory per instance; sampling is for training),
-the same environment, parser and metrics as training (DESIGN.md 2), and score invalid answers as
-misses. Rows go to ``results/<profile>/table1.csv`` and ``table2.csv`` through
-:func:`recrepro.evaluation.evaluate_lists` and :func:`recrepro.tables.write_table`; each evaluation
-also writes its evaluation card (:mod:`recrepro.agent.card`) and its trajectories
-(``runs/<profile>/agent_eval/<dataset>/<model>.jsonl``).
-
-In the smoke profile the backbone is a tiny Qwen3-architecture model built offline and warm-started
-on scripted trajectories (:mod:`recrepro.agent.warmstart`): its numbers test the machinery and are
-not a reproduction of anything.
+Details (the rows, outputs, the smoke backbone): docs/internals.md, "agent/evaluate.py".
 """
 
 from __future__ import annotations

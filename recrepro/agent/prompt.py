@@ -1,26 +1,14 @@
 """The agent's prompt: a versioned system prompt and the user turn that shows one benchmark instance.
 
 The paper does not publish its prompts (PAPER.md 1.3, [G]); ours state the task of PAPER.md 1.1 and
-the output contract of PAPER.md 1.3 (reasoning in ``<think>``, Qwen3 ``<tool_call>`` JSON, final
-``<answer>\\boxed{[i1, ..., i10]}</answer>`` with candidate numbers). Texts live in
-``recrepro/prompts/agent_*_<version>.txt`` so that a researcher can read and edit them; bump
-:data:`PROMPT_VERSION` (and the file suffix) whenever a text changes, because the version is part
-of every evaluation card and cache key.
+the output contract of PAPER.md 1.3. Texts live in ``recrepro/prompts/agent_*_<version>.txt``; bump
+:data:`PROMPT_VERSION` (and the file suffix) whenever a text changes, because the version is part of
+every evaluation card and cache key. Variants: ``tirr`` (tools through the chat template's
+``tools=``; styles ``react`` or ``apa``) and ``r`` (reasoning only). With ``agent.affinity_order`` > 0
+[G] the user turn ends with the candidates ordered by category affinity with the history.
 
-Variants:
-
-* ``tirr`` (tool-integrated reasoning and ranking): tools are listed through the chat template's
-  ``tools=`` mechanism (the Qwen3 template appends their JSON schemas to the system turn);
-* ``r`` (reasoning only, the LLMRank-like setting): no tools are rendered or allowed.
-
-Styles (``tirr`` only): ``react`` (think, act, observe) or ``apa`` (Analyze-Plan-Act, the
-instruction scheme of RecThinker, PAPER.md 2).
-
-The user turn lists the history (oldest first, titles with categories where known) and the
-numbered candidates in their frozen order; the target is never marked. With ``agent.affinity_order``
-> 0 [G] it ends with the candidates ordered by category affinity with the history
-(:func:`history_affinity`), a summary of what the turn already shows: a 4B model can weigh the
-history's categories in its head, a tiny one cannot, so the profile writes the sum out for it.
+Details (output contract, variants and styles, the user turn, why the affinity line):
+docs/internals.md, "agent/prompt.py".
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """Batched multi-turn rollouts: many instances x several samples, all live trajectories in one call.
 
-The engine runs the ReAct loop of PAPER.md 1.3 for a whole set of trajectories at once:
+The engine runs the ReAct loop of PAPER.md 1.3 for many trajectories at once: each round generates
+for all unfinished trajectories in one batched call, parses every new turn with
+:mod:`recrepro.agent.parser` and executes its tool calls in the trajectory's own
+:class:`~recrepro.agent.env.RecAgentEnv`, until each has answered, broken a rule or hit a token limit.
+Token bookkeeping follows TRL 1.16's tool loop (no re-tokenising), so what the model saw in a rollout
+is exactly what a trainer will score. Generation settings and the back ends live in
+:mod:`recrepro.agent.generators`.
 
-1. every trajectory starts from its prompt rendered with the chat template (tools listed through
-   ``tools=`` for the tool-using variant);
-2. all unfinished trajectories are generated for in ONE batched call (left padding; with
-   ``settings.batch_size`` set, in chunks of at most that many);
-3. each new turn is parsed with :mod:`recrepro.agent.parser`; tool calls are executed through the
-   trajectory's own :class:`~recrepro.agent.env.RecAgentEnv`; the tool messages are appended in the
-   chat template's own format; a turn without tool calls is the final answer;
-4. steps 2-3 repeat until every trajectory has answered, broken a rule (bad tool call, budget) or
-   hit a token limit.
-
-Token bookkeeping follows TRL 1.16's tool loop: a trajectory's tokens are the prompt, then the
-tokens the model generated, then the chat template's rendering of the tool messages (computed the
-way ``GRPOTrainer._get_tool_suffix_ids`` does), concatenated without re-tokenising. So what the
-model saw in a rollout is exactly what a trainer will score, and ``completion_mask`` marks which
-tokens the model produced (1) and which came from tools (0).
-
-Generation settings and the back ends live in :mod:`recrepro.agent.generators`.
+Details (the loop step by step, token bookkeeping): docs/internals.md, "agent/rollout.py".
 """
 
 from __future__ import annotations

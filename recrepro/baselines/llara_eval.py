@@ -1,27 +1,13 @@
 """LLaRA's Table 1 row: greedy hybrid-prompt answers of a trained LLaRA on the LLM rows' test subset.
 
-The kit's rollout engine generates from token ids; LLaRA generates from ``inputs_embeds`` (each item
-placeholder replaced by the projected SASRec vector), so it cannot go through
-:func:`recrepro.agent.evaluate.evaluate_agent`. This module does the same job for it, step by step:
+LLaRA generates from ``inputs_embeds`` (each item placeholder replaced by the projected SASRec
+vector), not from token ids like the kit's rollout engine, so it cannot go through
+:func:`recrepro.agent.evaluate.evaluate_agent`; this module does the same job for it: the same test
+subset, hybrid prompts tokenised exactly as in training, greedy one-turn generation, the kit's one
+parser (a malformed answer is an invalid miss) and the same records, card and trajectories file as
+every LLM row. Cached in ``runs/<profile>/llara/<dataset>/eval_info.json``.
 
-* instances: :func:`recrepro.agent.evaluate.eval_subset` of the test split, the subset every LLM row is
-  scored on;
-* prompts: always hybrid, as at LLaRA's test time (:func:`recrepro.baselines.llara.hybrid_messages` with the
-  reasoning-only "r" spec), tokenised by the training encoder itself
-  (:func:`recrepro.baselines.llara.encode_hybrid_example`, cut before the answer: :func:`encode_hybrid_prompt`),
-  so the prompt tokens are exactly those training saw (no ``enable_thinking`` switch, as in training); each
-  placeholder gets its item's :class:`~recrepro.baselines.llara.ItemTable` row through the training collator
-  (``train=False``: every example hybrid);
-* generation: greedy, one turn, left-padded batches sorted by length, ``sft.max_new_tokens`` new tokens,
-  every setting explicit (:func:`recrepro.agent.generators.build_generation_config`; eos and pad ids given);
-* scoring: the kit's one parser (:func:`recrepro.agent.parser.judge_trajectory`, what
-  :meth:`recrepro.agent.env.Episode.finish` applies to a final turn; no tools in this variant), so a
-  malformed answer is an invalid miss, never an error; per-instance scores and the row through
-  :func:`recrepro.evaluation.evaluate_lists`; one :class:`~recrepro.agent.rollout.TrajectoryRecord` per
-  instance, the evaluation card and the trajectories file as for every other LLM row.
-
-The result is cached in ``runs/<profile>/llara/<dataset>/eval_info.json``, keyed by the trained model's
-stamp, the eval/agent/sft config sections and the evaluated sample ids.
+Details (each step and the cache key): docs/internals.md, "baselines/llara_eval.py".
 """
 
 from __future__ import annotations

@@ -1,29 +1,14 @@
 """TALLRec-like baseline: LoRA supervised fine-tuning of the backbone to answer the ranking directly.
 
 PAPER.md 1.6 lists TALLRec among the baselines trained on the same Qwen3-4B (learning rate 1e-5).
-TALLRec itself tunes a yes/no relevance answer per item; ours is *TALLRec-like*: the same recipe
-(instruction-style supervised fine-tuning with LoRA) adapted to the list-wise task of PAPER.md 1.1,
-so that it is scored with the same parser and metrics as the agent. Choices [G]:
+TALLRec tunes a yes/no answer per item; ours is *TALLRec-like* [G]: the same recipe (instruction-style
+SFT with LoRA) adapted to the list-wise task of PAPER.md 1.1, so that it is scored with the agent's
+parser and metrics: the reasoning-only prompt, a target completion that is the training target
+followed by the candidates after it in the frozen order (one increasing run, learnable by a tiny
+model), and greedy one-turn evaluation on the agent rows' test subset. Cached under
+``runs/<profile>/sft/<dataset>/`` by stamp; smoke numbers reproduce nothing.
 
-* prompt: the agent's reasoning-only ("r") prompt (:mod:`recrepro.agent.prompt`), so the baseline
-  sees exactly what the LLMRank-like and trained-R rows see; no tools;
-* target completion: ``<answer>\\boxed{[...]}</answer>`` with no reasoning: the training target
-  first, then the candidates that follow it in the frozen (shuffled) order, wrapping from the last
-  to the first, cut at ``agent.top_k`` (target 7: ``[7, 8, ..., 16]``; target 18: ``[18, 19, 20,
-  1, ...]``). The tail carries no preference signal (the order is a random shuffle); only the first
-  position is learned from data. A first version put the other candidates in plain order
-  (``[7, 1, 2, ..., 6, 8, ...]``): the tiny smoke model could not learn to skip the target and
-  answered with duplicates (87% invalid); one increasing run is learnable by any model;
-* training: TRL's ``SFTTrainer`` with a peft LoRA adapter on every linear layer, loss on the answer
-  tokens only (the sequence is laid out exactly as the rollout engine renders it, via
-  :func:`recrepro.agent.teacher.encode_transcript`), on a seeded subset of the training split;
-* evaluation: greedy, one turn, through :func:`recrepro.agent.evaluate.evaluate_agent` on the same
-  test subset as the agent rows; an invalid answer is a miss, as for every agent row.
-
-The start model is the agent's (the warm-started tiny model in the smoke profile, the instruct
-backbone in the paper profile). Training and evaluation are cached under
-``runs/<profile>/sft/<dataset>/`` and skipped while their stamp (config, start model, code version)
-is unchanged. Smoke numbers test the machinery and reproduce nothing.
+Details (prompt, target layout and why, training, evaluation): docs/internals.md, "baselines/sft.py".
 """
 
 from __future__ import annotations

@@ -1,41 +1,15 @@
 """The GRPO harness shared by stage 1 (RTA) and stage 2 (PPR), on TRL 1.16 ``GRPOTrainer``.
 
-PAPER.md 1.4 ([N]): G trajectories per training instance, all on the same candidate list in the same
-order; advantage = reward minus the group mean, no division by the standard deviation; prompt and
-tool-observation tokens get no gradient; groups whose rewards are all negative are dropped. How each
-point is realised (read in ``trl/trainer/grpo_trainer.py``):
+PAPER.md 1.4 ([N]): G trajectories per training instance on the same candidate list and order (TRL
+repeats each dataset row ``rta.group_size`` times); advantage = reward minus the group mean
+(``scale_rewards="none"``); prompt and tool-observation tokens get no gradient (TRL's ``tool_mask``,
+tools run by the kit's :class:`~recrepro.agent.env.RecAgentEnv`); all-negative groups are dropped
+(:func:`grpo_trainer_class` sets their rewards to NaN, so their advantage is 0). Our choices where the
+paper is silent [G]: ``rta.batch_size`` counts instances; ``loss_type``, ``beta``, ``epsilon`` from the
+profile; ``num_iterations=1``; a constant learning rate; truncated trajectories keep their gradient.
+:func:`run_training` trains both stages: reuse a policy with the same stamp, else resume, else start.
 
-* **Groups.** TRL's ``RepeatSampler`` repeats each dataset row ``num_generations`` (= ``rta.group_size``)
-  times in a row; one row is one training instance, so the G rollouts share its prompt and candidate
-  order. ``rta.batch_size`` counts instances per optimiser step [G reading of "batch 64"]; TRL's
-  ``per_device_train_batch_size`` counts completions, so it is ``batch_size * G / (processes * accum)``.
-* **Advantage.** ``scale_rewards="none"``: TRL computes ``rewards - group nanmean`` and divides by
-  nothing (Proposition 1's baseline).
-* **Dropped groups.** The trainer subclass (:func:`grpo_trainer_class`) overrides ``_calculate_rewards``
-  only to set the rewards of an all-negative group to NaN. TRL then treats those completions as
-  *unscorable*: they are left out of the (nan-aware) group means, their advantage is ``nan_to_num``-ed
-  to exactly 0, and they are left out of TRL's logged ``reward``. They still sit in the batch: with
-  ``loss_type`` grpo or dr_grpo each still counts as a row of the normaliser (B, or B x
-  max_completion_length), with bnpo or dapo its tokens still count in the token normaliser, so the
-  kept groups' gradient is scaled by the kept share, exactly as if the dropped groups had zero
-  advantage; with ``beta > 0`` a dropped completion would still carry its KL term. Every step logs the
-  dropped share and the effective batch: groups kept / total and the trajectories of the kept groups.
-* **Masking.** Tools run through TRL's ``environment_factory`` with the kit's own
-  :class:`~recrepro.agent.env.RecAgentEnv` (the object evaluation uses). TRL builds a ``tool_mask``
-  (0 on the chat-template tokens of tool results, up to and including the next assistant header)
-  and multiplies it into the loss mask; the prompt is a separate tensor whose logits are never
-  computed. ``tests/unit/test_rta.py`` checks both on the token ids of a real multi-turn rollout.
-
-Our decisions where the paper is silent ([G], all in the profile or here): ``loss_type``, ``beta``,
-``epsilon`` (profile ``rta``); one optimisation pass per generation (``num_iterations=1``, so
-clipping only matters against vLLM's sampling logprobs); a constant learning rate; truncated
-trajectories keep their gradient (they are invalid, reward -1, and should be discouraged); a turn is
-capped at ``agent.max_new_tokens_per_turn`` tokens and a trajectory at ``rta.max_completion_length``.
-
-:func:`run_training` is the one training routine of both stages (saving and policy identity live in
-:mod:`recrepro.rl.policy_io`): reuse a policy trained with the
-same stamp, else resume from the last checkpoint of the same config, else start; then save the final
-policy with its stamp (:func:`finished_policy`).
+Details (each point as read in TRL, dropped groups and the loss normalisers): docs/internals.md, "rl/grpo.py".
 """
 
 from __future__ import annotations

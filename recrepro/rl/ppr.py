@@ -1,33 +1,14 @@
 """Stage 2, Progressive Preference Refinement (PPR, PAPER.md 1.5 [N]): hard pairs, A/B prompts, 0/1 GRPO.
 
-One round (``ppr.rounds`` = 1 [N]; more rounds re-mine with the previous round's policy):
+One round (``ppr.rounds`` = 1 [N]): the stage-1 TIRR policy ranks training and validation instances and
+every valid list whose target is not first gives one (target, hard negative) pair, frozen as an
+artifact; each pair gives a MORE and a LESS likely A/B prompt [G]; stage 1's GRPO harness trains on
+them with reward 1 / 0 / -1 (right letter, wrong letter, invalid) for one epoch [N]. Preference
+accuracy is measured before and after on held-out mined and uniformly random pairs (exact McNemar),
+beside the paper's Games numbers, and the PPR policy is evaluated like stage 1's (Table 2
+``trained-TIRR-RTA+PPR``, Table 1 ``AgenticRec (RTA+PPR)``). A round that mines no pair is skipped.
 
-1. **Mining.** The stage-1 TIRR policy ranks seeded subsets of training and validation instances
-   (``ppr.train_instances``, ``ppr.valid_instances``) through the shared rollout engine (greedy [G]);
-   :func:`recrepro.rl.mining.mine_pairs` turns every valid list whose target is not first into one
-   (target, hard negative) pair, frozen as an artifact with a checked manifest
-   (``runs/<profile>/ppr/<dataset>/round<k>/pairs``).
-2. **Prompts.** Two per pair, MORE and LESS likely, items labelled A and B, tools bound to the two
-   items (:mod:`recrepro.rl.pairs`, texts in :mod:`recrepro.agent.pairwise`) [G].
-3. **Training.** Stage 1's GRPO harness unchanged (:mod:`recrepro.rl.grpo`) with the pairwise reward:
-   ``ppr.correct_reward`` (1) for the right letter, ``ppr.wrong_reward`` (0) for the wrong one and
-   ``reward.invalid`` (-1) for an invalid trajectory ("format and budget rules unchanged" [N reading]).
-   One epoch [N], ``ppr.batch_size`` prompts per step [G], stage 1's learning rate [G].
-4. **Preference accuracy** before (stage-1 policy) and after, on the held-out mined pairs and, since
-   self-mined pairs are biased by construction, on uniformly random pairs (the target and a uniform
-   negative per held-out instance, :func:`recrepro.rl.pairs.random_pairs`); beside the paper's Games
-   numbers (0.190 -> 0.240, ``figure_ppr``; we compare them with the share of all judgements). Before
-   vs after: exact McNemar on the same judgements (:func:`recrepro.rl.pairs.paired_test`).
-5. The PPR policy is evaluated on the frozen test lists like stage 1's: Table 2 row
-   ``trained-TIRR-RTA+PPR``, Table 1 row ``AgenticRec (RTA+PPR)``.
-
-On GPUs: ``python -m recrepro.stages.ppr --profile paper --stage mine`` writes a round's pairs, ``accelerate
-launch --config_file configs/accelerate/zero3.yaml -m recrepro.stages.ppr --profile paper --stage train``
-trains on them, and notebook 05 (or ``--stage all``) finds both, measures and evaluates without
-retraining; with ``ppr.rounds`` > 1, repeat mine and train with ``--round 2``, ... first.
-
-When mining finds no pair (a policy that never answers validly) the round is skipped, said so in the
-stats and the log, and the starting policy is carried forward.
+Details (the steps, settings and artifacts): docs/internals.md, "rl/ppr.py"; GPU commands: docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """The list-wise trajectory reward of stage 1 (PAPER.md 1.4, [N]), as one function.
 
-For a trajectory whose verdict (from :mod:`recrepro.agent.parser`, the one parser) is valid with
-ranking r, and a target at candidate position y, with K = ``agent.top_k`` (10):
+For a valid ranking r and the target's candidate position y (K = ``agent.top_k``, 10): NDCG@K of y in
+r when r contains y, else ``reward.miss`` (-0.5); ``reward.invalid`` (-1) for a trajectory invalid for
+any reason of the one parser; plus ``reward.first_with_tool_bonus`` (0.1) when y is first and a tool
+was called (maximum 1.1). :class:`ListwiseRewardFunc` is the TRL reward function around it, judging
+each completion with the environment's ``Episode.finish`` (the same rules as evaluation).
 
-* NDCG@K of y in r, i.e. 1/log2(rank + 1), when r contains y;
-* ``reward.miss`` (-0.5) when r is valid and misses y;
-* ``reward.invalid`` (-1) when the trajectory is invalid for any reason of the parser (no answer,
-  bad format, wrong length, out of range, duplicate, truncated, a bad tool call, more than
-  ``agent.max_tool_calls`` tool calls);
-* plus ``reward.first_with_tool_bonus`` (0.1) when y is ranked first and at least one tool was
-  called, so the maximum is 1.1.
-
-Every constant comes from the profile's ``reward`` section; the breakdown keeps each component so
-training logs can show where the reward came from.
-
-:class:`ListwiseRewardFunc` is the TRL reward function around it: it splits each completion into its
-assistant turns with TRL's ``tool_mask`` (runs of generated tokens) and asks the environment's
-``Episode.finish`` for the verdict, the same parser and budget rules as evaluation. Known differences
-from the rollout engine, invalid either way: TRL keeps generating after a bad tool call (the engine
-stops; the verdict is the same), and when TRL drops a tool result because the completion budget is
-full, the trajectory ends on a turn whose calls were never answered; we judge that turn as truncated,
-as the engine does. The "trained R" variant has no environment: any tool call is a bad tool call
-(the parser with ``schemas=None``).
+Details (the invalid reasons, how TRL completions are judged, known differences from the rollout
+engine): docs/internals.md, "rl/reward.py".
 """
 
 from __future__ import annotations

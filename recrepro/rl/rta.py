@@ -1,30 +1,14 @@
 """Stage 1, Recommendation-oriented Trajectory Activation (RTA): list-wise GRPO with tools, on TRL.
 
-PAPER.md 1.4 ([N]): G trajectories per training instance, all on the same candidate list in the same
-order; the list-wise reward (:func:`recrepro.rl.reward.listwise_reward`); advantage = reward minus the
-group mean, no division by the standard deviation; prompt and tool-observation tokens get no
-gradient; groups whose rewards are all negative are dropped.
+PAPER.md 1.4 ([N]): G trajectories per training instance on the same candidate list, the list-wise
+reward (:func:`recrepro.rl.reward.listwise_reward`), advantage = reward minus the group mean, no
+gradient on prompt and tool-observation tokens, all-negative groups dropped; the machinery is the
+shared harness :mod:`recrepro.rl.grpo`. This module is the stage: data rows, stamps, the two variants
+(TIRR, and "trained R": the same RL without tools), evaluation of the final policies and the table
+rows, one policy per dataset and variant under ``runs/<profile>/rta/<dataset>/``. Entry points:
+:func:`run_rta` (notebook 04) and ``python -m recrepro.stages.rta``.
 
-The GRPO machinery (groups, advantage, dropped groups, masking, the trainer subclass, resume and
-save) is the shared harness :mod:`recrepro.rl.grpo`; the reward and its TRL adapter are
-:mod:`recrepro.rl.reward`. This module is the stage: data rows, stamps, the two variants, evaluation
-of the final policies and the table rows.
-
-The "trained R" variant is the same RL without tools: the reasoning-only prompt, no environment, and
-any tool call is a bad tool call (the parser with ``schemas=None``).
-
-Token budgets differ in what they count: TRL's ``max_completion_length`` (``rta.max_completion_length``)
-counts every completion token, tool results included, while the evaluation engine's
-``agent.max_new_tokens`` counts generated tokens only. A tool result that does not fit the budget
-ends the trajectory as truncated (invalid), so ``rta.max_completion_length`` must leave room for the
-observations (up to ``tools.max_chars`` characters each): on ml-100k the warm-started smoke policy's
-``candidates_analyze`` answer alone is about 500 tokens.
-
-One policy per dataset and variant (the paper's tables are per dataset): checkpoints, the final
-policy and the training logs live under ``runs/<profile>/rta/<dataset>/`` (``<variant>/checkpoints``,
-``<variant>/final``, ``train_log.csv`` for TIRR = Figure 3, ``train_log_r.csv``). Entry points:
-:func:`run_rta` (notebook 04) and ``python -m recrepro.stages.rta --profile paper`` (``--stage train``
-under ``accelerate launch``; see ``configs/accelerate/README.md``).
+Details (token budgets, file layout): docs/internals.md, "rl/rta.py"; GPU commands: docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
 """The stage-1 training log behind Figure 3, and the validation H@10 measured during training.
 
-One CSV row per logging step (``runs/<profile>/rta/train_log.csv`` for the tool-using run,
-``train_log_r.csv`` for the reasoning-only run), rewritten atomically after every step so an
-interrupted run leaves a readable file and a resumed run continues it:
+One CSV row per logging step (``runs/<profile>/rta/train_log.csv``, ``train_log_r.csv`` for the
+reasoning-only run), rewritten atomically after every step so an interrupted run leaves a readable
+file and a resumed run continues it: training-side means (reward and its components, validity, tool
+use, Figure 3a, PAPER.md 1.6; dropped all-negative groups, PAPER.md 1.4) and, every
+``rta.eval_every`` steps, H@1, H@10, N@5 and N@10 of greedy rollouts on a fixed validation slice
+(Figure 3b).
 
-* training side (means over the step's trajectories, from :class:`recrepro.rl.reward.ListwiseRewardFunc`
-  through TRL's ``log_metric`` hook): reward and its components (ranking, invalid, tool bonus), share
-  of valid answers, tool calls per trajectory, share of positively rewarded trajectories that called
-  at least one tool (Figure 3a, PAPER.md 1.6), calls per tool, share of dropped all-negative groups
-  (PAPER.md 1.4) and the effective batch left after the drop (``groups_kept`` of ``groups_total``
-  groups, ``effective_batch`` trajectories; means over the logged steps when ``rta.logging_steps`` >
-  1), loss, learning rate, completion length, seconds;
-* every ``rta.eval_every`` steps (and before the first step and after the last): H@1, H@10, N@5 and
-  N@10 on a fixed seeded slice of ``rta.eval_instances`` validation instances, rolled out greedily by
-  the kit's own :class:`~recrepro.agent.rollout.RolloutEngine` and scored by :mod:`recrepro.metrics`
-  (Figure 3b), plus the slice's valid share and tool calls.
-
-In a multi-process run every process rolls out its share of the slice (with ZeRO-3 parameters
-gathered for generation, as TRL does) and the main process writes the file.
+Details (every column, the validation slice, multi-process runs): docs/internals.md, "rl/rta_log.py".
 """
 
 from __future__ import annotations

@@ -1,33 +1,15 @@
 """The sweeps behind Figures 4 and 5 (PAPER.md 1.6 [N]): TIRR-RTA runs over the group size G and over
 the backbone size (then PPR on each backbone's policy), each scored on the same test subset.
 
-Every point is a full RTA run through :func:`recrepro.rl.rta.run_variant` (same trainer, reward,
-environment, evaluation path) with the profile's ``sweeps`` section laid over ``rta`` and ``agent``:
-same dataset, training instances, steps, batch and seed for every point, only G or the backbone
-differ. A point lives in ``runs/<profile>/sweeps/<dataset>/<name>/`` (checkpoints, final policy,
-``train_log.csv``, ``stamp.json``; reruns with an unchanged config skip it), its test row is named
-``sweep <name>`` (so the main run's per-instance scores and evaluation card stay untouched) and
-nothing lands in Table 1/2. The Figure 4 point at the backbone's G and the Figure 5 point of the
-profile's own backbone are one and the same run when their settings coincide.
+Every point is a full RTA run (:func:`recrepro.rl.rta.run_variant`) with the profile's ``sweeps``
+section laid over ``rta`` and ``agent``: only G or the backbone differ. A point lives in
+``runs/<profile>/sweeps/<dataset>/<name>/`` with test row ``sweep <name>`` (``sweep <name>+PPR`` when
+``sweeps.backbone_ppr`` [G] adds stage 2), never in Table 1/2; results go to
+``results/<profile>/fig4_group_size.csv`` and ``fig5_backbone_size.csv``. Smoke numbers show the
+machinery, never the paper's trend.
 
-Figure 5's points also get stage 2 when ``sweeps.backbone_ppr`` is on [G] (the paper does not say
-whether its Figure 5 includes PPR; the kit plots the full method and keeps stage 1 beside it):
-:func:`recrepro.rl.ppr.run_dataset` on the point's stage-1 policy, mining and training at the sweep's
-sizes, in ``<point>/ppr/``, test row ``sweep <name>+PPR``. The ``stage`` column says which.
-
-On GPUs each point can be trained under ``accelerate launch`` with this module's CLI (see
-:func:`main`); notebook 07 then reuses the finished policies (``train_stamp.json``) and evaluates.
-
-Results, long format (one row per point, stage and metric, with ``profile`` and ``n``):
-``results/<profile>/fig4_group_size.csv`` and ``results/<profile>/fig5_backbone_size.csv``.
-
-Warm start (smoke only, tiny backbones): the profile's own backbone keeps its cached warm start
-(``warmstart`` section, shared with notebook 04); other tiny sizes get ``sweeps.warmstart_steps``
-steps, so at smoke size the sizes differ in warm start too and Figure 5 shows the machinery, not the
-paper's trend. Smoke numbers are never a reproduction of the paper.
-
-The smoke budget behind the smaller m / l tiny sizes and ``sweeps.warmstart_steps`` is in
-docs/measurements.md.
+Details (layout, PPR on Figure 5, warm start at smoke size): docs/internals.md, "rl/sweeps.py"; smoke
+budget: docs/measurements.md; GPU commands: docs/gpu.md.
 """
 
 from __future__ import annotations

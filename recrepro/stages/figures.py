@@ -1,26 +1,12 @@
 """Figures 3, 4 and 5 of the paper, drawn from the kit's own logs and sweep tables, and "Table 1 at a glance".
 
 Each function takes plain tables (pandas) and writes ``<stem>.png`` and ``<stem>.pdf`` under
-``figures/<profile>/``, with the profile named in the title so a smoke figure can never pass for a
-reproduction. The layouts follow PAPER.md 1.6:
-
-* Figure 3 (stage-1 training): (a) mean tool calls per trajectory and the share of positively
-  rewarded trajectories that called a tool, over steps; (b) H@10 on the validation slice over steps.
-* Figure 4: H@K and N@K against the group size G.
-* Figure 5: H@K and N@K against the backbone size (parameter count).
-* Table 1 at a glance (not a paper figure): per dataset, every measured row's N@10 with its 95%
-  interval, the paper's N@10 for the same system where the paper reports that dataset, Chance and
-  MostPop as lines (:func:`recrepro.stages.plots.plot_table1_glance`); ``table1_glance_<dataset>``.
-
-Figures 4 and 5 take the sweep CSVs of :mod:`recrepro.rl.sweeps` as they are (long format); dashed
-lines are the analytic chance levels (:func:`recrepro.metrics.chance_metrics`). Every interval of the
-inputs (``lo`` / ``hi``, ``val_<metric>_lo`` / ``_hi``) is drawn as an error bar; metric axes start a
-little below 0 and markers are not clipped, so a point at 0 shows. At smoke size the figures show the
-machinery, never the paper's trends.
-
-``python -m recrepro figures --profile P [--only fig4]`` (or ``python -m recrepro.stages.figures``)
-redraws them from the saved CSVs of the run (``runs/<P>/results``, into ``runs/<P>/figures``) in
+``figures/<profile>/``, laid out as in PAPER.md 1.6, with the profile named in the title so a smoke
+figure can never pass for a reproduction; every interval of the inputs is drawn as an error bar.
+``python -m recrepro figures --profile P [--only fig4]`` redraws them from a run's saved CSVs in
 seconds: this module imports no training code.
+
+Details (each figure's layout, axes and inputs): docs/internals.md, "stages/figures.py".
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
 """The collaborative tools' embedding space and the neighbour indexes built on it.
 
 PAPER.md 1.3 [N]: ``get_similar_items`` and ``get_similar_users`` work in "a SASRec embedding space
-trained on the training split". The tools only need three things from that model, gathered in
-:class:`EmbeddingSpace` so tests and benchmarks can pass hand-made vectors instead of training:
+trained on the training split"; :class:`EmbeddingSpace` holds what the tools need from it (item ids,
+item vectors, a history encoder), so tests can pass hand-made vectors. Our choices [G] (the paper
+gives no similarity function or neighbour count): cosine similarity for items and for users; user
+vectors come from snapshots at fixed quantiles of the benchmark's target times, and a query at time t
+uses the latest snapshot dated at or before t, so nothing at or after t can enter.
 
-* the item ids the model knows and one vector per item (SASRec's item embedding table);
-* a function mapping item histories (oldest first) to vectors (SASRec's sequence representation).
-
-:func:`space_from_scorer` adapts a :class:`recrepro.baselines.sequential_scorer.SequentialScorer`;
-:func:`load_embedding_space` loads an export written by notebook 02.
-
-Our choices [G] (the paper gives no similarity function or neighbour count):
-
-* item neighbours: cosine similarity of item embeddings, precomputed once for every known item;
-* user neighbours: cosine similarity of sequence representations. At ``tools.user_snapshots``
-  fixed time points every user's representation of their last ``history_max`` items dated strictly
-  before that point is stored; a query at time t uses the latest snapshot dated at or before t, so
-  nothing at or after t can enter. Snapshot times are quantiles of the benchmark's target times
-  (:func:`snapshot_grid`), fixed with the benchmark, never derived from the interaction log.
+Details (adapters, the snapshot rule): docs/internals.md, "tools/space.py".
 """
 
 from __future__ import annotations
