@@ -22,13 +22,11 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.env import make_env_factory, toolkit_env_factory
+from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
-from recrepro.agent.prompt import item_views
 from recrepro.agent.rollout import RolloutEngine
 from recrepro.config import Profile
-from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
 from recrepro.io import ManifestError, atomic_dir, read_manifest, write_json_atomic, write_text_atomic
 from recrepro.rl import grpo, rta
@@ -36,7 +34,6 @@ from recrepro.rl.mining import PolicyOutput, mine_pairs
 from recrepro.rl.pairs import (PAIR_KINDS, PreferenceRewardFunc, judge_records, pair_rows, pair_tasks, paired_test,
                                random_pairs, read_pairs, summarize_judgements, write_pairs)
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
-from recrepro.tools import ToolKit
 
 PPR_VERSION = 2  # bump when the recipe changes (part of the skip stamp); 2: tools name the items [A], [B]
 TABLE2_NAME = "trained-TIRR-RTA+PPR"
@@ -106,16 +103,16 @@ class DatasetContext:
     train: pd.DataFrame
     valid: pd.DataFrame
     env_factory: Callable[[], Any]
+    session: DatasetSession | None = None  # the opened dataset, for the test lists' environments
 
 
 def dataset_context(profile: Profile, root: Path | str, dataset: str) -> DatasetContext:
-    bench = load_benchmark(profile, dataset, root)
+    session = DatasetSession.open(profile, root, dataset)
+    bench = session.bench
     train = rta.seeded_subset(bench.samples["train"], profile.ppr.train_instances, profile.run.seed)
     valid = rta.seeded_subset(bench.samples["valid"], profile.ppr.valid_instances, profile.run.seed)
-    kit = ToolKit.from_benchmark(bench, profile, root)
-    kit.prepare(kit.instances(pd.concat([train, valid], ignore_index=True)))  # batch the neighbour search once
-    return DatasetContext(dataset, bench, item_views(bench.items), train, valid,
-                          make_env_factory(kit.bind, profile.agent.max_tool_calls))
+    factory = session.env_factory(pd.concat([train, valid], ignore_index=True))  # neighbour search batched once
+    return DatasetContext(dataset, bench, session.views, train, valid, factory, session)
 
 
 def _engine(profile: Profile, backend: Any, env_factory: Callable[[], Any]) -> Any:
@@ -283,8 +280,8 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
     With ``row_name`` (a sweep point) only that row, and no chance row."""
 
     samples = eval_subset(profile, ctx.bench.samples["test"])
-    factory = toolkit_env_factory(profile, ctx.bench, root, samples)
-    result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, factory, "tirr",
+    result = evaluate_agent(profile, root, ctx.dataset, samples, ctx.views, backend, ctx.session.env_factory(samples),
+                            "tirr",
                             row_name or TABLE2_NAME, extra_names=() if row_name else (TABLE1_NAME,))
     if row_name is not None:
         return [result.row]

@@ -21,13 +21,12 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from recrepro import paths
-from recrepro.agent.env import make_env_factory, toolkit_env_factory
+from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.generators import RolloutSettings
-from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, item_views, profile_spec
+from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_sample, profile_spec
 from recrepro.agent.warmstart import ensure_warm_tiny_model, find_warm_tiny_model
 from recrepro.config import Profile
-from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import chance_row
 from recrepro.io import sha256_file, write_json_atomic
 from recrepro.models import is_tiny_name
@@ -35,7 +34,6 @@ from recrepro.rl.grpo import WEIGHTS_FILE, TrainingSetup, json_default, plain, p
 from recrepro.rl.reward import ListwiseRewardFunc
 from recrepro.rl.rta_log import ValidationSlice, read_train_log, summarize_log
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
-from recrepro.tools import ToolKit
 
 RTA_VERSION = 1  # bump when the training recipe in this file changes (part of the skip stamp)
 VARIANTS = ("tirr", "r")
@@ -135,23 +133,23 @@ def validation_settings(profile: Profile) -> RolloutSettings:
 
 
 def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str,
-                  model_path: str | None = None, out_dir: Path | None = None) -> TrainingSetup:
+                  model_path: str | None = None, out_dir: Path | None = None,
+                  session: DatasetSession | None = None) -> TrainingSetup:
     """Training rows, tools and the validation slice of one dataset.
 
     ``out_dir`` (sweeps, :mod:`recrepro.rl.sweeps`) puts checkpoints, final policy and
-    ``train_log.csv`` there instead of under ``runs/<profile>/rta/<dataset>/``.
+    ``train_log.csv`` there instead of under ``runs/<profile>/rta/<dataset>/``. ``session``: the dataset
+    already opened by the caller (:meth:`DatasetSession.open` otherwise).
     """
 
     check_variant(variant)
     root = Path(root)
-    bench = load_benchmark(profile, dataset, root)
-    views = item_views(bench.items)
+    session = session or DatasetSession.open(profile, root, dataset)
+    bench, views = session.bench, session.views
     spec = prompt_spec(profile, variant)
     train = seeded_subset(bench.samples["train"], profile.rta.train_instances, profile.run.seed)
     valid = seeded_subset(bench.samples["valid"], profile.rta.eval_instances, profile.run.seed)
-    kit = ToolKit.from_benchmark(bench, profile, root)
-    kit.prepare(kit.instances(pd.concat([train, valid], ignore_index=True)))  # batch the neighbour search once
-    factory = make_env_factory(kit.bind, profile.agent.max_tool_calls)
+    factory = session.env_factory(pd.concat([train, valid], ignore_index=True))  # neighbour search batched once
     slice_ = ValidationSlice(make_tasks(valid, views, spec), factory, validation_settings(profile),
                              profile.agent.top_k, profile.agent.max_tool_calls)
     return TrainingSetup(profile=profile, variant=variant,
@@ -188,7 +186,8 @@ def train_policy(setup: TrainingSetup, force: bool = False, log: Callable[[str],
 
 
 def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: str,
-                    model_path: Path | str, row_name: str | None = None) -> list[dict]:
+                    model_path: Path | str, row_name: str | None = None,
+                    session: DatasetSession | None = None) -> list[dict]:
     """The trained policy on the dataset's test lists, through the zero-shot rows' evaluation path
     (``recrepro.agent.evaluate.evaluate_agent``: same instances, engine, parser, metrics and card).
 
@@ -198,11 +197,10 @@ def evaluate_policy(profile: Profile, root: Path | str, dataset: str, variant: s
     root = Path(root)
     backend = load_backend(profile, root, model_path=model_path)
     name, extra = (row_name, ()) if row_name else ROW_NAMES[variant]
-    bench = load_benchmark(profile, dataset, root)
-    samples = eval_subset(profile, bench.samples["test"])
-    factory = toolkit_env_factory(profile, bench, root, samples)
-    result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, variant,
-                            name, extra_names=extra)
+    session = session or DatasetSession.open(profile, root, dataset)
+    samples = eval_subset(profile, session.bench.samples["test"])
+    result = evaluate_agent(profile, root, dataset, samples, session.views, backend, session.env_factory(samples),
+                            variant, name, extra_names=extra)
     backend.close()
     return [chance_row(dataset, profile.data.n_candidates, len(samples), profile), result.row,
             *({**result.row, "model": e} for e in extra)]
@@ -241,12 +239,14 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
         if out_dir is None:
             write_rows(profile, root, done["rows"])
         return {**done, "skipped": True, "final": str(final), "log": read_train_log(log_path)}
-    trained = train_policy(prepare_setup(profile, root, dataset, variant, model_path, out_dir), force=force, log=log)
+    session = DatasetSession.open(profile, root, dataset)  # one load for training and evaluation
+    trained = train_policy(prepare_setup(profile, root, dataset, variant, model_path, out_dir, session),
+                           force=force, log=log)
     trainer = trained.pop("trainer")
     if trainer is not None and not trainer.accelerator.is_main_process:
         return {"skipped": False, "final": str(trained["final"])}
     del trainer  # free the training copy before evaluation loads the final policy
-    rows = evaluate_policy(profile, root, dataset, variant, trained["final"], row_name)
+    rows = evaluate_policy(profile, root, dataset, variant, trained["final"], row_name, session)
     if out_dir is None:
         write_rows(profile, root, rows)
     train_log = read_train_log(log_path)

@@ -97,16 +97,20 @@ class ToolKit:
 
         cfg = profile.tools
         if isinstance(space, str):
-            export = paths.classic_models_dir(profile, bench.name, root) / cfg.sasrec_model
-            space = None
-            if (export / "model_config.json").is_file():
-                space = load_embedding_space(export, device=device)
+            space = cls.load_space(bench, profile, root, device)
         if isinstance(profiles, str):
             profiles = load_profile_store(profile, bench.name, root)
         target_times = np.concatenate([f["target_time"].to_numpy() for f in bench.samples.values()])
         return cls(bench.interactions, bench.items, cfg, profile.data.history_max, space=space,
                    snapshot_times=snapshot_grid(target_times, cfg.user_snapshots), profiles=profiles,
                    dataset=bench.name)
+
+    @staticmethod
+    def load_space(bench: "Benchmark", profile: "Profile", root: Path | str = ".",
+                   device: str = "cpu") -> EmbeddingSpace | None:
+        """The SASRec space notebook 02 exported for ``bench`` (``tools.sasrec_model``), or None when absent."""
+        export = paths.classic_models_dir(profile, bench.name, root) / profile.tools.sasrec_model
+        return load_embedding_space(export, device=device) if (export / "model_config.json").is_file() else None
 
     def _build_catalogue(self, items: pd.DataFrame, root_label_share: float) -> None:
         self.item_ids: list[str] = [str(i) for i in items["item_id"]]
