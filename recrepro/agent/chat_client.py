@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import http.client
 import json
-import os
 import re
 import threading
 import time
@@ -31,7 +30,7 @@ import pandas as pd
 
 from recrepro.agent.endpoint import RequestStats, ResponseCache, cache_key
 from recrepro.agent.env import RecAgentEnv, tool_schemas
-from recrepro.agent.evaluate import AgentBackend, AgentEvaluation, evaluate_agent, rollout_settings, served_cache_file
+from recrepro.agent.evaluate import AgentBackend, AgentEvaluation, evaluate_agent, rollout_settings, served_api_key, served_cache_file
 from recrepro.agent.generators import RolloutSettings
 from recrepro.agent.parser import CALL_CLOSE, CALL_OPEN, ToolCallParse, check_call_against_schema, parse_tool_calls
 from recrepro.agent.rollout import AgentTask, TrajectoryRecord
@@ -401,11 +400,7 @@ def chat_backend(profile: Profile, root: Path | str | None = None) -> AgentBacke
     (:func:`chat_cache_file`), so a killed evaluation resumes without asking again what was answered;
     without it nothing is written."""
     served = profile.served
-    if served.base_url is None:
-        raise ValueError("served.base_url is null: this profile names no served model")
-    key = os.environ.get(served.api_key_env) if served.api_key_env else None
-    if served.api_key_env and not key:
-        raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
+    key = served_api_key(profile)
     cache = chat_cache_file(profile, root) if root is not None else None
     client = ChatCompletionsClient(served.base_url, str(served.model), api_key=key, cache_path=cache)
     return AgentBackend(client, None, f"{served.model} at {served.base_url}", None)

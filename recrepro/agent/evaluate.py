@@ -115,14 +115,10 @@ def served_cache_file(profile: Profile, root: Path | str = ".") -> Path:
     return paths.run_dir(profile, root) / "served" / "responses.jsonl"
 
 
-def served_backend(profile: Profile, root: Path | str | None = None) -> AgentBackend:
-    """The profile's served model (``served`` section) through :class:`OpenAICompletionsGenerator`; prompts
-    are rendered with ``served.tokenizer``, which must match the served model. With ``root``, answers are
-    cached in the run folder (:func:`served_cache_file`), so a killed evaluation resumes without asking
-    again what was answered; without it nothing is written."""
+def served_api_key(profile: Profile) -> str | None:
+    """The served model's API key from ``served.api_key_env`` (None when the profile names no variable);
+    a ValueError when the profile names no served model or the variable is unset."""
     import os
-
-    from transformers import AutoTokenizer
 
     served = profile.served
     if served.base_url is None:
@@ -130,6 +126,18 @@ def served_backend(profile: Profile, root: Path | str | None = None) -> AgentBac
     key = os.environ.get(served.api_key_env) if served.api_key_env else None
     if served.api_key_env and not key:
         raise ValueError(f"served.api_key_env: the environment variable {served.api_key_env} is not set")
+    return key
+
+
+def served_backend(profile: Profile, root: Path | str | None = None) -> AgentBackend:
+    """The profile's served model (``served`` section) through :class:`OpenAICompletionsGenerator`; prompts
+    are rendered with ``served.tokenizer``, which must match the served model. With ``root``, answers are
+    cached in the run folder (:func:`served_cache_file`), so a killed evaluation resumes without asking
+    again what was answered; without it nothing is written."""
+    from transformers import AutoTokenizer
+
+    served = profile.served
+    key = served_api_key(profile)
     tokenizer = AutoTokenizer.from_pretrained(served.tokenizer)
     cache = served_cache_file(profile, root) if root is not None else None
     generator = OpenAICompletionsGenerator(served.base_url, str(served.model), tokenizer, api_key=key, cache_path=cache)
