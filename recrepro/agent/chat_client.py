@@ -30,7 +30,8 @@ import pandas as pd
 
 from recrepro.agent.endpoint import RequestStats, ResponseCache, cache_key
 from recrepro.agent.env import RecAgentEnv, tool_schemas
-from recrepro.agent.evaluate import AgentBackend, AgentEvaluation, evaluate_agent, rollout_settings, served_api_key, served_cache_file
+from recrepro.agent.evaluate import (AgentBackend, AgentEvaluation, evaluate_agent, rollout_settings, served_api_key,
+                                     served_cache_file)
 from recrepro.agent.generators import RolloutSettings
 from recrepro.agent.parser import CALL_CLOSE, CALL_OPEN, ToolCallParse, check_call_against_schema, parse_tool_calls
 from recrepro.agent.rollout import AgentTask, TrajectoryRecord
