@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
 import pandas as pd
@@ -22,6 +22,7 @@ from recrepro.agent.evaluate import AgentBackend, eval_subset, rollout_settings
 from recrepro.agent.parser import InvalidReason, format_answer
 from recrepro.config import ConfigError, load_profile
 from tests.unit import agent_fakes as af
+from tests.unit.fake_http import JsonHandler
 
 FIRST_TEN = format_answer(range(1, 11))
 
@@ -53,7 +54,7 @@ def two_tools(body: dict) -> tuple[int, Any]:
     return 200, completion(f"<think>done</think>\n{FIRST_TEN}", prompt_tokens=100 * len(body["messages"]))
 
 
-class _Chat(BaseHTTPRequestHandler):
+class _Chat(JsonHandler):
     """Records every request and answers with ``behave(body) -> (status, JSON object or raw bytes)``."""
 
     bodies: list[dict] = []
@@ -63,15 +64,7 @@ class _Chat(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
         status, answer = type(self).behave(body)
-        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json(status, answer)
 
 
 @pytest.fixture()

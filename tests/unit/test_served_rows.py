@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -18,11 +18,12 @@ from recrepro.stages.data import run_data
 from recrepro.stages.evaluate import SERVED_LABELS, measured_models, run_served_rows
 from recrepro.tables import not_run_models
 from tests.unit import rta_fixtures as rf
+from tests.unit.fake_http import JsonHandler
 
 FIRST_TEN = format_answer(range(1, 11))
 
 
-class _Completions(BaseHTTPRequestHandler):
+class _Completions(JsonHandler):
     """Answers every prompt with the list [1, ..., 10] and records the request bodies. ``mode``:
     "ok"; "flaky" (a 429 before each answer); "malformed" (JSON without choices). Prompts in ``fail``
     get a 503; with ``usage`` the response counts tokens: prompt = characters, completion = 7."""
@@ -48,15 +49,7 @@ class _Completions(BaseHTTPRequestHandler):
         choices = [{"index": 0, "text": FIRST_TEN + body["stop"][0], "finish_reason": "stop"}]
         usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": 7} if self.usage else None
         answer = {"choices": choices, **({"usage": usage} if usage else {})}
-        data = json.dumps(answer if self.mode != "malformed" else {"error": "oops"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json(200, answer if self.mode != "malformed" else {"error": "oops"})
 
 
 @pytest.fixture()
