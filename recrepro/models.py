@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from recrepro import stamps
 from recrepro.io import atomic_dir
 
 
@@ -83,6 +84,7 @@ CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TAG_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
               "<answer>", "</answer>")
 TINY_BUILD_VERSION = 1  # bump when the builder changes in a way that changes the files
+TINY_KIND = "tiny-model"  # the stamp kind of a built tiny backbone
 
 
 @dataclass(frozen=True)
@@ -216,12 +218,19 @@ def build_tiny_qwen3(size: str, out_dir: Path | str, corpus: Iterable[str], seed
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        stamps.write_beside(tmp, TINY_KIND, tiny_build_inputs(size, seed, corpus_version, corpus_tools))
     return out_dir
 
 
 def _corpus_tools_key(corpus_tools: Any) -> dict[str, Any]:
-    """Recorded only when given, so models built before the key existed keep their cache."""
     return {} if corpus_tools is None else {"corpus_tools": dict(sorted(vars(corpus_tools).items()))}
+
+
+def tiny_build_inputs(size: str, seed: int, corpus_version: str, corpus_tools: Any) -> dict[str, Any]:
+    """What decides a tiny model's build (its stamp). The spec is included, so resizing one size rebuilds
+    only that size."""
+    return {"builder_version": TINY_BUILD_VERSION, "size": size, "spec": TINY_SIZES[size].__dict__, "seed": seed,
+            "corpus_version": corpus_version, "corpus_tools": _corpus_tools_key(corpus_tools).get("corpus_tools")}
 
 
 class ModelNotBuilt(FileNotFoundError):
@@ -232,18 +241,11 @@ def find_tiny_qwen3(run_dir: Path | str, name: str, corpus_version: str, seed: i
                     corpus_tools: Any = None) -> Path:
     """The folder of the built tiny model ``name``; :class:`ModelNotBuilt` when it is absent or stale (another
     builder version, spec, seed, ``corpus_version`` or ``corpus_tools``). Builds nothing."""
-    import json
-
     size = tiny_size_of(name)
     folder = tiny_model_dir(run_dir, size)
-    info_path = folder / "build_info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        # The spec is compared too, so resizing one size rebuilds only that size (s caches stay valid).
-        if (info.get("builder_version"), info.get("seed"), info.get("corpus_version"), info.get("spec"),
-                info.get("corpus_tools")) == (TINY_BUILD_VERSION, seed, corpus_version, TINY_SIZES[size].__dict__,
-                                              _corpus_tools_key(corpus_tools).get("corpus_tools")):
-            return folder
+    if stamps.folder_is_current(folder, TINY_KIND, tiny_build_inputs(size, seed, corpus_version, corpus_tools),
+                                "config.json"):
+        return folder
     raise ModelNotBuilt(f"{folder}: the tiny model {name!r} is not built for this config")
 
 

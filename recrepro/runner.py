@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 
 from recrepro.config import Profile, load_profile
 from recrepro.imports import all_modules, closure, import_graph, notebook_imports
-from recrepro.io import atomic_path, write_json_atomic
+from recrepro import stamps
+from recrepro.io import atomic_path
 from recrepro.progress import LABEL_ENV, LOG_ENV, LogRelay
 from recrepro.reference import stamp_results
 
@@ -33,6 +34,7 @@ KERNEL_NAME = "python3"
 # transport, on localhost, for a kernel this process starts and stops. Harmless, and printed on the console
 # between the stage's lines, so the kernel logs errors only (the notebook's own output is not affected).
 KERNEL_ARGUMENTS = ["--log-level=ERROR"]
+STAGE_KIND = "stage"  # the kind of a notebook stage's stamp (runs/<profile>/stamps/<notebook>.json)
 
 
 @dataclass(frozen=True)
@@ -97,18 +99,24 @@ def notebook_source_hash(notebook: Path) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def stage_stamp(notebook: Path, profile: Profile, previous: str, code: str) -> str:
+def stage_inputs(notebook: Path, profile: Profile, previous: str, code: str) -> dict[str, str]:
+    """What decides a notebook stage: its cells, its declared config sections, the code it imports and
+    the stamp of the stage before it (so a re-run stage re-runs everything after it)."""
     sections = _declared_sections(notebook)
     unknown = [s for s in sections if s not in profile.to_dict()]
     if unknown:
         raise ValueError(f"{notebook}: metadata.recrepro.sections names unknown profile section(s) {unknown}")
-    payload = {
+    return {
         "notebook": notebook_source_hash(notebook),
         "config": profile.section_hash("run", *sections),
         "code": code,
         "previous": previous,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def stage_stamp(notebook: Path, profile: Profile, previous: str, code: str) -> str:
+    """The digest of :func:`stage_inputs` (the kit's stamp scheme, :mod:`recrepro.stamps`)."""
+    return stamps.digest(stage_inputs(notebook, profile, previous, code))
 
 
 def stage_label(notebook: Path) -> str:
@@ -166,14 +174,13 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
     graph = import_graph(PACKAGE_DIR)  # parsed once, not once per notebook
     for notebook in find_notebooks(root):
         number = _number(notebook)
-        stamp = stage_stamp(notebook, profile, previous, code_hash(notebook, graph))
-        previous = stamp
+        inputs = stage_inputs(notebook, profile, previous, code_hash(notebook, graph))
+        previous = stamps.digest(inputs)
         if (start is not None and number < start) or (stop is not None and number > stop):
             continue
         output = out_dir / notebook.name
         stamp_file = stamp_dir / f"{notebook.stem}.json"
-        if not force and output.is_file() and stamp_file.is_file() and \
-                json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        if not force and output.is_file() and stamps.is_current(stamp_file, STAGE_KIND, inputs):
             log(f"[skip] {notebook.name}: inputs and config unchanged")
             results.append(StageResult(notebook.name, "skipped", 0.0, output))
             continue
@@ -197,7 +204,7 @@ def run_chain(profile_name: str, root: Path | str = ".", start: int | None = Non
                 raise
         failed.unlink(missing_ok=True)
         seconds = time.perf_counter() - began
-        write_json_atomic(stamp_file, {"stamp": stamp, "seconds": round(seconds, 2)})
+        stamps.write(stamp_file, STAGE_KIND, inputs, seconds=round(seconds, 2))
         stamp_results(profile, root)  # every table the stage wrote names its run and config
         log(f"[done] {notebook.name} in {seconds:.1f} s")
         results.append(StageResult(notebook.name, "ran", seconds, output))

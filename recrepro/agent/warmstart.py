@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from recrepro import stamps
 from recrepro.agent.corpus import ensure_tiny_agent_model, find_tiny_agent_model
 from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
@@ -121,6 +122,7 @@ def _warm_start_trainer_class() -> type:
 
 # The copy curriculum [G] (``warmstart.copy_steps``): short tails first, then longer ones, because a tiny model
 # trained on whole transcripts never learnt to copy the popularity line (docs/measurements.md).
+WARM_KIND = "warm-start"  # the stamp kind of a warm-started tiny backbone
 COPY_SHORT_TOKENS = 160  # [G] holds the popularity line, the final turn and the answer
 COPY_LONG_TOKENS = (320, 640, 1280)  # [G] then longer tails, beside the whole transcripts
 COPY_SHORT_BATCH = 16  # [G] short tails are cheap
@@ -161,11 +163,12 @@ def copy_curriculum(model: Any, tokenizer: Any, examples: Sequence[tuple[list[in
 def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Sequence[AgentInstance],
                      rows: Sequence[dict], env_factory: Callable[[], RecAgentEnv], specs: Sequence[PromptSpec],
                      settings: WarmStartSettings, progress: bool = True,
-                     extra_info: dict[str, Any] | None = None, ppr_share: float = 0.0,
+                     stamp: dict[str, Any] | None = None, ppr_share: float = 0.0,
                      teacher: str = "category", copy_steps: int = 0) -> tuple[Path, list[float]]:
     """Load ``base_dir``, warm-start it on teacher transcripts, save to ``out_dir`` (atomically).
 
-    ``warmstart_info.json`` beside the weights records the recipe, ``extra_info`` and the losses.
+    ``warmstart_info.json`` beside the weights records the recipe and the losses; ``stamp`` (the inputs
+    that decide the model, :func:`find_warm_tiny_model`) goes to its ``stamp.json``.
     """
     import json
 
@@ -187,8 +190,10 @@ def warm_start_model(base_dir: Path | str, out_dir: Path | str, instances: Seque
         info = {"base": str(base_dir), "teacher_version": TEACHER_VERSION, "teacher": teacher, "settings": settings.__dict__,
                 "examples": len(examples), "ppr_examples": n_ppr, "specs": [_recorded(s) for s in specs],
                 "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
-                "copy_losses": copy_losses, **(extra_info or {})}
+                "copy_losses": copy_losses}
         (tmp / "warmstart_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if stamp is not None:
+            stamps.write_beside(tmp, WARM_KIND, stamp)
     return out_dir, losses
 
 
@@ -210,13 +215,11 @@ def warm_model_dir(base_dir: Path) -> Path:
 
 def _warm_recipe(profile: Any, base: Path, dataset: str) -> dict[str, Any]:
     """Everything the warm-started model depends on: teacher, prompts, data, settings and the base build."""
-    import json
-
     n_instances, settings = warmstart_settings(profile)
     specs = [profile_spec(profile.agent, "tirr"), profile_spec(profile.agent, "r")]
     recipe = {"teacher_version": TEACHER_VERSION, "prompt_version": PROMPT_VERSION, "dataset": dataset,
               "instances": n_instances, "settings": settings.__dict__, "specs": [_recorded(s) for s in specs],
-              "base_build": json.loads((base / "build_info.json").read_text())}
+              "base_build": stamps.recorded_digest(base)}
     if profile.warmstart.teacher != "category":  # recorded only when used, so v1 recipes keep their cache
         recipe["teacher"] = {"name": profile.warmstart.teacher, "version": MIXED_TEACHER_VERSION,
                              "popularity_order": profile.tools.popularity_order,
@@ -231,16 +234,13 @@ def _warm_recipe(profile: Any, base: Path, dataset: str) -> dict[str, Any]:
 def find_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | None = None) -> Path:
     """The profile's built tiny backbone, warm-started when ``warmstart.enabled``; :class:`ModelNotBuilt`
     when it is absent or its recipe changed. Builds nothing (:func:`ensure_warm_tiny_model` builds)."""
-    import json
-
     base = find_tiny_agent_model(profile.run_dir(root), profile.agent.model_name_or_path,
                                  seed=profile.run.seed, tools=profile.tools)
     if not profile.warmstart.enabled:
         return base
     out = warm_model_dir(base)
-    info = out / "warmstart_info.json"
     recipe = _warm_recipe(profile, base, dataset or profile.data.datasets[0])
-    if info.is_file() and json.loads(info.read_text()).get("recipe") == recipe:
+    if stamps.folder_is_current(out, WARM_KIND, recipe, "config.json"):
         return out
     raise ModelNotBuilt(f"{out}: the warm-started model is not built for this config; stage 1 (notebook 04, "
                         "recrepro.stages.rta) builds it")
@@ -282,6 +282,6 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     factory = toolkit_env_factory(profile, bench, root, chosen)
     instances = [instance_from_sample(row, views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
-                              extra_info={"recipe": recipe}, ppr_share=profile.warmstart.ppr_share,
+                              stamp=recipe, ppr_share=profile.warmstart.ppr_share,
                               teacher=profile.warmstart.teacher, copy_steps=profile.warmstart.copy_steps)
     return out

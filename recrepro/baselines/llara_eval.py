@@ -13,7 +13,6 @@ Details (each step and the cache key): docs/internals.md, "baselines/llara_eval.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,20 +20,19 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.card import build_card, write_eval_card
 from recrepro.agent.evaluate import eval_subset, rollout_settings, save_trajectories, shown_path
 from recrepro.agent.generators import RolloutSettings, build_generation_config, stop_token_ids
 from recrepro.agent.parser import judge_trajectory
 from recrepro.agent.prompt import PROMPT_VERSION, PromptSpec, instance_from_sample, item_views, prompt_fingerprint
 from recrepro.agent.rollout import TrajectoryRecord
-from recrepro.baselines.llara import (INFO_FILE, TABLE1_NAME, CurriculumCollator, LoadedLLaRA, encode_hybrid_example,
+from recrepro.baselines.llara import (TABLE1_NAME, CurriculumCollator, LoadedLLaRA, encode_hybrid_example,
                                       hybrid_messages, llara_dir, load_llara)
-from recrepro.baselines.sft import finished_info
+from recrepro.baselines.sft import EVAL_KIND
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import evaluate_lists, load_per_instance, metrics_row, per_instance_path
-from recrepro.io import write_json_atomic
 from recrepro.progress import Progress
 from recrepro.rl.rta import prompt_spec
 
@@ -142,7 +140,7 @@ def run_llara(loaded: LoadedLLaRA, prompts: Sequence[Mapping[str, Any]], setting
 
 def eval_stamp(profile: Profile, final: Path, samples: pd.DataFrame) -> dict[str, Any]:
     """The trained model's stamp, the evaluation-relevant config and the evaluated instances."""
-    train = json.loads((Path(final) / INFO_FILE).read_text())["stamp"]
+    train = stamps.read_json(Path(final) / stamps.STAMP_FILE)
     return {"train": train, "eval": profile.section_hash("eval", "agent", "sft"),
             "sample_ids": [int(s) for s in samples["sample_id"]]}
 
@@ -179,7 +177,7 @@ def evaluate_llara(profile: Profile, root: Path | str, dataset: str, final: Path
     samples = eval_subset(profile, bench.samples["test"])
     stamp = eval_stamp(profile, final, samples)
     info_path = llara_dir(profile, root, dataset) / EVAL_INFO_FILE
-    info = finished_info(info_path, stamp, force)
+    info = None if force else stamps.read_record(info_path, EVAL_KIND, stamp)
     saved = per_instance_path(profile, dataset, TABLE1_NAME, root)
     if info is not None and saved.is_file():
         log(f"[llara] {dataset}: evaluation unchanged, reusing {saved.name}")
@@ -195,9 +193,8 @@ def evaluate_llara(profile: Profile, root: Path | str, dataset: str, final: Path
     row = evaluate_lists(profile, dataset, TABLE1_NAME, samples, [list(r.answer) if r.answer else None
                                                                  for r in records], root)
     card = write_card(profile, root, dataset, final, records, settings, wall)
-    info = {"stamp": stamp, "wall_s_eval": round(wall, 2), "valid_share": card["valid_share"],
-            "invalid_reasons": card["invalid_reasons"]}
-    write_json_atomic(info_path, info)
+    info = stamps.write_record(info_path, EVAL_KIND, stamp, wall_s_eval=round(wall, 2),
+                               valid_share=card["valid_share"], invalid_reasons=card["invalid_reasons"])
     scores = "".join(f", {m} {row[m]:.3f}" for m in ("H@1", "H@10") if m in row)
     log(f"[llara] {dataset}: {len(records)} answers in {wall:.1f} s, valid {card['valid_share']:.0%}{scores}")
     return {**info, "row": row, "skipped": False}

@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.generators import stop_token_ids
 from recrepro.agent.parser import judge_trajectory
 from recrepro.agent.prompt import item_views
@@ -269,7 +268,7 @@ def evaluate_rere(profile: Profile, root: Path | str, dataset: str, final: Path 
     """ReRe's answers on the agent's test subset -> its Table 1 row: one greedy answer turn under the
     candidate-list constraint (ReRe generates under its item constraint at test time; a beam of one, the
     other rows being greedy too), scored by the same parser and metrics."""
-    stamp = json.loads((Path(final) / "rere_info.json").read_text())["stamp"]
+    stamp = stamps.read_json(Path(final) / stamps.STAMP_FILE)
 
     def constrained(backend: Any) -> contextlib.AbstractContextManager:
         model = getattr(backend.generator, "model", None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.prompt import item_views
 from recrepro.baselines.sft import (baseline_profile, encode_example, evaluate_answer_model, fit_examples, sft_stamp,
                                    train_once, train_sft, training_kwargs)
@@ -349,7 +348,7 @@ def train_sdpo(profile: Profile, root: Path | str, dataset: str, force: bool = F
 def evaluate_sdpo(profile: Profile, root: Path | str, dataset: str, final: Path | str, force: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Greedy one-turn answers of the S-DPO model ``final`` on the agent's test subset -> its Table 1 row."""
-    stamp = json.loads((Path(final) / "sdpo_info.json").read_text())["stamp"]
+    stamp = stamps.read_json(Path(final) / stamps.STAMP_FILE)
     return evaluate_answer_model(profile, root, dataset, str(final), stamp, TABLE1_NAME,
                                  sdpo_dir(profile, root, dataset), force=force, log=log)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.env import toolkit_env_factory
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings
 from recrepro.agent.parser import format_answer
@@ -32,7 +32,7 @@ from recrepro.agent.teacher import Transcript, encode_transcript
 from recrepro.config import Profile
 from recrepro.data.pipeline import load_benchmark
 from recrepro.evaluation import load_per_instance, metrics_row, per_instance_path
-from recrepro.io import atomic_dir, sha256_file, write_json_atomic
+from recrepro.io import atomic_dir
 from recrepro.models import load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.grpo import n_processes, process_state
@@ -40,6 +40,7 @@ from recrepro.rl.rta import prompt_spec, seeded_subset
 
 SFT_VERSION = "v1"  # bump when the recipe below changes in a way that changes the model
 TABLE1_NAME = "TALLRec-like (SFT)"
+EVAL_KIND = "answer-eval"  # the stamp of a trained baseline's evaluation record (eval_info.json)
 STAMP_SECTIONS = ("data", "warmstart")  # plus the training-relevant agent and sft fields (sft_stamp)
 
 
@@ -69,30 +70,29 @@ def sft_dir(profile: Profile, root: Path | str, dataset: str) -> Path:
 def sft_stamp(profile: Profile, dataset: str, start_model: str) -> dict[str, Any]:
     """What decides whether a trained adapter is still valid: recipe, config, dataset, start model."""
 
-    origin: dict[str, Any] = {"path": str(start_model)}
-    for name in ("warmstart_info.json", "build_info.json", "config.json"):
-        if (Path(start_model) / name).is_file():
-            origin[name] = sha256_file(Path(start_model) / name)
     # Only what changes the trained weights: evaluation-only knobs (eval_instances, max_new_tokens,
     # decoding) must not force a retrain.
     agent = {k: getattr(profile.agent, k) for k in ("model_name_or_path", "top_k", "prompt_style", "max_tool_calls")}
     sft = {k: v for k, v in dataclasses.asdict(profile.sft).items() if k != "max_new_tokens"}
     return {"sft_version": SFT_VERSION, "dataset": dataset, "seed": profile.run.seed,
-            "config": profile.section_hash(*STAMP_SECTIONS), "agent": agent, "sft": sft, "start_model": origin}
+            "config": profile.section_hash(*STAMP_SECTIONS), "agent": agent, "sft": sft,
+            "start_model": stamps.model_origin(start_model)}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def baseline_kind(info_name: str) -> str:
+    """The stamp kind of a trained baseline, from its record's name: ``sdpo_info.json`` -> ``sdpo``."""
+    return info_name.removesuffix("_info.json")
+
+
+def finished_training(final: Path, info_name: str, stamp: Mapping[str, Any], force: bool) -> dict[str, Any] | None:
+    """The record of a finished training with this ``stamp`` in ``final`` (skip it), with the stamp under
+    ``"stamp"``; or None (train: absent, unreadable, another stamp, or ``force``). Shared by the LoRA
+    baselines (SFT, S-DPO, LLaRA, ReRe)."""
+    kind = baseline_kind(info_name)
+    if force or not stamps.folder_is_current(final, kind, stamp, info_name):
         return None
-
-
-def finished_info(info_path: Path, stamp: dict[str, Any], force: bool) -> dict[str, Any] | None:
-    """The info JSON of a finished training with this ``stamp`` (skip it), or None (train: absent,
-    unreadable, another stamp, or ``force``). Shared by the LoRA baselines (SFT, S-DPO, LLaRA, ReRe)."""
-    info = _read_json(info_path)
-    return info if not force and info is not None and info.get("stamp") == stamp else None
+    info = stamps.read_json(final / info_name)
+    return None if info is None else {**info, "stamp": stamps.make(kind, stamp)}
 
 
 def fit_examples(examples: list[dict[str, Any]], max_length: int, log: Callable[[str], None] = print, *,
@@ -196,20 +196,21 @@ def train_once(profile: Profile, final: Path, info_name: str, stamp: dict[str, A
     Under ``accelerate launch`` every process runs ``fit`` (the trainer shares out the batches); only the
     main process keeps what it saved. Returns the record and whether the training was skipped.
     """
-    info = finished_info(final / info_name, stamp, force)
+    info = finished_training(final, info_name, stamp, force)
     if info is not None:
         log(skipping)
         return info, True
     state = process_state(profile)
     if state.is_main_process:
         with atomic_dir(final) as tmp:
-            info = {"stamp": stamp, **fit(tmp)}
-            (tmp / info_name).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            record = fit(tmp)
+            (tmp / info_name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            stamps.write_beside(tmp, baseline_kind(info_name), stamp)
     else:
         with tempfile.TemporaryDirectory(prefix="recrepro-replica-") as scratch:
             fit(Path(scratch))  # this process's share of the training; its copy of the model is not kept
     state.wait_for_everyone()
-    return (info if info is not None else json.loads((final / info_name).read_text())), False
+    return {**json.loads((final / info_name).read_text()), "stamp": stamps.make(baseline_kind(info_name), stamp)}, False
 
 
 def baseline_profile(profile: Profile, name: str) -> Profile:
@@ -248,12 +249,10 @@ def evaluate_answer_model(profile: Profile, root: Path | str, dataset: str, mode
     samples = eval_subset(profile, bench.samples["test"])
     stamp = {"train": train_stamp, "eval": profile.section_hash("eval", "agent", "sft"),
              "sample_ids": [int(s) for s in samples["sample_id"]], "context": context_name}
-    if not context_name:
-        stamp.pop("context")  # the TALLRec-like row's stamp as before
     info_path = Path(out_dir) / "eval_info.json"
-    info = _read_json(info_path)
+    info = None if force else stamps.read_record(info_path, EVAL_KIND, stamp)
     saved = per_instance_path(profile, dataset, name, root)
-    if not force and info is not None and info.get("stamp") == stamp and saved.is_file():
+    if info is not None and saved.is_file():
         log(f"[{name}] {dataset}: evaluation unchanged, reusing {saved.name}")
         frame = load_per_instance(profile, dataset, name, root)
         per_instance = {c: frame[c].to_numpy() for c in frame.columns if c != "sample_id"}
@@ -269,10 +268,8 @@ def evaluate_answer_model(profile: Profile, root: Path | str, dataset: str, mode
         result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
                                 name, settings=settings)
     backend.close()
-    info = {"stamp": stamp, "wall_s_eval": round(time.perf_counter() - began, 2),
-            "valid_share": result.card["valid_share"], "invalid_reasons": result.card["invalid_reasons"]}
-
-    write_json_atomic(info_path, info)
+    info = stamps.write_record(info_path, EVAL_KIND, stamp, wall_s_eval=round(time.perf_counter() - began, 2),
+                               valid_share=result.card["valid_share"], invalid_reasons=result.card["invalid_reasons"])
     return {**info, "row": result.row, "skipped": False}
 
 

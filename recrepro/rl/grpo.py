@@ -22,17 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from recrepro import stamps
 from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, model_context
 from recrepro.plan import completions_per_micro_step
-from recrepro.io import write_json_atomic
 from recrepro.rl.policy_io import (REPLICAS_FILE, TRAINED_STAMP, WEIGHTS_FILE, finished_policy,  # noqa: F401 (re-exported)
-                                     json_default, policy_id, read_json, refuse_lora_under_zero3, replica_digests,
-                                     save_final, weights_digest, zero3)
+                                     policy_id, refuse_lora_under_zero3, replica_digests, save_final, weights_digest,
+                                     zero3)
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device
 from recrepro.progress import trainer_progress
 from recrepro.rl.rta_log import RTALogCallback, ValidationSlice
+
+CHECKPOINTS_KIND = "grpo-checkpoints"  # the stamp of a run's checkpoint folder: resumed only under this config
 
 # ------------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------------
@@ -319,10 +321,10 @@ def run_training(setup: TrainingSetup, stamp: Mapping[str, Any], final: Path, fo
         return {"final": final, "wall_s": None, "resumed_from": None, "trainer": None}
     out, state = setup.output_dir, process_state(setup.profile)
     if state.is_main_process:
-        if force or (out.exists() and read_json(out / "run_stamp.json") != dict(stamp)):
+        if force or (out.exists() and not stamps.is_current(out / stamps.STAMP_FILE, CHECKPOINTS_KIND, stamp)):
             shutil.rmtree(out, ignore_errors=True)  # checkpoints of another config must not be resumed
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "run_stamp.json", dict(stamp))
+        stamps.write_beside(out, CHECKPOINTS_KIND, stamp)
         if get_last_checkpoint(str(out)) is None and setup.log_path.is_file():
             setup.log_path.unlink()  # a fresh run starts a fresh log
     state.wait_for_everyone()

@@ -5,23 +5,18 @@ data-parallel process ends with the same weights. Shared by stage 1, PPR and the
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from recrepro import stamps
 from recrepro.config import Profile
+from recrepro.stamps import STAMP_FILE, read_json
 from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-TRAINED_STAMP = "train_stamp.json"  # written beside a final policy: the config it was trained with
+TRAINED_STAMP = STAMP_FILE  # beside a final policy: the stamp of the config it was trained with
+POLICY_KIND = "policy"
 
 
 def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
@@ -30,8 +25,7 @@ def finished_policy(final: Path, stamp: Mapping[str, Any]) -> bool:
     Lets the one-process evaluation after an ``accelerate launch`` training run use its policy
     instead of resuming a DeepSpeed checkpoint without DeepSpeed.
     """
-    return (final / "config.json").is_file() and read_json(final / TRAINED_STAMP) == json.loads(
-        json.dumps(dict(stamp), default=json_default))
+    return stamps.folder_is_current(final, POLICY_KIND, stamp, "config.json")
 
 
 def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None) -> Path:
@@ -54,7 +48,7 @@ def save_final(trainer: Any, final: Path, stamp: Mapping[str, Any] | None = None
             model.save_pretrained(tmp, state_dict=gathered, safe_serialization=True)
             trainer.processing_class.save_pretrained(tmp)
             if stamp is not None:
-                write_json_atomic(tmp / TRAINED_STAMP, json.loads(json.dumps(dict(stamp), default=json_default)))
+                stamps.write_beside(tmp, POLICY_KIND, stamp)
             if digests:
                 write_json_atomic(tmp / REPLICAS_FILE, {"processes": len(digests), "sha256": digests})
             write_json_atomic(tmp / WEIGHTS_FILE, {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))})
@@ -113,9 +107,3 @@ def replica_digests(accelerator: Any, model: Any) -> list[str]:
     if len(set(digests)) != 1:
         raise RuntimeError(f"the {len(digests)} training processes ended with different weights: {digests}")
     return digests
-
-
-def json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)

@@ -13,7 +13,6 @@ Details (the steps, settings and artifacts): docs/internals.md, "rl/ppr.py"; GPU
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
@@ -39,6 +38,7 @@ PPR_VERSION = 2  # bump when the recipe changes (part of the skip stamp); 2: too
 TABLE2_NAME = "trained-TIRR-RTA+PPR"
 TABLE1_NAME = "AgenticRec (RTA+PPR)"
 STAMP_SECTIONS = (*rta.STAMP_SECTIONS, "ppr")
+RUN_KIND = "ppr-run"  # the stamp of a PPR folder: rounds, accuracies, rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def policy_outputs(profile: Profile, backend: Any, ctx: DatasetContext, samples:
 def mining_provenance(profile: Profile, dataset: str, model_path: Path, k: int) -> dict[str, Any]:
     """What round ``k``'s pairs depend on: the mining policy (its weights), the config and the seed."""
     return {"ppr_version": PPR_VERSION, "round": k, "dataset": dataset, "seed": profile.run.seed + k,
-            "policy": rta.config_stamp(profile, "tirr", str(model_path), dataset)["start_model"],
+            "policy": stamps.model_origin(model_path),
             "config": profile.section_hash(*STAMP_SECTIONS)}
 
 
@@ -290,7 +290,7 @@ def evaluate_test(profile: Profile, root: Path | str, ctx: DatasetContext, backe
 
 
 def _save_accuracy(folder: Path, accuracy: Mapping[str, Any], judged: Mapping[str, pd.DataFrame]) -> None:
-    write_json_atomic(folder / "preference_accuracy.json", json.loads(json.dumps(accuracy, default=grpo.json_default)))
+    write_json_atomic(folder / "preference_accuracy.json", stamps.canonical(accuracy))
     for stage, frame in judged.items():
         write_text_atomic(folder / f"judgements_{stage}.csv", frame.to_csv(index=False))
 
@@ -310,8 +310,8 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     start = Path(start) if start is not None else stage1_policy(profile, root, dataset)
     stamp = run_stamp(profile, root, dataset, start, row_name)
     final = folder / "final"
-    done = grpo.read_json(folder / "stamp.json")
-    if (not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file()
+    done = stamps.read_record(folder / stamps.RECORD_FILE, RUN_KIND, stamp)
+    if (not force and done is not None and (final / "config.json").is_file()
             and done.get("policy") == grpo.policy_id(final)):
         log(f"[ppr] {dataset}: final policy and its evaluation are up to date; skipping")
         if row_name is None:
@@ -359,8 +359,8 @@ def run_dataset(profile: Profile, root: Path | str, dataset: str, force: bool = 
     backend.close()
     if row_name is None:
         write_rows(profile, root, rows)
-    record = {"stamp": stamp, "policy": grpo.policy_id(final), "rows": rows, "rounds": rounds, "accuracy": accuracy}
-    write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=grpo.json_default)))
+    record = {"policy": grpo.policy_id(final), "rows": rows, "rounds": rounds, "accuracy": accuracy}
+    record = stamps.write_record(folder / stamps.RECORD_FILE, RUN_KIND, stamp, **record)
     return {**record, "skipped": False, "final": str(final)}
 
 

@@ -14,13 +14,12 @@ Details (token budgets, file layout): docs/internals.md, "rl/rta.py"; GPU comman
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, make_tasks, rollout_settings
 from recrepro.agent.generators import RolloutSettings
@@ -28,9 +27,8 @@ from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_samp
 from recrepro.agent.warmstart import ensure_warm_tiny_model, find_warm_tiny_model
 from recrepro.config import Profile
 from recrepro.evaluation import chance_row
-from recrepro.io import sha256_file, write_json_atomic
 from recrepro.models import is_tiny_name
-from recrepro.rl.grpo import WEIGHTS_FILE, TrainingSetup, json_default, plain, policy_id, read_json, run_training
+from recrepro.rl.grpo import TrainingSetup, plain, policy_id, run_training
 from recrepro.rl.reward import ListwiseRewardFunc
 from recrepro.rl.rta_log import ValidationSlice, read_train_log, summarize_log
 from recrepro.tables import TABLE1_TITLE, TABLE2_TITLE, write_table
@@ -44,6 +42,7 @@ ROW_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 TABLE1_NAMES = {"AgenticRec (RTA)"}
 STAMP_SECTIONS = ("data", "recbole", "tools", "user_profile", "agent", "warmstart", "reward", "rta")
+RUN_KIND = "rta-run"  # the stamp of a (dataset, variant) folder: trained policy, evaluation, rows
 # [G] vLLM colocated with training: the share of GPU memory vLLM may take (weights + KV cache).
 # Columns the environment's reset(**row) and the reward need; the target item itself is left out.
 ROW_COLUMNS = ("sample_id", "user_id", "split", "target_time", "history_items", "history_times",
@@ -163,15 +162,8 @@ def prepare_setup(profile: Profile, root: Path | str, dataset: str, variant: str
 
 def config_stamp(profile: Profile, variant: str, model_path: str, dataset: str = "") -> dict[str, Any]:
     """What decides whether a finished run is still valid: config, dataset, variant, start model, code."""
-    start = Path(model_path)
-    # A local folder by its absolute path: `--root .` on the CLI and the notebook's absolute root
-    # must give one stamp, or a policy trained under accelerate launch would be trained again.
-    origin = {"path": str(start.resolve()) if start.is_dir() else model_path}
-    for name in ("warmstart_info.json", "build_info.json", "config.json", WEIGHTS_FILE):
-        if (start / name).is_file():
-            origin[name] = sha256_file(start / name)
     return {"rta_version": RTA_VERSION, "dataset": dataset, "variant": variant, "seed": profile.run.seed,
-            "config": profile.section_hash(*STAMP_SECTIONS), "start_model": origin}
+            "config": profile.section_hash(*STAMP_SECTIONS), "start_model": stamps.model_origin(model_path)}
 
 
 def train_policy(setup: TrainingSetup, force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -230,10 +222,10 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
     folder = out_dir if out_dir is not None else variant_dir(profile, root, dataset, variant)
     model_path = starting_model(profile, root)
     stamp = config_stamp(profile, variant, model_path, dataset)
-    done = read_json(folder / "stamp.json")
+    done = stamps.read_record(folder / stamps.RECORD_FILE, RUN_KIND, stamp)
     final = folder / "final"
     log_path = folder / "train_log.csv" if out_dir is not None else train_log_path(profile, root, dataset, variant)
-    if (not force and done is not None and done.get("stamp") == stamp and (final / "config.json").is_file()
+    if (not force and done is not None and (final / "config.json").is_file()
             and done.get("policy") == policy_id(final)):
         log(f"[rta] {dataset}/{variant}: final policy and its evaluation are up to date; skipping")
         if out_dir is None:
@@ -250,7 +242,7 @@ def run_variant(profile: Profile, root: Path | str, dataset: str, variant: str, 
     if out_dir is None:
         write_rows(profile, root, rows)
     train_log = read_train_log(log_path)
-    record = {"stamp": stamp, "policy": policy_id(trained["final"]), "rows": rows, "wall_s_train": trained["wall_s"],
+    record = {"policy": policy_id(trained["final"]), "rows": rows, "wall_s_train": trained["wall_s"],
               "resumed_from": trained["resumed_from"], "summary": summarize_log(train_log)}
-    write_json_atomic(folder / "stamp.json", json.loads(json.dumps(record, default=json_default)))
+    record = stamps.write_record(folder / stamps.RECORD_FILE, RUN_KIND, stamp, **record)
     return {**record, "skipped": False, "final": str(trained["final"]), "log": train_log}

@@ -116,10 +116,9 @@ TRAINED_BASELINES: dict[str, tuple[str, Callable, Callable]] = {
 
 
 def _info(final: Path) -> dict[str, Any]:
-    """The training record a baseline saved beside its model (``<name>_info.json``), less its stamp."""
+    """The training record a baseline saved beside its model (``<name>_info.json``; its stamp is apart)."""
     found = sorted(Path(final).glob("*_info.json"))
-    info = json.loads(found[0].read_text()) if found else {}
-    return {k: v for k, v in info.items() if k != "stamp"}
+    return json.loads(found[0].read_text()) if found else {}
 
 
 @stage_entry

@@ -1,7 +1,7 @@
 """Notebook 07's sweeps behind Figures 4 and 5: run them, or train their points on GPUs.
 
 See :mod:`recrepro.rl.sweeps` for the points. On several GPUs (paper profile) train each point with
-the CLI; notebook 07 then finds every finished policy (``train_stamp.json``) and only evaluates::
+the CLI; notebook 07 then finds every finished policy (its ``final/stamp.json``) and only evaluates::
 
     python -m recrepro.stages.sweeps --profile paper --list
     accelerate launch --config_file configs/accelerate/zero3.yaml -m recrepro.stages.sweeps --profile paper \\

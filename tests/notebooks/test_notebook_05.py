@@ -35,7 +35,7 @@ def test_chain_00_to_05_mines_pairs_and_writes_accuracy_and_rows(chain_root):
     pairs = pd.read_parquet(folder / "round1/pairs/pairs_train.parquet")
     assert (pairs["negative_item"] != pairs["target_item"]).all()
     assert (folder / "final/config.json").is_file()
-    record = json.loads((folder / "stamp.json").read_text())
+    record = json.loads((folder / "record.json").read_text())
     trained = record["rounds"][0]["trained"]
     assert trained == (stats["train"]["pairs"] > 0)  # no pairs: the stage-1 policy is carried forward
     if trained:

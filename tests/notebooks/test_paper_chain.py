@@ -87,8 +87,8 @@ def test_stage1_trains_groups_of_eight_from_the_instruct_model_without_warm_star
         log = pd.read_csv(run_dir / "rta" / dataset / "train_log.csv").dropna(subset=["groups_total"])
         assert (log["groups_total"] == profile.rta.batch_size).all()
         assert (log["effective_batch"] == log["groups_kept"] * 8).all()
-        stamp = json.loads((run_dir / "rta" / dataset / "tirr" / "final" / "train_stamp.json").read_text())
-        assert stamp["start_model"]["path"].endswith("models/tiny-qwen3-s")  # the backbone itself
+        stamp = json.loads((run_dir / "rta" / dataset / "tirr" / "final" / "stamp.json").read_text())
+        assert stamp["kind"] == "policy" and stamp["inputs"]["start_model"]["path"].endswith("models/tiny-qwen3-s")  # the backbone itself
     assert not (run_dir / "warmstart").exists()
 
 

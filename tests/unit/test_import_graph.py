@@ -17,7 +17,7 @@ import pytest
 from recrepro.imports import all_modules, import_graph, imports_in
 
 LAYERS = {  # module (or package prefix) -> layer; the longest matching prefix wins
-    "recrepro": 0, "recrepro.config": 0, "recrepro.config_sections": 0, "recrepro.io": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
+    "recrepro": 0, "recrepro.config": 0, "recrepro.config_sections": 0, "recrepro.io": 0, "recrepro.stamps": 0, "recrepro.metrics": 0, "recrepro.paper": 0,
     "recrepro.paths": 0, "recrepro.progress": 0, "recrepro.quiet": 0,
     "recrepro.data": 1, "recrepro.models": 1, "recrepro.tables": 1, "recrepro.evaluation": 1,
     "recrepro.positions": 1, "recrepro.significance": 1, "recrepro.jobs": 1, "recrepro.baselines": 1,

@@ -270,7 +270,8 @@ def test_train_llara_writes_its_folder_and_caches(bench_root, tiny_model):
     assert final == root / "runs" / "smoke" / "llara" / "ml-100k" / "final"
     info = json.loads((final / L.INFO_FILE).read_text())
     assert info["steps"] == 2 and info["instances"] == 2 and info["rec_model"] == "SASRec"
-    assert info["stamp"]["rec_export"]["weights.safetensors"] and info["stamp"]["stage"]["dataset"] == "ml-100k"
+    inputs = json.loads((final / "stamp.json").read_text())["inputs"]
+    assert inputs["rec_export"]["weights.safetensors"] and inputs["stage"]["dataset"] == "ml-100k"
     assert info["items_known_to_rec_model"] > 0
     messages.clear()
     assert L.train_llara(profile, root, "ml-100k", start_model=tiny_model, log=messages.append) == final

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.agent.evaluate import eval_subset
 from recrepro.agent.generators import build_generation_config, stop_token_ids
 from recrepro.agent.parser import format_answer
@@ -94,7 +94,8 @@ def trained(tmp_path_factory):
     start = rf.tiny_policy_dir(str(root / "start"))
     info = L.fit_llara(profile, str(start), bench.samples["train"].head(2), item_views(bench.items), table, final,
                        lambda _: None)
-    (final / L.INFO_FILE).write_text(json.dumps({"stamp": {"test": "tiny"}, **info}) + "\n")
+    (final / L.INFO_FILE).write_text(json.dumps(info) + "\n")
+    stamps.write_beside(final, "llara", {"test": "tiny"})
     return root, final
 
 
@@ -127,8 +128,8 @@ def test_evaluate_llara_scores_the_eval_subset_and_caches(trained, monkeypatch):
     for name in metric_names(profile.eval.ks):
         assert 0.0 <= row[name] <= 1.0 and row[f"{name}_lo"] <= row[name] <= row[f"{name}_hi"]
     assert list(load_per_instance(profile, DATASET, L.TABLE1_NAME, root)["sample_id"]) == expected_ids
-    assert result["stamp"] == {"train": {"test": "tiny"}, "eval": profile.section_hash("eval", "agent", "sft"),
-                               "sample_ids": expected_ids}
+    assert result["stamp"]["inputs"] == {"train": stamps.make("llara", {"test": "tiny"}),
+                                         "eval": profile.section_hash("eval", "agent", "sft"), "sample_ids": expected_ids}
     saved_info = json.loads((L.llara_dir(profile, root, DATASET) / LE.EVAL_INFO_FILE).read_text())
     assert saved_info["stamp"] == result["stamp"] and saved_info["valid_share"] == result["valid_share"]
 
@@ -217,5 +218,5 @@ def test_scripted_completions_are_judged_by_the_kits_parser(trained, monkeypatch
     fewer = _profile(**{"agent.eval_instances": 3})
     other = LE.evaluate_llara(fewer, root, DATASET, final, log=lambda _: None)
     ids = [int(s) for s in eval_subset(fewer, load_benchmark(fewer, DATASET, root).samples["test"])["sample_id"]]
-    assert not other["skipped"] and other["row"]["n"] == 3 and other["stamp"]["sample_ids"] == ids
+    assert not other["skipped"] and other["row"]["n"] == 3 and other["stamp"]["inputs"]["sample_ids"] == ids
     assert [r["sample_id"] for r in _trajectories(fewer, root)] == ids

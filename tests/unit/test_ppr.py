@@ -20,7 +20,9 @@ from recrepro.agent.prompt import PromptSpec, instance_from_sample
 from recrepro.agent.teacher import encode_transcript, n_ppr_examples, ppr_teacher_letter, ppr_teacher_transcript
 from recrepro.config import load_profile, override_key
 from recrepro.io import ManifestError
+from recrepro import stamps
 from recrepro.rl import grpo, mining, ppr, rta
+from recrepro.rl.policy_io import POLICY_KIND
 from recrepro.rl import pairs as pair_task
 from recrepro.stages import ppr as ppr_stage
 from recrepro.rl.mining import PolicyOutput, mine_pairs
@@ -432,7 +434,7 @@ def test_a_round_finished_by_a_launched_run_is_reused(monkeypatch, tmp_path):
     paths.final.mkdir(parents=True)
     (paths.final / "config.json").write_text("{}")
     stamp = ppr.round_stamp({"config": "c"}, 1, paths)
-    (paths.final / grpo.TRAINED_STAMP).write_text(json.dumps(stamp))
+    stamps.write_beside(paths.final, POLICY_KIND, stamp)
     monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("retrained a finished round"))
     ctx = ppr.DatasetContext("ml-100k", None, {}, pd.DataFrame(), pd.DataFrame(), af.env_factory())
     out = ppr.train_round(PROFILE, ctx, paths, [{"x": 1}], stamp, log=lambda _: None)

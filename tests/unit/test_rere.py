@@ -352,8 +352,9 @@ def test_train_rere_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     info = json.loads((final / "rere_info.json").read_text())
     assert info["steps"] == 1 and info["instances"] == 1 and info["valid"] == [1.0]
     assert info["settings"]["group_size"] == 2 and info["settings"]["beam_search"] is True
-    sft_info = json.loads((bench_root / "runs/smoke/sft/ml-100k/final/sft_info.json").read_text())
-    assert info["stamp"]["sft_stage"] == sft_info["stamp"]
+    stamp = json.loads((final / "stamp.json").read_text())
+    sft_stamp = json.loads((bench_root / "runs/smoke/sft/ml-100k/final/stamp.json").read_text())
+    assert stamp["kind"] == "rere" and stamp["inputs"]["sft_stage"] == sft_stamp
     messages.clear()
     assert train_rere(profile, bench_root, "ml-100k", start_model=tiny_model, log=messages.append) == final
     assert messages == ["[sft] ml-100k: config and start model unchanged, skipping training",
@@ -361,4 +362,4 @@ def test_train_rere_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     # Evaluation decodes under the candidate-list constraint: every answer is a valid list by construction
     evaluated = evaluate_rere(profile, bench_root, "ml-100k", final, log=messages.append)
     assert evaluated["row"]["model"] == TABLE1_NAME and evaluated["row"]["n"] == 4
-    assert evaluated["valid_share"] == 1.0 and evaluated["stamp"]["context"] == CONSTRAINED_EVAL
+    assert evaluated["valid_share"] == 1.0 and evaluated["stamp"]["inputs"]["context"] == CONSTRAINED_EVAL

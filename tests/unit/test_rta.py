@@ -23,7 +23,9 @@ from recrepro.agent.prompt import PromptSpec, build_messages, instance_from_samp
 from recrepro.agent.generators import stop_token_ids
 from recrepro.agent.rollout import tool_suffix_text
 from recrepro.config import load_profile
+from recrepro import stamps
 from recrepro.rl import grpo, rta
+from recrepro.rl.policy_io import POLICY_KIND
 from recrepro.rl.reward import ListwiseRewardFunc, assistant_turns, listwise_reward
 from tests.unit import agent_fakes as af
 from tests.unit import rta_fixtures as rf
@@ -476,10 +478,10 @@ def test_a_policy_finished_with_the_same_config_is_reused_not_retrained(workdir,
         raise AssertionError("build_trainer called")
 
     monkeypatch.setattr(grpo, "build_trainer", no_training)
-    (final / grpo.TRAINED_STAMP).write_text(json.dumps(stamp))
+    stamps.write_beside(final, POLICY_KIND, stamp)
     reused = rta.train_policy(setup, log=lambda _: None)
     assert reused["trainer"] is None and reused["final"] == final
-    (final / grpo.TRAINED_STAMP).write_text(json.dumps({**stamp, "seed": -1}))  # another config: train again
+    stamps.write_beside(final, POLICY_KIND, {**stamp, "seed": -1})  # another config: train again
     with pytest.raises(AssertionError, match="build_trainer called"):
         rta.train_policy(setup, log=lambda _: None)
 

@@ -274,8 +274,9 @@ def test_train_sdpo_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     assert final == bench_root / "runs" / "smoke" / "sdpo" / "ml-100k" / "final"
     info = json.loads((final / "sdpo_info.json").read_text())
     assert info["steps"] == 2 and info["instances"] == 4 and info["settings"]["n_negatives"] == N_NEGATIVES
-    sft_info = json.loads((bench_root / "runs/smoke/sft/ml-100k/final/sft_info.json").read_text())
-    assert info["stamp"]["sft_stage"] == sft_info["stamp"]  # the SFT stage ran first and is the start
+    stamp = json.loads((final / "stamp.json").read_text())
+    sft_stamp = json.loads((bench_root / "runs/smoke/sft/ml-100k/final/stamp.json").read_text())
+    assert stamp["kind"] == "sdpo" and stamp["inputs"]["sft_stage"] == sft_stamp  # the SFT stage ran first and is the start
     assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
     messages.clear()
     assert train_sdpo(profile, bench_root, "ml-100k", start_model=tiny_model, log=messages.append) == final
@@ -284,7 +285,7 @@ def test_train_sdpo_runs_sft_first_writes_its_folder_and_caches(bench_root, tiny
     messages.clear()
     train_sdpo(profile, bench_root, "ml-100k", force=True, start_model=tiny_model, log=messages.append)
     assert messages == ["[sft] ml-100k: config and start model unchanged, skipping training"]  # S-DPO retrained
-    assert json.loads((final / "sdpo_info.json").read_text())["stamp"] == info["stamp"]
+    assert json.loads((final / "stamp.json").read_text()) == stamp
     # Its Table 1 row: the TALLRec-like evaluation (one greedy answer turn) under its own name and folder
     evaluated = evaluate_sdpo(profile, bench_root, "ml-100k", final, log=messages.append)
     assert evaluated["row"]["model"] == TABLE1_NAME and evaluated["row"]["n"] == 3 and not evaluated["skipped"]
