@@ -17,15 +17,10 @@ import dataclasses
 import inspect
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
-
-import pandas as pd
 
 from recrepro.agent.parser import CHOICE_LETTERS, InvalidReason, TrajectoryVerdict, judge_trajectory, with_reason
 from recrepro.tools.base import AGENT_ERROR_KINDS, ToolResult
-from recrepro.config import Profile
-from recrepro.tools import ToolKit
 from recrepro.tools.registry import TOOL_NAMES, ToolMethods
 
 OVER_BUDGET = "over_budget"  # our error kind for the refused call after the budget
@@ -173,12 +168,3 @@ def make_env_factory(binder: Callable[[Mapping[str, Any]], Any], max_tool_calls:
         return env_class(binder, max_tool_calls)
 
     return factory
-
-
-def toolkit_env_factory(profile: Profile, bench: Any, root: Path | str, samples: pd.DataFrame | None = None
-                        ) -> Callable[[], RecAgentEnv]:
-    """Environments bound through a ToolKit on ``bench`` (SASRec space and profiles when written)."""
-    kit = ToolKit.from_benchmark(bench, profile, root)
-    if samples is not None:
-        kit.prepare(kit.instances(samples))  # batch the slow neighbour search once
-    return make_env_factory(kit.bind, profile.agent.max_tool_calls)

@@ -36,8 +36,9 @@ class DatasetSession:
     profiles: Any  # the user-profile store of notebook 03 (empty before it ran)
 
     @classmethod
-    def open(cls, profile: Profile, root: Path | str, dataset: str) -> "DatasetSession":
-        bench = load_benchmark(profile, dataset, root)
+    def open(cls, profile: Profile, root: Path | str, dataset: str, bench: Any = None) -> "DatasetSession":
+        """Load ``dataset`` (or take its already loaded benchmark ``bench``) with the kit's space and profiles."""
+        bench = bench if bench is not None else load_benchmark(profile, dataset, root)
         return cls(profile, Path(root), dataset, bench, item_views(bench.items),
                    ToolKit.load_space(bench, profile, root), load_profile_store(profile, dataset, root))
 

@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 
 from recrepro import stamps
 from recrepro.agent.corpus import ensure_tiny_agent_model, find_tiny_agent_model
-from recrepro.agent.env import RecAgentEnv, toolkit_env_factory
+from recrepro.agent.env import RecAgentEnv
 from recrepro.agent.pairwise import ppr_prompt_fingerprint
-from recrepro.agent.prompt import PROMPT_VERSION, AgentInstance, PromptSpec, instance_from_sample, profile_spec, item_views
+from recrepro.agent.prompt import PROMPT_VERSION, AgentInstance, PromptSpec, instance_from_sample, profile_spec
+from recrepro.agent.session import DatasetSession
 from recrepro.agent.teacher import (MIXED_TEACHER_VERSION, PPR_TEACHER_VERSION, TEACHER_VERSION, n_ppr_examples,
                                     ppr_teacher_examples, teacher_examples, teacher_strategies)
-from recrepro.data.pipeline import load_benchmark
 from recrepro.io import atomic_dir
 from recrepro.models import ModelNotBuilt, checkpointing_argument, load_causal_lm
 from recrepro.progress import say, trainer_progress
@@ -274,13 +274,12 @@ def ensure_warm_tiny_model(profile: Any, root: Path | str = ".", dataset: str | 
     recipe = _warm_recipe(profile, base, dataset)
     if progress:
         say(f"warm start: building {out.name} ({settings.steps} steps on teacher transcripts of {dataset})")
-    bench = load_benchmark(profile, dataset, root)
-    train = bench.samples["train"]
+    session = DatasetSession.open(profile, root, dataset)
+    train = session.bench.samples["train"]
     chosen = train.sample(n=min(n_instances, len(train)), random_state=profile.run.seed).sort_values("sample_id")
     rows = chosen.to_dict("records")
-    views = item_views(bench.items)
-    factory = toolkit_env_factory(profile, bench, root, chosen)
-    instances = [instance_from_sample(row, views) for row in rows]
+    factory = session.env_factory(chosen)
+    instances = [instance_from_sample(row, session.views) for row in rows]
     out, _ = warm_start_model(base, out, instances, rows, factory, specs, settings, progress,
                               stamp=recipe, ppr_share=profile.warmstart.ppr_share,
                               teacher=profile.warmstart.teacher, copy_steps=profile.warmstart.copy_steps)

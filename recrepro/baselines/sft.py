@@ -24,7 +24,7 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 
 from recrepro import paths, stamps
-from recrepro.agent.env import toolkit_env_factory
+from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, rollout_settings
 from recrepro.agent.parser import format_answer
 from recrepro.agent.prompt import build_messages, instance_from_sample, item_views
@@ -262,10 +262,11 @@ def evaluate_answer_model(profile: Profile, root: Path | str, dataset: str, mode
     settings = dataclasses.replace(rollout_settings(profile, greedy=True), max_new_tokens_per_turn=budget,
                                    max_new_tokens_total=budget)
     backend = load_backend(profile, root, model_path=model_path, transformers_only=transformers_only)
-    factory = toolkit_env_factory(profile, bench, root, samples)
+    session = DatasetSession.open(profile, root, dataset, bench)  # the kit's space and profiles, after the cache
+    factory = session.env_factory(samples)
     began = time.perf_counter()
     with generation_context(backend) if generation_context else contextlib.nullcontext():
-        result = evaluate_agent(profile, root, dataset, samples, item_views(bench.items), backend, factory, "r",
+        result = evaluate_agent(profile, root, dataset, samples, session.views, backend, factory, "r",
                                 name, settings=settings)
     backend.close()
     info = stamps.write_record(info_path, EVAL_KIND, stamp, wall_s_eval=round(time.perf_counter() - began, 2),

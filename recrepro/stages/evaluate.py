@@ -19,11 +19,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from recrepro.agent.card import load_eval_cards, write_eval_card
+from recrepro.agent.card import load_eval_cards
 from recrepro.agent.chat_client import chat_backend, evaluate_chat_agent
-from recrepro.agent.env import toolkit_env_factory
+from recrepro.agent.session import DatasetSession
 from recrepro.agent.evaluate import FROZEN_LABELS, AgentBackend, eval_subset, evaluate_agent, load_backend, served_backend
-from recrepro.agent.prompt import item_views
 from recrepro.baselines import llara, rere, sdpo
 from recrepro.baselines.llara_eval import evaluate_llara
 from recrepro.baselines.sft import TABLE1_NAME as SFT_NAME
@@ -55,10 +54,9 @@ def run_zero_shot(profile: Profile, root: Path | str = ".", backend: AgentBacken
     rows1, rows2, evaluations = [], [], []
     bar = Progress("zero-shot", len(profile.data.datasets) * len(variants), unit="evaluation")
     for dataset in profile.data.datasets:
-        bench = load_benchmark(profile, dataset, root)
-        samples = eval_subset(profile, bench.samples["test"])
-        views = item_views(bench.items)
-        factory = toolkit_env_factory(profile, bench, root, samples)
+        session = DatasetSession.open(profile, root, dataset)
+        samples = eval_subset(profile, session.bench.samples["test"])
+        views, factory = session.views, session.env_factory(samples)
         rows2.append(chance_row(dataset, profile.data.n_candidates, len(samples), profile))
         # The position reference on the same test lists as every LLM row (Tables 1 and 2).
         first_ten = first_ten_row(profile, dataset, samples, root)
@@ -172,20 +170,17 @@ def run_served_rows(profile: Profile, root: Path | str = ".", backend: AgentBack
     evaluate = evaluate_chat_agent if chat else evaluate_agent
     rows, cards = [], {}
     for dataset in profile.data.datasets:
-        bench = load_benchmark(profile, dataset, root)
-        samples = eval_subset(profile, bench.samples["test"])
-        factory = toolkit_env_factory(profile, bench, root, samples)
+        session = DatasetSession.open(profile, root, dataset)
+        samples = eval_subset(profile, session.bench.samples["test"])
+        factory = session.env_factory(samples)
         for variant, name in SERVED_LABELS.items():
             reset = getattr(backend.generator, "reset_stats", None)
             if reset is not None:
                 reset()
-            result = evaluate(profile, root, dataset, samples, item_views(bench.items), backend, factory, variant, name)
-            card = result.card
-            if hasattr(backend.generator, "stats"):  # requests given up are scored truncated; the card counts them
-                card = {**card, "endpoint": backend.generator.stats()}
-                write_eval_card(profile.results_dir(root), card)
+            # evaluate_agent puts the endpoint's request stats on the card it writes
+            result = evaluate(profile, root, dataset, samples, session.views, backend, factory, variant, name)
             rows.append(result.row)
-            cards[f"{dataset}/{name}"] = card
+            cards[f"{dataset}/{name}"] = result.card
     table = write_table(profile.results_dir(root), "table1", rows, TABLE1_TITLE, profile.eval.ks, paper_table="table1")
     return {"rows": rows, "cards": cards, "table1": table}
 

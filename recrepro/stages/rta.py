@@ -22,16 +22,15 @@ from recrepro.rl.grpo import finished_policy, n_processes, on_cpu, vllm_colocate
 from recrepro.rl.rta import (VARIANTS, build_starting_model, check_variant, config_stamp, evaluate_policy,
                              prepare_setup, run_variant, train_policy, variant_dir, write_rows)
 
-def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[str], force: bool = False,
-                       log: Callable[[str], None] = print, min_jobs: int = 2) -> None:
+def train_side_by_side(profile: Profile, root: Path | str, variants: Sequence[str], model_path: Path,
+                       force: bool = False, log: Callable[[str], None] = print, min_jobs: int = 2) -> None:
     """Train the (dataset, variant) policies that are not finished as jobs, ``run.jobs`` at a time.
 
     Each job is ``python -m recrepro.stages.rta --stage train``, so it only saves its final policy with
     its stamp; :func:`run_variant` then finds it, evaluates and writes the rows in this process.
-    The starting model is built first, here, so that no two jobs build it at once. Fewer than
-    ``min_jobs`` policies to train are left to :func:`run_variant` (in this process).
+    ``model_path`` is the starting model, built before (:func:`build_starting_model`) so that no two jobs
+    build it at once. Fewer than ``min_jobs`` policies to train are left to :func:`run_variant` (in this process).
     """
-    model_path = build_starting_model(profile, root)
     todo = [(d, v) for d in profile.data.datasets for v in variants
             if force or not finished_policy(variant_dir(profile, root, d, v) / "final",
                                             config_stamp(profile, v, model_path, d))]
@@ -60,13 +59,13 @@ def run_rta(profile: Profile, root: Path | str = ".", variant: str = "tirr", for
     holds the final policy folder, the training log (a frame), its summary, the table rows and
     whether the work was skipped (outputs present, config unchanged).
     """
+    model_path = build_starting_model(profile, root)
     if vllm_colocate_available(profile):
         # TRL's colocated vLLM engine is not freed when training ends; a second engine for evaluation in the
         # same process would not fit beside it. Every policy is trained in a process of its own instead.
-        train_side_by_side(profile, root, _variants(variant), force=force, log=log, min_jobs=1)
+        train_side_by_side(profile, root, _variants(variant), model_path, force=force, log=log, min_jobs=1)
     elif profile.run.jobs > 1 and on_cpu(profile):
-        train_side_by_side(profile, root, _variants(variant), force=force, log=log)
-    build_starting_model(profile, root)
+        train_side_by_side(profile, root, _variants(variant), model_path, force=force, log=log)
     todo = [(dataset, v) for dataset in profile.data.datasets for v in _variants(variant)]
     runs = {}
     with Progress("rta", len(todo), unit="policy") as bar:

@@ -494,11 +494,11 @@ def test_with_colocated_vllm_every_policy_trains_in_a_process_of_its_own(monkeyp
     calls = []
     monkeypatch.setattr(rta_stage, "vllm_colocate_available", lambda profile: True)
     monkeypatch.setattr(rta_stage, "build_starting_model", lambda profile, root: "start")
-    monkeypatch.setattr(rta_stage, "train_side_by_side", lambda profile, root, variants, force=False, log=print,
-                        min_jobs=2: calls.append((tuple(variants), min_jobs)))
+    monkeypatch.setattr(rta_stage, "train_side_by_side", lambda profile, root, variants, model_path, force=False,
+                        log=print, min_jobs=2: calls.append((tuple(variants), model_path, min_jobs)))
     monkeypatch.setattr(rta_stage, "run_variant", lambda profile, root, dataset, v, force=False, log=print: {"v": v})
     out = rta_stage.run_rta(load_profile("smoke"), tmp_path, variant="tirr")
-    assert calls == [(("tirr",), 1)] and out["runs"] == {"ml-100k/tirr": {"v": "tirr"}}
+    assert calls == [(("tirr",), "start", 1)] and out["runs"] == {"ml-100k/tirr": {"v": "tirr"}}
     monkeypatch.setattr(rta_stage, "vllm_colocate_available", lambda profile: False)
     calls.clear()
     rta_stage.run_rta(load_profile("smoke"), tmp_path, variant="tirr")  # CPU, one job: no job process

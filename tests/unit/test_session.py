@@ -3,12 +3,13 @@ environments that answer exactly as the per-step ToolKit they replace, and kits 
 
 from __future__ import annotations
 
-from recrepro.agent.env import toolkit_env_factory
+from recrepro.agent.env import make_env_factory
 from recrepro.agent.session import DatasetSession
 from recrepro.config import load_profile
 from recrepro.rl.grpo import plain
 from recrepro.rl.rta import ROW_COLUMNS
 from recrepro.stages.data import run_data
+from recrepro.tools import ToolKit
 
 TOOL_CALLS = ("get_user_profile", "candidates_analyze", "get_session_behavior", "get_rating_behavior",
               "get_similar_users")
@@ -25,7 +26,9 @@ def test_session_environments_answer_as_the_per_step_toolkit(tmp_path):
     run_data(profile, tmp_path)
     session = DatasetSession.open(profile, tmp_path, "ml-100k")
     samples = session.bench.samples["test"].head(6)
-    before = toolkit_env_factory(profile, session.bench, tmp_path, samples)
+    kit = ToolKit.from_benchmark(session.bench, profile, tmp_path)  # a kit that loads its own parts
+    kit.prepare(kit.instances(samples))
+    before = make_env_factory(kit.bind, profile.agent.max_tool_calls)
     now = session.env_factory(samples)
     for row in samples.to_dict("records"):
         assert _answers(now, row) == _answers(before, row)

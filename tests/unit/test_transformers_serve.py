@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from recrepro.agent.env import toolkit_env_factory
 from recrepro.agent.evaluate import eval_subset, evaluate_agent, load_backend, served_backend
-from recrepro.agent.prompt import item_views
+from recrepro.agent.session import DatasetSession
 from recrepro.config import load_profile
-from recrepro.data.pipeline import load_benchmark
 from recrepro.stages.data import run_data
 from tests.unit import rta_fixtures as rf
 
@@ -68,9 +66,9 @@ def test_served_answers_are_the_local_models_answers(tmp_path, served):
                                      "agent.max_new_tokens_per_turn": 24, "served.base_url": url,
                                      "served.model": model, "served.tokenizer": model})
     run_data(profile, tmp_path)
-    bench = load_benchmark(profile, "ml-100k", tmp_path)
-    samples = eval_subset(profile, bench.samples["test"])
-    factory, views = toolkit_env_factory(profile, bench, tmp_path, samples), item_views(bench.items)
+    session = DatasetSession.open(profile, tmp_path, "ml-100k")
+    samples = eval_subset(profile, session.bench.samples["test"])
+    factory, views = session.env_factory(samples), session.views
     remote = evaluate_agent(profile, tmp_path, "ml-100k", samples, views, served_backend(profile), factory, "r",
                             "LLMRank (served)")
     local = evaluate_agent(profile, tmp_path, "ml-100k", samples, views,
