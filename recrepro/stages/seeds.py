@@ -31,7 +31,7 @@ from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
 from recrepro.overrides import load_cli_profile
 from recrepro.progress import say
-from recrepro.rl.rta import run_variant
+from recrepro.rl.rta import build_starting_model, run_variant
 from recrepro.runner import run_chain
 from recrepro.significance import compare_rows
 from recrepro.stages.evaluate import run_zero_shot
@@ -50,8 +50,11 @@ def seed_profile(profile: Profile, seed: int) -> Profile:
 
 
 def run_one_seed(profile: Profile, profile_path: Path, root: Path | str, log: Callable[[str], None] = print) -> None:
-    """Chain 00-03, stage-1 TIRR, and the frozen TIRR row, for one seed's profile (in this process)."""
+    """Chain 00-03, the seed's start model, stage-1 TIRR, and the frozen TIRR row, for one seed's profile
+    (in this process). The start model (tiny build and warm start) is built explicitly, as notebook 04 does:
+    ``run_variant`` only finds it."""
     run_chain(str(profile_path), root, stop=LAST_SHARED_NOTEBOOK, log=log)
+    build_starting_model(profile, root)
     for dataset in profile.data.datasets:
         run_variant(profile, root, dataset, "tirr", log=log)
     run_zero_shot(profile, root, variants=("tirr",))

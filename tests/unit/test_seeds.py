@@ -44,3 +44,18 @@ def test_render_prints_each_seed_and_the_spread():
 def test_summarize_without_any_run_names_the_missing_rows(tmp_path):
     with pytest.raises(FileNotFoundError, match="trained-TIRR-RTA"):
         summarize(load_profile("cpu"), tmp_path, [1])
+
+
+def test_one_seed_builds_its_start_model_before_stage_1(monkeypatch, tmp_path):
+    """The getters only find the warm-started model; a seed's run must build it (the bug that stopped
+    ``python -m recrepro.stages.seeds`` with ModelNotBuilt once the getters stopped building)."""
+    from recrepro.stages import seeds
+
+    calls: list[str] = []
+    monkeypatch.setattr(seeds, "run_chain", lambda *a, **k: calls.append("chain"))
+    monkeypatch.setattr(seeds, "build_starting_model", lambda profile, root: calls.append("build"))
+    monkeypatch.setattr(seeds, "run_variant", lambda profile, root, dataset, variant, log=print:
+                        calls.append(f"rta {dataset} {variant}"))
+    monkeypatch.setattr(seeds, "run_zero_shot", lambda profile, root, variants: calls.append(f"frozen {variants}"))
+    seeds.run_one_seed(seed_profile(load_profile("cpu"), 1), tmp_path / "p.yaml", tmp_path, log=lambda _: None)
+    assert calls == ["chain", "build", "rta ml-100k tirr", "frozen ('tirr',)"]
