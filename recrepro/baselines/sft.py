@@ -200,17 +200,21 @@ def train_once(profile: Profile, final: Path, info_name: str, stamp: dict[str, A
     if info is not None:
         log(skipping)
         return info, True
-    state = process_state(profile)
+    state, record = process_state(profile), None
     if state.is_main_process:
         with atomic_dir(final) as tmp:
-            record = fit(tmp)
-            (tmp / info_name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-            stamps.write_beside(tmp, baseline_kind(info_name), stamp)
+            text = json.dumps(fit(tmp), indent=2, sort_keys=True) + "\n"
+            (tmp / info_name).write_text(text)
+            record = json.loads(text)  # as the file reads back
+            written = stamps.write_beside(tmp, baseline_kind(info_name), stamp)
     else:
         with tempfile.TemporaryDirectory(prefix="recrepro-replica-") as scratch:
             fit(Path(scratch))  # this process's share of the training; its copy of the model is not kept
+        written = stamps.make(baseline_kind(info_name), stamp)
     state.wait_for_everyone()
-    return {**json.loads((final / info_name).read_text()), "stamp": stamps.make(baseline_kind(info_name), stamp)}, False
+    if record is None:  # the main process wrote it
+        record = json.loads((final / info_name).read_text())
+    return {**record, "stamp": written}, False
 
 
 def baseline_profile(profile: Profile, name: str) -> Profile:

@@ -27,7 +27,7 @@ from recrepro.agent.env import RecAgentEnv, tool_schemas
 from recrepro.agent.generators import stop_token_ids, vllm_available
 from recrepro.config import Profile, model_context
 from recrepro.plan import completions_per_micro_step
-from recrepro.rl.policy_io import (REPLICAS_FILE, TRAINED_STAMP, WEIGHTS_FILE, finished_policy,  # noqa: F401 (re-exported)
+from recrepro.rl.policy_io import (REPLICAS_FILE, WEIGHTS_FILE, finished_policy,  # noqa: F401 (re-exported)
                                      policy_id, refuse_lora_under_zero3, replica_digests, save_final, weights_digest,
                                      zero3)
 from recrepro.models import checkpointing_argument, load_causal_lm, resolve_device

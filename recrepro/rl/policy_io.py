@@ -11,11 +11,10 @@ from typing import Any, Mapping
 
 from recrepro import stamps
 from recrepro.config import Profile
-from recrepro.stamps import STAMP_FILE, read_json
+from recrepro.stamps import read_json
 from recrepro.io import atomic_dir, sha256_file, write_json_atomic
 
 
-TRAINED_STAMP = STAMP_FILE  # beside a final policy: the stamp of the config it was trained with
 POLICY_KIND = "policy"
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from recrepro import paths
+from recrepro import paths, stamps
 from recrepro.config import Profile
 from recrepro.io import write_text_atomic
 from recrepro.jobs import Job, profile_file, run_jobs
@@ -46,7 +46,7 @@ def train_points_side_by_side(profile: Profile, root: Path | str, dataset: str, 
             log(f"[sweeps] {point.name}: the main stage-1 TIRR run has this exact config; its policy is reused")
             continue
         folder = sweep_dir(profile, root, dataset) / point.name
-        if not force and (folder / "final" / grpo.TRAINED_STAMP).is_file():
+        if not force and (folder / "final" / stamps.STAMP_FILE).is_file():
             continue  # finished; run_point checks the stamp and retrains in process if it is stale
         backbone = canonical_backbone(point.backbone)
         todo.append(Job(f"sweep-{point.name}", "recrepro.stages.sweeps",
